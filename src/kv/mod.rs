@@ -1,0 +1,19 @@
+//! The KV-cache operator layer: where kvbench's methods live.
+//!
+//! The exported graph computes everything but attention. Each layer's attention is one
+//! `kvbench.KvAttention` node ([`op`]) whose Rust kernel rotates the chunk's queries and keys
+//! ([`rope`]), hands keys and values to the running sequence's cache ([`store`]), and returns
+//! attention ([`attention`]) over what the cache's [`Method`] keeps. The cache is owned by the
+//! generation loop and shared with the kernels through a [`CacheHandle`] captured when the
+//! operator is registered.
+
+pub mod attention;
+pub mod method;
+pub mod methods;
+pub mod op;
+pub mod rope;
+pub mod store;
+
+pub use attention::Heads;
+pub use method::{LayerStore, Method};
+pub use store::{CacheHandle, CacheSnapshot, KvCache};

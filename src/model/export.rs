@@ -1,0 +1,144 @@
+//! Write a llama-family GGUF as an ONNX graph whose attention is kvbench's `KvAttention` op.
+//!
+//! Graph, for `T` new tokens (batch 1, so every activation is 2-D `[T, width]`):
+//!
+//! ```text
+//! input_ids[T] ─Gather(token_embd)─► x
+//! per layer l:  h  = RMSNorm(x)                (SimplifiedLayerNormalization)
+//!               a  = kvbench.KvAttention(h·Wqkv, positions; layer = l)   ← RoPE + cache + attention in Rust
+//!               x += a·Wo
+//!               g|u = RMSNorm(x)·Wgate|up      (one MatMul, then Split)
+//!               x += (silu(g) ⊙ u)·Wdown
+//! logits[N, vocab] = Gemm(Gather(RMSNorm(x), logit_rows), token_embd, transB)  (tied head)
+//! ```
+//!
+//! Design decisions:
+//! - **RoPE lives in the kernel**, not in the graph: the kernel must see post-RoPE keys anyway,
+//!   and applying llama.cpp's adjacent-pair rotation there works directly on GGUF's permuted Q/K
+//!   weights (no un-permuting), in fp32 with a table we control and unit-test.
+//! - **q, k and v come fused** from one `[hidden, (heads + 2·kv_heads)·head_dim]` MatMul, and the
+//!   gate and up projections from one `[hidden, 2·ffn]` MatMul: fewer, larger products.
+//! - **`logit_rows` selects which positions get logits**: `[T-1]` during generation (a
+//!   `[1, vocab]` product instead of `[T, vocab]`), all rows for teacher forcing.
+//! - **fp32 weights**, dequantized exactly from Q4_1/Q8_0. See docs/PERF.md for the measurement.
+//!   The tied embedding is stored once and read by both the Gather and the output Gemm.
+
+use super::ModelConfig;
+use super::gguf::{GgufError, GgufFile};
+use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT64};
+
+/// Bump when the graph changes: cached exports are keyed by it.
+pub const EXPORTER_VERSION: u32 = 1;
+/// Domain of kvbench's custom operators.
+pub const DOMAIN: &str = "kvbench";
+/// Name of the attention operator.
+pub const ATTENTION_OP: &str = "KvAttention";
+
+/// Build the ONNX model bytes for `gguf`.
+pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> {
+    let mut g = GraphBuilder::default();
+    let (h, v) = (cfg.hidden as i64, cfg.vocab as i64);
+    let ids = g.input("input_ids", INT64, &[Dim::Named("T")]);
+    let positions = g.input("positions", INT64, &[Dim::Named("T")]);
+    let rows = g.input("logit_rows", INT64, &[Dim::Named("N")]);
+    g.output("logits", FLOAT, &[Dim::Named("N"), Dim::Fixed(v)]);
+
+    let embd = g.init_f32("token_embd", &[v, h], &gguf.dequantize("token_embd.weight")?);
+    let mut x = g.node("Gather", &[&embd, &ids], "x_embd", vec![AttributeProto::int("axis", 0)]);
+    let eps = cfg.rms_eps;
+
+    for l in 0..cfg.layers {
+        let t = |s: &str| format!("blk.{l}.{s}.weight");
+        let n = |s: &str| format!("l{l}_{s}");
+        let norm = g.init_f32(&n("attn_norm"), &[h], &gguf.dequantize(&t("attn_norm"))?);
+        let normed = rms_norm(&mut g, &x, &norm, eps, &n("h"));
+        let wqkv = fused_transpose(gguf, &[&t("attn_q"), &t("attn_k"), &t("attn_v")], cfg.hidden)?;
+        let wqkv = g.init_f32(&n("wqkv"), &[h, cfg.qkv_width() as i64], &wqkv);
+        let qkv = g.node("MatMul", &[&normed, &wqkv], &n("qkv"), vec![]);
+        let attn = n("attn");
+        g.node_in(DOMAIN, ATTENTION_OP, &[&qkv, &positions], &[&attn], vec![AttributeProto::int("layer", l as i64)]);
+        let wo = g.init_f32(&n("wo"), &[h, h], &fused_transpose(gguf, &[&t("attn_output")], cfg.hidden)?);
+        let o = g.node("MatMul", &[&attn, &wo], &n("o"), vec![]);
+        x = g.node("Add", &[&x, &o], &n("x_attn"), vec![]);
+
+        let norm = g.init_f32(&n("ffn_norm"), &[h], &gguf.dequantize(&t("ffn_norm"))?);
+        let normed = rms_norm(&mut g, &x, &norm, eps, &n("h2"));
+        let wgu = fused_transpose(gguf, &[&t("ffn_gate"), &t("ffn_up")], cfg.hidden)?;
+        let wgu = g.init_f32(&n("wgate_up"), &[h, 2 * cfg.ffn as i64], &wgu);
+        let gu = g.node("MatMul", &[&normed, &wgu], &n("gate_up"), vec![]);
+        let (gate, up) = (n("gate"), n("up"));
+        g.node_in("", "Split", &[&gu], &[&gate, &up], vec![AttributeProto::int("axis", -1), AttributeProto::int("num_outputs", 2)]);
+        let sig = g.node("Sigmoid", &[&gate], &n("gate_sigmoid"), vec![]);
+        let silu = g.node("Mul", &[&gate, &sig], &n("gate_silu"), vec![]);
+        let act = g.node("Mul", &[&silu, &up], &n("act"), vec![]);
+        let wdown = g.init_f32(&n("wdown"), &[cfg.ffn as i64, h], &fused_transpose(gguf, &[&t("ffn_down")], cfg.ffn)?);
+        let down = g.node("MatMul", &[&act, &wdown], &n("down"), vec![]);
+        x = g.node("Add", &[&x, &down], &n("x_out"), vec![]);
+    }
+
+    let norm = g.init_f32("output_norm", &[h], &gguf.dequantize("output_norm.weight")?);
+    let normed = rms_norm(&mut g, &x, &norm, eps, "final_h");
+    let picked = g.node("Gather", &[&normed, &rows], "picked", vec![AttributeProto::int("axis", 0)]);
+    let head = if gguf.tensor_info("output.weight").is_ok() {
+        g.init_f32("output", &[v, h], &gguf.dequantize("output.weight")?)
+    } else {
+        embd
+    };
+    g.node("Gemm", &[&picked, &head], "logits", vec![AttributeProto::int("transB", 1)]);
+
+    let metadata = [("kvbench.exporter_version", EXPORTER_VERSION.to_string()), ("kvbench.layers", cfg.layers.to_string())];
+    Ok(g.into_model_bytes("kvbench-llama", &[("", 21), (DOMAIN, 1)], &metadata))
+}
+
+/// RMSNorm through ONNX Runtime's fused `SimplifiedLayerNormalization` kernel.
+fn rms_norm(g: &mut GraphBuilder, x: &str, weight: &str, eps: f32, out: &str) -> String {
+    g.node("SimplifiedLayerNormalization", &[x, weight], out, vec![
+        AttributeProto::int("axis", -1),
+        AttributeProto::float("epsilon", eps),
+    ])
+}
+
+/// Dequantize GGUF matrices stored `[out, in]` (rows = outputs) and lay them side by side as one
+/// `[in, Σ out]` row-major matrix, ready for `MatMul(x[T, in], W)`.
+fn fused_transpose(gguf: &GgufFile, names: &[&str], input: usize) -> Result<Vec<f32>, GgufError> {
+    let parts: Vec<Vec<f32>> = names.iter().map(|n| gguf.dequantize(n)).collect::<Result<_, _>>()?;
+    for (name, p) in names.iter().zip(&parts) {
+        if p.len() % input != 0 {
+            return Err(GgufError::Invalid {
+                path: gguf.path().to_path_buf(),
+                what: format!("tensor {name} has {} values, not a multiple of its input width {input}", p.len()),
+            });
+        }
+    }
+    let parts: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+    Ok(transpose_concat(&parts, input))
+}
+
+/// `[out_i, input]` row-major parts → one `[input, Σ out_i]` row-major matrix.
+fn transpose_concat(parts: &[&[f32]], input: usize) -> Vec<f32> {
+    let width: usize = parts.iter().map(|p| p.len() / input).sum();
+    let mut w = vec![0.0f32; input * width];
+    let mut col0 = 0;
+    for p in parts {
+        for (r, row) in p.chunks_exact(input).enumerate() {
+            for (i, &val) in row.iter().enumerate() {
+                w[i * width + col0 + r] = val;
+            }
+        }
+        col0 += p.len() / input;
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose_concat;
+
+    #[test]
+    fn transpose_concat_lays_matrices_side_by_side() {
+        // A = [[1, 2]] (one output), B = [[3, 4], [5, 6]] (two outputs), input width 2.
+        // Fused [2, 3]: row 0 = [1, 3, 5], row 1 = [2, 4, 6].
+        let w = transpose_concat(&[&[1.0, 2.0], &[3.0, 4.0, 5.0, 6.0]], 2);
+        assert_eq!(w, [1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+    }
+}

@@ -1,0 +1,188 @@
+//! Load the model into ONNX Runtime with kvbench's attention operator registered.
+//!
+//! [`Runtime::load`] fetches (or finds) the ONNX Runtime library and the GGUF, exports the ONNX
+//! graph once per (GGUF hash, exporter version) into the cache, and opens a CPU session whose
+//! `KvAttention` kernels share one [`CacheHandle`] with the caller. [`Runtime::forward`] is one
+//! graph run over a chunk of new tokens.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::Tensor;
+
+use super::export::{self, DOMAIN, EXPORTER_VERSION};
+use super::gguf::{GgufError, GgufFile};
+use super::tokenizer::{Tokenizer, TokenizerError};
+use super::ModelConfig;
+use crate::assets::{self, AssetError};
+use crate::kv::op::KvAttentionOp;
+use crate::kv::{CacheHandle, Heads, KvCache, Method};
+
+/// Errors while loading or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Fetching or verifying an asset failed.
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    /// The GGUF could not be read.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// The tokenizer could not be built or used.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// ONNX Runtime could not be loaded.
+    #[error("cannot load ONNX Runtime from {path}: {message}")]
+    Runtime {
+        /// The library path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// ONNX Runtime failed to build or run the session.
+    #[error("onnx runtime: {0}")]
+    Ort(String),
+    /// The request does not fit the model.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl<T> From<ort::Error<T>> for ModelError {
+    fn from(e: ort::Error<T>) -> Self {
+        ModelError::Ort(e.to_string())
+    }
+}
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// A GGUF to use instead of the pinned SmolLM2 (not hash-checked).
+    pub gguf: Option<PathBuf>,
+    /// Threads for ONNX Runtime's matrix products and for the attention kernel.
+    pub threads: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { gguf: None, threads: 2 }
+    }
+}
+
+/// A loaded model: session, tokenizer, shape, and the cache its kernels write to.
+pub struct Runtime {
+    session: Session,
+    cache: CacheHandle,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    gguf_path: PathBuf,
+}
+
+fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
+    static ENV: OnceLock<Result<ort::environment::Environment, (PathBuf, String)>> = OnceLock::new();
+    let result = ENV.get_or_init(|| {
+        let lib = assets::onnxruntime_library().map_err(|e| (PathBuf::new(), e.to_string()))?;
+        let builder = ort::init_from(&lib).map_err(|e| (lib.clone(), e.to_string()))?;
+        builder.with_name("kvbench").build().map_err(|e| (lib.clone(), e.to_string()))
+    });
+    match result {
+        Ok(env) => Ok(env),
+        Err((path, message)) if path.as_os_str().is_empty() => Err(ModelError::Ort(message.clone())),
+        Err((path, message)) => Err(ModelError::Runtime { path: path.clone(), message: message.clone() }),
+    }
+}
+
+impl Runtime {
+    /// Load the model with the `full` method; see [`Runtime::reset`] to change it.
+    pub fn load(options: &LoadOptions) -> Result<Self, ModelError> {
+        let gguf_path = match &options.gguf {
+            Some(path) => path.clone(),
+            None => assets::smollm2_gguf()?,
+        };
+        let gguf = GgufFile::open(&gguf_path)?;
+        let config = ModelConfig::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let onnx = exported_model(&gguf, &config)?;
+        drop(gguf);
+        let env = environment()?;
+
+        let threads = options.threads.max(1);
+        // One global pool for the attention kernel; the first caller's size wins.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        let shape = Heads { heads: config.heads, kv_heads: config.kv_heads, head_dim: config.head_dim };
+        let cache = KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers).into_handle();
+        let op = KvAttentionOp { cache: cache.clone(), shape, rope_base: config.rope_base };
+        let session = Session::builder(env)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_intra_threads(threads)?
+            .with_intra_op_spinning(false)?
+            .with_operators(ort::operator::OperatorDomain::new(DOMAIN)?.add(op)?)?
+            .commit_from_file(&onnx)?;
+        Ok(Self { session, cache, config, tokenizer, gguf_path })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The GGUF this runtime was built from.
+    pub fn gguf_path(&self) -> &Path {
+        &self.gguf_path
+    }
+
+    /// The cache the kernels write to.
+    pub fn cache(&self) -> &CacheHandle {
+        &self.cache
+    }
+
+    /// Empty the cache and use `method` for the next sequence.
+    pub fn reset(&mut self, method: Arc<dyn Method>) -> Result<(), ModelError> {
+        KvCache::lock(&self.cache).map_err(|e| ModelError::Invalid(e.to_string()))?.reset(method);
+        Ok(())
+    }
+
+    /// Run the graph over `ids` at `positions`; return logits `[logit_rows.len(), vocab]`,
+    /// row-major, for the chunk rows listed in `logit_rows`.
+    pub fn forward(&mut self, ids: &[u32], positions: &[i64], logit_rows: &[i64]) -> Result<Vec<f32>, ModelError> {
+        if ids.is_empty() || ids.len() != positions.len() {
+            return Err(ModelError::Invalid(format!("{} ids but {} positions", ids.len(), positions.len())));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
+            return Err(ModelError::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
+        }
+        if let Some(&bad) = logit_rows.iter().find(|&&r| r < 0 || r as usize >= ids.len()) {
+            return Err(ModelError::Invalid(format!("logit row {bad} outside the chunk of {}", ids.len())));
+        }
+        let t = ids.len();
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let outputs = self.session.run(ort::inputs![
+            "input_ids" => Tensor::from_array(([t], ids))?,
+            "positions" => Tensor::from_array(([t], positions.to_vec()))?,
+            "logit_rows" => Tensor::from_array(([logit_rows.len()], logit_rows.to_vec()))?,
+        ])?;
+        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
+        let logits = logits.to_vec();
+        drop(outputs);
+        KvCache::lock(&self.cache).map_err(|e| ModelError::Invalid(e.to_string()))?.note_peak();
+        Ok(logits)
+    }
+}
+
+/// Path of the ONNX export of `gguf`, writing it first if the cache lacks it.
+fn exported_model(gguf: &GgufFile, config: &ModelConfig) -> Result<PathBuf, ModelError> {
+    let sha = assets::sha256_file(gguf.path())?;
+    let path = assets::cache_dir().join("onnx").join(format!("{}-exporter-v{EXPORTER_VERSION}.onnx", &sha[..16]));
+    if path.is_file() {
+        return Ok(path);
+    }
+    eprintln!("kvbench: exporting {} to ONNX (once; cached in {})", gguf.path().display(), path.display());
+    let bytes = export::export(gguf, config)?;
+    assets::write_atomic(&path, &bytes)?;
+    Ok(path)
+}

@@ -1,0 +1,39 @@
+//! kvbench's developer tasks, run as `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! One module per command. Commands that need llama.cpp build llama-cpp-python from source into
+//! a private virtual environment under `target/` (see [`venv`]); nothing is installed globally.
+
+mod golden;
+mod perf;
+mod venv;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "kvbench developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Regenerate golden/llama_cpp_reference.json with llama.cpp (the independent reference).
+    Golden(golden::Args),
+    /// Measure prefill and decode speed and peak RSS beside llama.cpp; writes docs/perf.json.
+    Perf(perf::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Golden(args) => golden::run(args),
+        Command::Perf(args) => perf::run(args),
+    }
+}
+
+/// The workspace root.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
+}

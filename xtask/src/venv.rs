@@ -1,0 +1,47 @@
+//! A private Python environment with llama-cpp-python, built from source by pip.
+//!
+//! llama.cpp is kvbench's independent reference for numerics and speed. pip compiles it for this
+//! machine (a few minutes on two cores, once); the environment lives under `target/` and is reused.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::project_root;
+
+/// The llama-cpp-python version the golden data was made with.
+pub const LLAMA_CPP_PYTHON: &str = "0.3.36";
+
+/// Path of a Python interpreter that can `import llama_cpp`, building the environment if needed.
+/// `KVBENCH_LLAMA_PYTHON` may point at an existing interpreter instead.
+pub fn llama_python() -> anyhow::Result<PathBuf> {
+    if let Some(python) = std::env::var_os("KVBENCH_LLAMA_PYTHON") {
+        return Ok(PathBuf::from(python));
+    }
+    let dir = project_root().join("target").join("xtask-venv");
+    let python = dir.join("bin").join("python");
+    if python.is_file() && imports_llama(&python) {
+        return Ok(python);
+    }
+    eprintln!("xtask: building llama-cpp-python=={LLAMA_CPP_PYTHON} from source into {} (once, several minutes)", dir.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "--no-binary", "llama-cpp-python"]).arg(format!("llama-cpp-python=={LLAMA_CPP_PYTHON}")).arg("numpy"))?;
+    if !imports_llama(&python) {
+        bail!("{} still cannot import llama_cpp after installing it", python.display());
+    }
+    Ok(python)
+}
+
+fn imports_llama(python: &PathBuf) -> bool {
+    Command::new(python).args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Run a command, failing with its command line if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
