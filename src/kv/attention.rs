@@ -53,11 +53,20 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
             // S[t, n] = scale · Q_h[t, d] · K[n, d]ᵀ
             unsafe {
                 matrixmultiply::sgemm(
-                    t, d, n, scale,
-                    q.as_ptr().add(h * d), q_stride as isize, 1,
-                    view.keys.as_ptr(), 1, d as isize,
+                    t,
+                    d,
+                    n,
+                    scale,
+                    q.as_ptr().add(h * d),
+                    q_stride as isize,
+                    1,
+                    view.keys.as_ptr(),
+                    1,
+                    d as isize,
                     0.0,
-                    scores.as_mut_ptr(), n as isize, 1,
+                    scores.as_mut_ptr(),
+                    n as isize,
+                    1,
                 );
             }
             for (j, row) in scores.chunks_exact_mut(n).enumerate() {
@@ -67,11 +76,20 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
             // O_h[t, d] = P[t, n] · V[n, d]
             unsafe {
                 matrixmultiply::sgemm(
-                    t, n, d, 1.0,
-                    scores.as_ptr(), n as isize, 1,
-                    view.values.as_ptr(), d as isize, 1,
+                    t,
+                    n,
+                    d,
+                    1.0,
+                    scores.as_ptr(),
+                    n as isize,
+                    1,
+                    view.values.as_ptr(),
+                    d as isize,
+                    1,
                     0.0,
-                    o.as_mut_ptr(), d as isize, 1,
+                    o.as_mut_ptr(),
+                    d as isize,
+                    1,
                 );
             }
             o

@@ -40,7 +40,8 @@ impl Operator for KvAttentionOp {
     }
 
     fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let layer = ctx.get::<i64>("layer").ok_or_else(|| ort::Error::new("KvAttention needs an int attribute `layer`"))?;
+        let layer =
+            ctx.get::<i64>("layer").ok_or_else(|| ort::Error::new("KvAttention needs an int attribute `layer`"))?;
         let layer = usize::try_from(layer).map_err(|_| ort::Error::new(format!("KvAttention layer {layer} < 0")))?;
         Ok(KvAttentionKernel { layer, cache: self.cache.clone(), shape: self.shape, rope_base: self.rope_base })
     }
@@ -81,7 +82,8 @@ impl Kernel for KvAttentionKernel {
             rope::apply(kr, d, pos[j], self.rope_base);
         }
 
-        let mut out = ctx.output(0, [t as i64, q_w as i64])?.ok_or_else(|| ort::Error::new("KvAttention: no output"))?;
+        let mut out =
+            ctx.output(0, [t as i64, q_w as i64])?.ok_or_else(|| ort::Error::new("KvAttention: no output"))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
         let mut cache = KvCache::lock(&self.cache).map_err(|e| ort::Error::new(e.to_string()))?;
         let store = cache

@@ -47,10 +47,17 @@ impl ModelConfig {
             rope_base: gguf.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             rms_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
         };
-        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 || cfg.head_dim * cfg.heads != hidden {
+        if cfg.heads == 0
+            || cfg.kv_heads == 0
+            || !cfg.heads.is_multiple_of(cfg.kv_heads)
+            || cfg.head_dim * cfg.heads != hidden
+        {
             return Err(GgufError::Invalid {
                 path: gguf.path().to_path_buf(),
-                what: format!("inconsistent attention shape: {} heads, {} kv heads, hidden {hidden}", heads, cfg.kv_heads),
+                what: format!(
+                    "inconsistent attention shape: {} heads, {} kv heads, hidden {hidden}",
+                    heads, cfg.kv_heads
+                ),
             });
         }
         Ok(cfg)

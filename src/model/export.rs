@@ -67,7 +67,13 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> 
         let wgu = g.init_f32(&n("wgate_up"), &[h, 2 * cfg.ffn as i64], &wgu);
         let gu = g.node("MatMul", &[&normed, &wgu], &n("gate_up"), vec![]);
         let (gate, up) = (n("gate"), n("up"));
-        g.node_in("", "Split", &[&gu], &[&gate, &up], vec![AttributeProto::int("axis", -1), AttributeProto::int("num_outputs", 2)]);
+        g.node_in(
+            "",
+            "Split",
+            &[&gu],
+            &[&gate, &up],
+            vec![AttributeProto::int("axis", -1), AttributeProto::int("num_outputs", 2)],
+        );
         let sig = g.node("Sigmoid", &[&gate], &n("gate_sigmoid"), vec![]);
         let silu = g.node("Mul", &[&gate, &sig], &n("gate_silu"), vec![]);
         let act = g.node("Mul", &[&silu, &up], &n("act"), vec![]);
@@ -86,16 +92,19 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> 
     };
     g.node("Gemm", &[&picked, &head], "logits", vec![AttributeProto::int("transB", 1)]);
 
-    let metadata = [("kvbench.exporter_version", EXPORTER_VERSION.to_string()), ("kvbench.layers", cfg.layers.to_string())];
+    let metadata =
+        [("kvbench.exporter_version", EXPORTER_VERSION.to_string()), ("kvbench.layers", cfg.layers.to_string())];
     Ok(g.into_model_bytes("kvbench-llama", &[("", 21), (DOMAIN, 1)], &metadata))
 }
 
 /// RMSNorm through ONNX Runtime's fused `SimplifiedLayerNormalization` kernel.
 fn rms_norm(g: &mut GraphBuilder, x: &str, weight: &str, eps: f32, out: &str) -> String {
-    g.node("SimplifiedLayerNormalization", &[x, weight], out, vec![
-        AttributeProto::int("axis", -1),
-        AttributeProto::float("epsilon", eps),
-    ])
+    g.node(
+        "SimplifiedLayerNormalization",
+        &[x, weight],
+        out,
+        vec![AttributeProto::int("axis", -1), AttributeProto::float("epsilon", eps)],
+    )
 }
 
 /// Dequantize GGUF matrices stored `[out, in]` (rows = outputs) and lay them side by side as one

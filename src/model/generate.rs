@@ -114,7 +114,14 @@ pub fn generate(rt: &mut Runtime, prompt_ids: &[u32], options: GenerateOptions) 
     }
     let decode_seconds = start.elapsed().as_secs_f64();
     let peak_cache_bytes = KvCache::lock(rt.cache()).map_err(|e| ModelError::Invalid(e.to_string()))?.peak_bytes();
-    Ok(Generation { prompt_ids: prompt_ids.to_vec(), output_ids, prefill_seconds, decode_seconds, decode_steps, peak_cache_bytes })
+    Ok(Generation {
+        prompt_ids: prompt_ids.to_vec(),
+        output_ids,
+        prefill_seconds,
+        decode_seconds,
+        decode_steps,
+        peak_cache_bytes,
+    })
 }
 
 #[cfg(test)]

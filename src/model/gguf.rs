@@ -1011,14 +1011,11 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
     }
 
-    /// Checks the real SmolLM2 file when `KVBENCH_TEST_GGUF` points at it.
+    /// Checks the real SmolLM2 file (fetched on first use).
     #[test]
     fn real_model() {
-        let Some(path) = std::env::var_os("KVBENCH_TEST_GGUF") else {
-            eprintln!("KVBENCH_TEST_GGUF is not set; skipping the real-model test");
-            return;
-        };
-        let file = GgufFile::open(Path::new(&path)).unwrap();
+        let path = crate::assets::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
+        let file = GgufFile::open(&path).unwrap();
         assert_eq!(file.get_u32("llama.block_count").unwrap(), 30);
         let embd = file.tensor_info("token_embd.weight").unwrap();
         assert_eq!((embd.dims.as_slice(), embd.ggml_type), (&[576, 49152][..], GgmlType::Q8_0));

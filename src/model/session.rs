@@ -12,10 +12,10 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
+use super::ModelConfig;
 use super::export::{self, DOMAIN, EXPORTER_VERSION};
 use super::gguf::{GgufError, GgufFile};
 use super::tokenizer::{Tokenizer, TokenizerError};
-use super::ModelConfig;
 use crate::assets::{self, AssetError};
 use crate::kv::op::KvAttentionOp;
 use crate::kv::{CacheHandle, Heads, KvCache, Method};
@@ -154,7 +154,10 @@ impl Runtime {
             return Err(ModelError::Invalid(format!("{} ids but {} positions", ids.len(), positions.len())));
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
-            return Err(ModelError::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
+            return Err(ModelError::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab
+            )));
         }
         if let Some(&bad) = logit_rows.iter().find(|&&r| r < 0 || r as usize >= ids.len()) {
             return Err(ModelError::Invalid(format!("logit row {bad} outside the chunk of {}", ids.len())));

@@ -225,7 +225,7 @@ fn invalid(what: String) -> TokenizerError {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     use super::*;
     use crate::model::gguf::tests::{Kv, build, put_str, str_array};
@@ -308,14 +308,11 @@ mod tests {
         ));
     }
 
-    fn real_tokenizer() -> Option<Tokenizer> {
-        let Some(path) = std::env::var_os("KVBENCH_TEST_GGUF") else {
-            eprintln!("KVBENCH_TEST_GGUF is not set; skipping the real-tokenizer test");
-            return None;
-        };
-        let gguf = GgufFile::open(Path::new(&path)).unwrap();
+    fn real_tokenizer() -> Tokenizer {
+        let path = crate::assets::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
+        let gguf = GgufFile::open(&path).unwrap();
         assert!(gguf.get_str("tokenizer.chat_template").unwrap().contains(DEFAULT_SYSTEM_PROMPT));
-        Some(Tokenizer::from_gguf(&gguf).unwrap())
+        Tokenizer::from_gguf(&gguf).unwrap()
     }
 
     /// Ids produced by llama.cpp (llama-cpp-python 0.3.36,
@@ -365,7 +362,7 @@ mod tests {
 
     #[test]
     fn matches_llama_cpp() {
-        let Some(tok) = real_tokenizer() else { return };
+        let tok = real_tokenizer();
         for &(text, expected) in LLAMA_CPP {
             assert_eq!(tok.encode(text).unwrap(), expected, "{text:?}");
         }
@@ -373,7 +370,7 @@ mod tests {
 
     #[test]
     fn real_round_trips_and_special_tokens() {
-        let Some(tok) = real_tokenizer() else { return };
+        let tok = real_tokenizer();
         assert_eq!((tok.bos_id(), tok.eos_id(), tok.vocab_size()), (1, 2, 49152));
         for text in [
             "plain ASCII text.",

@@ -3,9 +3,10 @@
 Why this exists: kvbench implements its own inference for the same GGUF
 model; this script gives an independent reference for its numerics. For
 every golden prompt it records llama.cpp's token ids, its greedy (pure
-argmax, no sampler chain, no repeat penalty) continuation and the top-5
-logits of the first predicted position (to judge near-ties). It is invoked
-by `cargo xtask`.
+argmax, no sampler chain, no repeat penalty) continuation and, at every
+greedy step, the top-5 logits, so that a test can tell a real disagreement
+from a near-tie that llama.cpp's own kernels resolve differently between
+batched and one-token evaluation. It is invoked by `cargo xtask golden`.
 
     python llama_reference.py --gguf MODEL.gguf --prompts DIR --out FILE.json [--n-predict 16]
 """
@@ -40,17 +41,17 @@ def greedy(llm, prompt_ids, n_predict):
     llm.reset()  # n_tokens = 0; eval() then drops the whole KV cache
     llm.eval(prompt_ids)
     logits = last_logits(llm)
-    top5 = np.argsort(-logits, kind="stable")[:5]
-    first_top5 = [[int(i), float(logits[i])] for i in top5]
-    out = []
+    out, steps_top5 = [], []
     for _ in range(n_predict):
+        top5 = np.argsort(-logits, kind="stable")[:5]
+        steps_top5.append([[int(i), round(float(logits[i]), 5)] for i in top5])
         tok = int(np.argmax(logits))
         out.append(tok)
         if tok == EOS_ID:
             break
         llm.eval([tok])
         logits = last_logits(llm)
-    return out, first_top5
+    return out, steps_top5
 
 
 def main():
@@ -71,7 +72,7 @@ def main():
         text = path.read_text(encoding="utf-8")
         ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         print(f"{path.stem}: {len(ids)} prompt tokens ...", file=sys.stderr, flush=True)
-        out, first_top5 = greedy(llm, ids, args.n_predict)
+        out, steps_top5 = greedy(llm, ids, args.n_predict)
         out_text = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
         print(f"  -> {out_text!r}", file=sys.stderr, flush=True)
         results.append({
@@ -79,7 +80,7 @@ def main():
             "prompt_ids": ids,
             "output_ids": out,
             "output_text": out_text,
-            "first_top5": first_top5,
+            "steps_top5": steps_top5,
         })
 
     doc = {

@@ -1,7 +1,11 @@
-//! `cargo xtask golden`: record llama.cpp's tokenization and greedy continuation of the prompts
-//! in `golden/prompts/` as `golden/llama_cpp_reference.json`.
+//! `cargo xtask golden`: record the two independent references kvbench's numerics are held to,
+//! on the prompts in `golden/prompts/`:
+//! - `golden/llama_cpp_reference.json`: llama.cpp's token ids, greedy continuation and per-step
+//!   top-5 logits (`xtask/py/llama_reference.py`);
+//! - `golden/exact_reference.json`: the same model in float64 numpy on gguf-py's weights
+//!   (`xtask/py/numpy_reference.py`, several minutes for the long prompt).
 //!
-//! The test `tests/llama_reference.rs` holds kvbench to this file without llama.cpp installed.
+//! `tests/reference.rs` holds kvbench to both without either installed.
 
 use std::process::Command;
 
@@ -19,9 +23,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = project_root();
     let gguf = kvbench::assets::smollm2_gguf()?;
-    let python = venv::llama_python()?;
     venv::run(
-        Command::new(python)
+        Command::new(venv::llama_python()?)
             .arg(root.join("xtask/py/llama_reference.py"))
             .arg("--gguf")
             .arg(&gguf)
@@ -32,6 +35,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .arg("--n-predict")
             .arg(args.n_predict.to_string()),
     )?;
-    eprintln!("xtask: wrote golden/llama_cpp_reference.json; review the diff and commit it");
+    venv::run(
+        Command::new(venv::llama_python()?)
+            .arg(root.join("xtask/py/numpy_reference.py"))
+            .arg("--gguf")
+            .arg(&gguf)
+            .arg("--prompts")
+            .arg(root.join("golden/llama_cpp_reference.json"))
+            .arg("--out")
+            .arg(root.join("golden/exact_reference.json"))
+            .arg("--n-predict")
+            .arg(args.n_predict.to_string()),
+    )?;
+    eprintln!(
+        "xtask: wrote golden/llama_cpp_reference.json and golden/exact_reference.json; review the diff and commit"
+    );
     Ok(())
 }

@@ -57,7 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bail!("kvbench generate failed: {}", String::from_utf8_lossy(&out.stderr));
             }
             let v: Value = serde_json::from_slice(&out.stdout).context("kvbench printed no JSON")?;
-            let (p, d) = (v["prefill_tokens_per_s"].as_f64().unwrap_or(0.0), v["decode_tokens_per_s"].as_f64().unwrap_or(0.0));
+            let (p, d) =
+                (v["prefill_tokens_per_s"].as_f64().unwrap_or(0.0), v["decode_tokens_per_s"].as_f64().unwrap_or(0.0));
             eprintln!("kvbench {label} run {r}: prefill {p:.1} tok/s, decode {d:.1} tok/s");
             prefill.push(p);
             decode.push(d);
@@ -94,7 +95,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let b = report["llama_cpp"][key].as_f64().unwrap_or(f64::NAN);
         println!("| {key} | {a:.1} | {b:.1} | {:.2} |", a / b);
     }
-    println!("| peak RSS, 4k-token generation (MiB) | {:.0} | | |", report["kvbench"]["peak_rss_mib_4k"].as_f64().unwrap_or(f64::NAN));
+    println!(
+        "| peak RSS, 4k-token generation (MiB) | {:.0} | | |",
+        report["kvbench"]["peak_rss_mib_4k"].as_f64().unwrap_or(f64::NAN)
+    );
     println!("\nmachine: {machine}");
     Ok(())
 }
@@ -121,7 +125,11 @@ fn median(xs: &mut [f64]) -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     format!("{cpu}, {} logical CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()))
 }

@@ -24,9 +24,15 @@ pub fn llama_python() -> anyhow::Result<PathBuf> {
     if python.is_file() && imports_llama(&python) {
         return Ok(python);
     }
-    eprintln!("xtask: building llama-cpp-python=={LLAMA_CPP_PYTHON} from source into {} (once, several minutes)", dir.display());
+    eprintln!(
+        "xtask: building llama-cpp-python=={LLAMA_CPP_PYTHON} from source into {} (once, several minutes)",
+        dir.display()
+    );
     run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-    run(Command::new(&python).args(["-m", "pip", "install", "--no-binary", "llama-cpp-python"]).arg(format!("llama-cpp-python=={LLAMA_CPP_PYTHON}")).arg("numpy"))?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--no-binary", "llama-cpp-python"])
+        .arg(format!("llama-cpp-python=={LLAMA_CPP_PYTHON}"))
+        .args(["numpy", "gguf"]))?;
     if !imports_llama(&python) {
         bail!("{} still cannot import llama_cpp after installing it", python.display());
     }
