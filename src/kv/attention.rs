@@ -1,9 +1,12 @@
 //! Grouped-query attention of a chunk of new queries over what a cache holds.
 //!
-//! Per query head, two blocked matrix products (`matrixmultiply`'s AVX2/FMA sgemm) around a
-//! masked softmax: `S = scale · Q_h Kᵀ`, `O_h = softmax(S) V`. Query heads run in parallel on
-//! rayon's pool. Query head `h` reads key/value head `h / group`, as llama.cpp and Hugging Face
-//! do for GQA.
+//! Two paths, one result. For a prefill chunk, per query head two blocked matrix products
+//! (`matrixmultiply`'s AVX2/FMA sgemm) around a masked softmax: `S = scale · Q_h Kᵀ`,
+//! `O_h = softmax(S) V`. For a few rows (decode), sgemm would spend its time packing the whole
+//! key matrix for one query row, so a streaming kernel reads each key and value row once, with
+//! 8-lane fused multiply-adds compiled for AVX2+FMA when the CPU has them (checked at run time).
+//! Query heads run in parallel on rayon's pool. Query head `h` reads key/value head `h / group`,
+//! as llama.cpp and Hugging Face do for GQA.
 //!
 //! Causality: the chunk's `t` queries are the last `t` tokens of the view, so query `j` sees the
 //! first `n - t + j + 1` entries. A method that keeps fewer tokens passes a shorter view; the
@@ -45,12 +48,34 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
 
+    if t <= FEW_ROWS && d % LANES == 0 && group <= MAX_GROUP {
+        // One task per (kv head, query row): the group's query heads share each key/value read.
+        let tasks: Vec<(usize, usize)> = (0..kv_heads).flat_map(|g| (0..t).map(move |j| (g, j))).collect();
+        let rows: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(g, j)| {
+                let visible = n - t + j + 1;
+                let first = j * q_stride + g * group * d;
+                let mut o = vec![0.0f32; group * d];
+                let mut scores = vec![0.0f32; group * visible];
+                grouped_row(&q[first..first + group * d], d, kv[g], scale, &mut scores, &mut o);
+                o
+            })
+            .collect();
+        for (&(g, j), o) in tasks.iter().zip(&rows) {
+            out[j * heads * d + g * group * d..][..group * d].copy_from_slice(o);
+        }
+        return;
+    }
+
     let per_head: Vec<Vec<f32>> = (0..heads)
         .into_par_iter()
         .map(|h| {
             let view = kv[h / group];
             let mut scores = vec![0.0f32; t * n];
             // S[t, n] = scale · Q_h[t, d] · K[n, d]ᵀ
+            // SAFETY: the strides describe in-bounds views of `q`, `view.keys` and `scores`
+            // (checked by the asserts above and the views' lengths).
             unsafe {
                 matrixmultiply::sgemm(
                     t,
@@ -74,6 +99,7 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
             }
             let mut o = vec![0.0f32; t * d];
             // O_h[t, d] = P[t, n] · V[n, d]
+            // SAFETY: as above, for `scores`, `view.values` and `o`.
             unsafe {
                 matrixmultiply::sgemm(
                     t,
@@ -95,7 +121,6 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
             o
         })
         .collect();
-
     for (h, o) in per_head.iter().enumerate() {
         for j in 0..t {
             out[j * heads * d + h * d..][..d].copy_from_slice(&o[j * d..][..d]);
@@ -103,18 +128,145 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
     }
 }
 
+/// Rows at or below which the streaming kernel is used.
+const FEW_ROWS: usize = 4;
+/// f32 lanes of an AVX2 register.
+const LANES: usize = 8;
+/// Largest GQA group the streaming kernel handles.
+const MAX_GROUP: usize = 8;
+
+/// One query row of every head in a GQA group (`qs`: `group` consecutive heads of `d` values)
+/// over the first `scores.len() / group` rows of their shared view: scores, softmax, weighted
+/// values.
+fn grouped_row(qs: &[f32], d: usize, view: KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { grouped_row_avx2(qs, d, view, scale, scores, out) };
+    }
+    grouped_row_dispatch(qs, d, view, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grouped_row_avx2(qs: &[f32], d: usize, view: KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    grouped_row_dispatch(qs, d, view, scale, scores, out)
+}
+
+/// The group size as a constant, so that the accumulators live in registers.
+#[inline(always)]
+fn grouped_row_dispatch(qs: &[f32], d: usize, view: KvView<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    match qs.len() / d {
+        1 => grouped_row_generic::<1>(qs, d, view, scale, scores, out),
+        2 => grouped_row_generic::<2>(qs, d, view, scale, scores, out),
+        3 => grouped_row_generic::<3>(qs, d, view, scale, scores, out),
+        4 => grouped_row_generic::<4>(qs, d, view, scale, scores, out),
+        5 => grouped_row_generic::<5>(qs, d, view, scale, scores, out),
+        6 => grouped_row_generic::<6>(qs, d, view, scale, scores, out),
+        7 => grouped_row_generic::<7>(qs, d, view, scale, scores, out),
+        _ => grouped_row_generic::<MAX_GROUP>(qs, d, view, scale, scores, out),
+    }
+}
+
+/// 8-lane accumulators (they vectorise without reassociating sums), one independent FMA chain
+/// per head of the group, and each key and value row read once for the whole group.
+#[inline(always)]
+fn grouped_row_generic<const G: usize>(
+    qs: &[f32],
+    d: usize,
+    view: KvView<'_>,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = G;
+    let visible = scores.len() / group;
+    for (i, k) in view.keys.chunks_exact(d).take(visible).enumerate() {
+        let mut acc = [[0.0f32; LANES]; G];
+        for (c, kc) in k.chunks_exact(LANES).enumerate() {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qc = &qs[r * d + c * LANES..][..LANES];
+                for l in 0..LANES {
+                    a[l] = qc[l].mul_add(kc[l], a[l]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            scores[r * visible + i] = a.iter().sum::<f32>() * scale;
+        }
+    }
+    for row in scores.chunks_exact_mut(visible) {
+        softmax_prefix_generic(row, visible);
+    }
+    out.fill(0.0);
+    for i in 0..visible {
+        let v = &view.values[i * d..][..d];
+        for r in 0..group {
+            let p = scores[r * visible + i];
+            for (oc, vc) in out[r * d..][..d].chunks_exact_mut(LANES).zip(v.chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    oc[l] = p.mul_add(vc[l], oc[l]);
+                }
+            }
+        }
+    }
+}
+
 /// Softmax over `row[..visible]`, zeros after it.
 fn softmax_prefix(row: &mut [f32], visible: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { softmax_prefix_avx2(row, visible) };
+    }
+    softmax_prefix_generic(row, visible)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
+    softmax_prefix_generic(row, visible)
+}
+
+#[inline(always)]
+fn softmax_prefix_generic(row: &mut [f32], visible: usize) {
     let (live, masked) = row.split_at_mut(visible);
     masked.fill(0.0);
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for x in live.iter_mut() {
-        *x = (*x - max).exp();
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = live.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = exp_nonpositive(c[l] - max);
+            sums[l] += c[l];
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive(*x - max);
         sum += *x;
     }
     let inv = 1.0 / sum;
     live.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `e^x` for `x ≤ 0`, branch-free so that it vectorises: `x = k·ln2 + r` with `|r| ≤ ln2/2`, a
+/// degree-6 polynomial for `e^r` (Cephes `expf` coefficients, error ≈ 1 ulp), and `2^k` built
+/// from exponent bits. Inputs are clamped at −87, where `e^x` is below f32's normal range.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let k = (x * std::f32::consts::LOG2_E).round();
+    let r = k.mul_add(-0.693_359_4, x);
+    let r = k.mul_add(2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let er = (p * r).mul_add(r, r) + 1.0;
+    er * f32::from_bits(((k as i32 + 127) as u32) << 23)
 }
 
 /// Straightforward f64 attention, the reference the kernel is tested against.
@@ -166,7 +318,7 @@ mod tests {
         let shape = Heads { heads: 9, kv_heads: 3, head_dim: 64 };
         let mut rng = StdRng::seed_from_u64(7);
         // prefill chunk (t = n), chunk after a prefix, single decode step
-        for (t, n) in [(17, 17), (40, 300), (1, 513)] {
+        for (t, n) in [(17, 17), (40, 300), (1, 513), (3, 1000), (5, 64)] {
             let q = random(&mut rng, t * 9 * 64, 2.0);
             let keys: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, n * 64, 2.0)).collect();
             let values: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, n * 64, 1.0)).collect();
@@ -175,6 +327,15 @@ mod tests {
             attend(shape, &q, 9 * 64, t, &kv, &mut out);
             let err = relative_error(&out, &naive(shape, &q, t, &kv));
             assert!(err <= 1e-5, "t={t} n={n}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn fast_exp_is_within_a_few_ulp_of_std() {
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            assert!((got - want).abs() <= 2.5e-7 * want, "exp({x}) = {got}, std {want}");
         }
     }
 

@@ -20,15 +20,20 @@
 //!   gate and up projections from one `[hidden, 2·ffn]` MatMul: fewer, larger products.
 //! - **`logit_rows` selects which positions get logits**: `[T-1]` during generation (a
 //!   `[1, vocab]` product instead of `[T, vocab]`), all rows for teacher forcing.
-//! - **fp32 weights**, dequantized exactly from Q4_1/Q8_0. See docs/PERF.md for the measurement.
-//!   The tied embedding is stored once and read by both the Gather and the output Gemm.
+//! - **Q4_1 matrices stay 4-bit** as `MatMulNBits` plus an exact block-sum correction
+//!   ([`super::quant`]): decode is bound by the bytes of weights read per token, and fp32 weights
+//!   decoded at a third of llama.cpp's speed (docs/PERF.md). Other types (F32, Q8_0, ...) are
+//!   dequantized to fp32. The tied embedding is fp32, stored once, read by the Gather and the
+//!   output Gemm.
 
 use super::ModelConfig;
-use super::gguf::{GgufError, GgufFile};
-use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT64};
+use super::gguf::{GgmlType, GgufError, GgufFile};
+use super::head::Q8_LINEAR_OP;
+use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT8, INT64, UINT8};
+use super::quant::{BLOCK, NBits};
 
 /// Bump when the graph changes: cached exports are keyed by it.
-pub const EXPORTER_VERSION: u32 = 1;
+pub const EXPORTER_VERSION: u32 = 3;
 /// Domain of kvbench's custom operators.
 pub const DOMAIN: &str = "kvbench";
 /// Name of the attention operator.
@@ -52,20 +57,15 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> 
         let n = |s: &str| format!("l{l}_{s}");
         let norm = g.init_f32(&n("attn_norm"), &[h], &gguf.dequantize(&t("attn_norm"))?);
         let normed = rms_norm(&mut g, &x, &norm, eps, &n("h"));
-        let wqkv = fused_transpose(gguf, &[&t("attn_q"), &t("attn_k"), &t("attn_v")], cfg.hidden)?;
-        let wqkv = g.init_f32(&n("wqkv"), &[h, cfg.qkv_width() as i64], &wqkv);
-        let qkv = g.node("MatMul", &[&normed, &wqkv], &n("qkv"), vec![]);
+        let qkv = linear(&mut g, gguf, &[&t("attn_q"), &t("attn_k"), &t("attn_v")], cfg.hidden, &normed, &n("qkv"))?;
         let attn = n("attn");
         g.node_in(DOMAIN, ATTENTION_OP, &[&qkv, &positions], &[&attn], vec![AttributeProto::int("layer", l as i64)]);
-        let wo = g.init_f32(&n("wo"), &[h, h], &fused_transpose(gguf, &[&t("attn_output")], cfg.hidden)?);
-        let o = g.node("MatMul", &[&attn, &wo], &n("o"), vec![]);
+        let o = linear(&mut g, gguf, &[&t("attn_output")], cfg.hidden, &attn, &n("o"))?;
         x = g.node("Add", &[&x, &o], &n("x_attn"), vec![]);
 
         let norm = g.init_f32(&n("ffn_norm"), &[h], &gguf.dequantize(&t("ffn_norm"))?);
         let normed = rms_norm(&mut g, &x, &norm, eps, &n("h2"));
-        let wgu = fused_transpose(gguf, &[&t("ffn_gate"), &t("ffn_up")], cfg.hidden)?;
-        let wgu = g.init_f32(&n("wgate_up"), &[h, 2 * cfg.ffn as i64], &wgu);
-        let gu = g.node("MatMul", &[&normed, &wgu], &n("gate_up"), vec![]);
+        let gu = linear(&mut g, gguf, &[&t("ffn_gate"), &t("ffn_up")], cfg.hidden, &normed, &n("gate_up"))?;
         let (gate, up) = (n("gate"), n("up"));
         g.node_in(
             "",
@@ -77,24 +77,90 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> 
         let sig = g.node("Sigmoid", &[&gate], &n("gate_sigmoid"), vec![]);
         let silu = g.node("Mul", &[&gate, &sig], &n("gate_silu"), vec![]);
         let act = g.node("Mul", &[&silu, &up], &n("act"), vec![]);
-        let wdown = g.init_f32(&n("wdown"), &[cfg.ffn as i64, h], &fused_transpose(gguf, &[&t("ffn_down")], cfg.ffn)?);
-        let down = g.node("MatMul", &[&act, &wdown], &n("down"), vec![]);
+        let down = linear(&mut g, gguf, &[&t("ffn_down")], cfg.ffn, &act, &n("down"))?;
         x = g.node("Add", &[&x, &down], &n("x_out"), vec![]);
     }
 
     let norm = g.init_f32("output_norm", &[h], &gguf.dequantize("output_norm.weight")?);
     let normed = rms_norm(&mut g, &x, &norm, eps, "final_h");
     let picked = g.node("Gather", &[&normed, &rows], "picked", vec![AttributeProto::int("axis", 0)]);
-    let head = if gguf.tensor_info("output.weight").is_ok() {
-        g.init_f32("output", &[v, h], &gguf.dequantize("output.weight")?)
+    let head_name = if gguf.tensor_info("output.weight").is_ok() { "output.weight" } else { "token_embd.weight" };
+    if gguf.tensor_info(head_name)?.ggml_type == GgmlType::Q8_0 && cfg.hidden.is_multiple_of(BLOCK) {
+        // 8-bit codes and f16 scales, read by kvbench's Q8Linear (see `super::head`).
+        let raw = gguf.tensor_data(head_name)?;
+        let codes: Vec<u8> = raw.chunks_exact(34).flat_map(|b| b[2..].iter().copied()).collect();
+        let scales: Vec<f32> = raw.chunks_exact(34).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+        let codes = g.init_bytes("head_codes", INT8, &[v, h], codes);
+        let scales = g.init_f32("head_scales", &[v, h / BLOCK as i64], &scales);
+        g.node_in(DOMAIN, Q8_LINEAR_OP, &[&picked, &codes, &scales], &["logits"], vec![]);
     } else {
-        embd
-    };
-    g.node("Gemm", &[&picked, &head], "logits", vec![AttributeProto::int("transB", 1)]);
+        let head = if head_name == "token_embd.weight" {
+            embd
+        } else {
+            g.init_f32("output", &[v, h], &gguf.dequantize(head_name)?)
+        };
+        g.node("Gemm", &[&picked, &head], "logits", vec![AttributeProto::int("transB", 1)]);
+    }
 
     let metadata =
         [("kvbench.exporter_version", EXPORTER_VERSION.to_string()), ("kvbench.layers", cfg.layers.to_string())];
-    Ok(g.into_model_bytes("kvbench-llama", &[("", 21), (DOMAIN, 1)], &metadata))
+    Ok(g.into_model_bytes("kvbench-llama", &[("", 21), (DOMAIN, 1), (MS_DOMAIN, 1)], &metadata))
+}
+
+/// ONNX Runtime's contrib-operator domain (`MatMulNBits`).
+const MS_DOMAIN: &str = "com.microsoft";
+
+/// `x[T, input] · [W_1 | W_2 | …]` for GGUF matrices `names` (each `[out_i, input]`), as one
+/// product. Q4_1 stays 4-bit ([`super::quant`]); anything else is dequantized to fp32.
+fn linear(
+    g: &mut GraphBuilder,
+    gguf: &GgufFile,
+    names: &[&str],
+    input: usize,
+    x: &str,
+    out: &str,
+) -> Result<String, GgufError> {
+    let all_q4_1 = names
+        .iter()
+        .map(|n| gguf.tensor_info(n))
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .all(|i| i.ggml_type == GgmlType::Q4_1);
+    if !all_q4_1 || !input.is_multiple_of(BLOCK) {
+        let w = fused_transpose(gguf, names, input)?;
+        let w = g.init_f32(&format!("{out}_w"), &[input as i64, (w.len() / input) as i64], &w);
+        return Ok(g.node("MatMul", &[x, &w], out, vec![]));
+    }
+    let raw: Vec<&[u8]> = names.iter().map(|n| gguf.tensor_data(n)).collect::<Result<_, _>>()?;
+    let nb = NBits::from_q4_1(&raw, input);
+    let (n, k, blocks) = (nb.n as i64, nb.k as i64, (nb.k / BLOCK) as i64);
+    let codes = g.init_bytes(&format!("{out}_codes"), UINT8, &[n, blocks, (BLOCK / 2) as i64], nb.codes);
+    let scales = g.init_f32(&format!("{out}_scales"), &[n * blocks], &nb.scales);
+    let main = format!("{out}_main");
+    g.node_in(
+        MS_DOMAIN,
+        "MatMulNBits",
+        &[x, &codes, &scales],
+        &[&main],
+        vec![
+            AttributeProto::int("K", k),
+            AttributeProto::int("N", n),
+            AttributeProto::int("bits", 4),
+            AttributeProto::int("block_size", BLOCK as i64),
+            // 0 keeps activations fp32. 4 (int8 activation blocks, like llama.cpp's Q8_1) decoded
+            // 1.5x faster but parted from both references within a few tokens: see docs/PERF.md.
+            AttributeProto::int("accuracy_level", 0),
+        ],
+    );
+    // correction: block sums of x times (m + 8d)
+    let shape = g.init_i64(&format!("{out}_blocks_shape"), &[3], &[-1, blocks, BLOCK as i64]);
+    let axes = g.init_i64(&format!("{out}_axes"), &[1], &[-1]);
+    let offsets = g.init_f32(&format!("{out}_offsets"), &[blocks, n], &nb.offsets_t);
+    let blocked = g.node("Reshape", &[x, &shape], &format!("{out}_xblocks"), vec![]);
+    let sums =
+        g.node("ReduceSum", &[&blocked, &axes], &format!("{out}_xsums"), vec![AttributeProto::int("keepdims", 0)]);
+    let corr = g.node("MatMul", &[&sums, &offsets], &format!("{out}_corr"), vec![]);
+    Ok(g.node("Add", &[&main, &corr], out, vec![]))
 }
 
 /// RMSNorm through ONNX Runtime's fused `SimplifiedLayerNormalization` kernel.

@@ -9,7 +9,9 @@ pub mod config;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod head;
 pub mod onnx;
+pub mod quant;
 pub mod session;
 pub mod tokenizer;
 

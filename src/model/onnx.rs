@@ -11,6 +11,10 @@ use prost::Message;
 
 /// `TensorProto.DataType.FLOAT`.
 pub const FLOAT: i32 = 1;
+/// `TensorProto.DataType.UINT8`.
+pub const UINT8: i32 = 2;
+/// `TensorProto.DataType.INT8`.
+pub const INT8: i32 = 3;
 /// `TensorProto.DataType.INT64`.
 pub const INT64: i32 = 7;
 
@@ -235,6 +239,13 @@ impl GraphBuilder {
         assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "initializer {name}: shape and data disagree");
         let raw_data = data.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.graph.initializer.push(TensorProto { dims: dims.to_vec(), data_type: FLOAT, name: name.into(), raw_data });
+        name.to_string()
+    }
+
+    /// Add a byte initializer of element type `UINT8` or `INT8` (given as its raw bytes).
+    pub fn init_bytes(&mut self, name: &str, data_type: i32, dims: &[i64], data: Vec<u8>) -> String {
+        assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "initializer {name}: shape and data disagree");
+        self.graph.initializer.push(TensorProto { dims: dims.to_vec(), data_type, name: name.into(), raw_data: data });
         name.to_string()
     }
 

@@ -15,6 +15,7 @@ use ort::value::Tensor;
 use super::ModelConfig;
 use super::export::{self, DOMAIN, EXPORTER_VERSION};
 use super::gguf::{GgufError, GgufFile};
+use super::head::Q8LinearOp;
 use super::tokenizer::{Tokenizer, TokenizerError};
 use crate::assets::{self, AssetError};
 use crate::kv::op::KvAttentionOp;
@@ -112,11 +113,17 @@ impl Runtime {
         let shape = Heads { heads: config.heads, kv_heads: config.kv_heads, head_dim: config.head_dim };
         let cache = KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers).into_handle();
         let op = KvAttentionOp { cache: cache.clone(), shape, rope_base: config.rope_base };
-        let session = Session::builder(env)?
+        let mut builder = Session::builder(env)?;
+        if let Some(prefix) = std::env::var_os("KVBENCH_ORT_PROFILE") {
+            // ONNX Runtime's per-node timings, written as JSON when the runtime is dropped.
+            builder = builder.with_profiling(prefix)?;
+        }
+        let domain = ort::operator::OperatorDomain::new(DOMAIN)?.add(op)?.add(Q8LinearOp)?;
+        let session = builder
             .with_optimization_level(GraphOptimizationLevel::Level3)?
             .with_intra_threads(threads)?
             .with_intra_op_spinning(false)?
-            .with_operators(ort::operator::OperatorDomain::new(DOMAIN)?.add(op)?)?
+            .with_operators(domain)?
             .commit_from_file(&onnx)?;
         Ok(Self { session, cache, config, tokenizer, gguf_path })
     }
@@ -177,12 +184,31 @@ impl Runtime {
     }
 }
 
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if std::env::var_os("KVBENCH_ORT_PROFILE").is_some()
+            && let Ok(file) = self.session.end_profiling()
+        {
+            eprintln!("kvbench: ONNX Runtime profile written to {file}");
+        }
+    }
+}
+
 /// Path of the ONNX export of `gguf`, writing it first if the cache lacks it.
 fn exported_model(gguf: &GgufFile, config: &ModelConfig) -> Result<PathBuf, ModelError> {
     let sha = assets::sha256_file(gguf.path())?;
-    let path = assets::cache_dir().join("onnx").join(format!("{}-exporter-v{EXPORTER_VERSION}.onnx", &sha[..16]));
+    let dir = assets::cache_dir().join("onnx");
+    let stem = &sha[..16];
+    let path = dir.join(format!("{stem}-exporter-v{EXPORTER_VERSION}.onnx"));
     if path.is_file() {
         return Ok(path);
+    }
+    // Exports by older exporter versions are dead weight (hundreds of MB): remove them.
+    for old in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if name.starts_with(stem) && name.ends_with(".onnx") {
+            let _ = std::fs::remove_file(old.path());
+        }
     }
     eprintln!("kvbench: exporting {} to ONNX (once; cached in {})", gguf.path().display(), path.display());
     let bytes = export::export(gguf, config)?;
