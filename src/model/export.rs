@@ -20,6 +20,9 @@
 //!   gate and up projections from one `[hidden, 2·ffn]` MatMul: fewer, larger products.
 //! - **`logit_rows` selects which positions get logits**: `[T-1]` during generation (a
 //!   `[1, vocab]` product instead of `[T, vocab]`), all rows for teacher forcing.
+//! - **Two graphs, one function**: chunks of many tokens run a graph whose Q4_1 products are
+//!   ONNX Runtime's blocked `MatMulNBits`; decode steps run one whose products are kvbench's
+//!   streaming `Q4Linear` ([`super::qlinear`]) over the same codes.
 //! - **Q4_1 matrices stay 4-bit** as `MatMulNBits` plus an exact block-sum correction
 //!   ([`super::quant`]): decode is bound by the bytes of weights read per token, and fp32 weights
 //!   decoded at a third of llama.cpp's speed (docs/PERF.md). Other types (F32, Q8_0, ...) are
@@ -30,17 +33,37 @@ use super::ModelConfig;
 use super::gguf::{GgmlType, GgufError, GgufFile};
 use super::head::Q8_LINEAR_OP;
 use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT8, INT64, UINT8};
+use super::qlinear::Q4_LINEAR_OP;
 use super::quant::{BLOCK, NBits};
 
 /// Bump when the graph changes: cached exports are keyed by it.
-pub const EXPORTER_VERSION: u32 = 3;
+pub const EXPORTER_VERSION: u32 = 4;
 /// Domain of kvbench's custom operators.
 pub const DOMAIN: &str = "kvbench";
+/// Which of the two graphs: they compute the same function with different kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphKind {
+    /// Many rows per run: Q4_1 products through ONNX Runtime's blocked `MatMulNBits`.
+    Prefill,
+    /// A few rows per run: Q4_1 products through kvbench's streaming `Q4Linear`.
+    Decode,
+}
+
+impl GraphKind {
+    /// Name used in cached file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphKind::Prefill => "prefill",
+            GraphKind::Decode => "decode",
+        }
+    }
+}
+
 /// Name of the attention operator.
 pub const ATTENTION_OP: &str = "KvAttention";
 
 /// Build the ONNX model bytes for `gguf`.
-pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> {
+pub fn export(gguf: &GgufFile, cfg: &ModelConfig, kind: GraphKind) -> Result<Vec<u8>, GgufError> {
     let mut g = GraphBuilder::default();
     let (h, v) = (cfg.hidden as i64, cfg.vocab as i64);
     let ids = g.input("input_ids", INT64, &[Dim::Named("T")]);
@@ -57,15 +80,16 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> 
         let n = |s: &str| format!("l{l}_{s}");
         let norm = g.init_f32(&n("attn_norm"), &[h], &gguf.dequantize(&t("attn_norm"))?);
         let normed = rms_norm(&mut g, &x, &norm, eps, &n("h"));
-        let qkv = linear(&mut g, gguf, &[&t("attn_q"), &t("attn_k"), &t("attn_v")], cfg.hidden, &normed, &n("qkv"))?;
+        let qkv =
+            linear(&mut g, gguf, &[&t("attn_q"), &t("attn_k"), &t("attn_v")], cfg.hidden, &normed, &n("qkv"), kind)?;
         let attn = n("attn");
         g.node_in(DOMAIN, ATTENTION_OP, &[&qkv, &positions], &[&attn], vec![AttributeProto::int("layer", l as i64)]);
-        let o = linear(&mut g, gguf, &[&t("attn_output")], cfg.hidden, &attn, &n("o"))?;
+        let o = linear(&mut g, gguf, &[&t("attn_output")], cfg.hidden, &attn, &n("o"), kind)?;
         x = g.node("Add", &[&x, &o], &n("x_attn"), vec![]);
 
         let norm = g.init_f32(&n("ffn_norm"), &[h], &gguf.dequantize(&t("ffn_norm"))?);
         let normed = rms_norm(&mut g, &x, &norm, eps, &n("h2"));
-        let gu = linear(&mut g, gguf, &[&t("ffn_gate"), &t("ffn_up")], cfg.hidden, &normed, &n("gate_up"))?;
+        let gu = linear(&mut g, gguf, &[&t("ffn_gate"), &t("ffn_up")], cfg.hidden, &normed, &n("gate_up"), kind)?;
         let (gate, up) = (n("gate"), n("up"));
         g.node_in(
             "",
@@ -77,7 +101,7 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig) -> Result<Vec<u8>, GgufError> 
         let sig = g.node("Sigmoid", &[&gate], &n("gate_sigmoid"), vec![]);
         let silu = g.node("Mul", &[&gate, &sig], &n("gate_silu"), vec![]);
         let act = g.node("Mul", &[&silu, &up], &n("act"), vec![]);
-        let down = linear(&mut g, gguf, &[&t("ffn_down")], cfg.ffn, &act, &n("down"))?;
+        let down = linear(&mut g, gguf, &[&t("ffn_down")], cfg.ffn, &act, &n("down"), kind)?;
         x = g.node("Add", &[&x, &down], &n("x_out"), vec![]);
     }
 
@@ -119,6 +143,7 @@ fn linear(
     input: usize,
     x: &str,
     out: &str,
+    kind: GraphKind,
 ) -> Result<String, GgufError> {
     let all_q4_1 = names
         .iter()
@@ -132,6 +157,21 @@ fn linear(
         return Ok(g.node("MatMul", &[x, &w], out, vec![]));
     }
     let raw: Vec<&[u8]> = names.iter().map(|n| gguf.tensor_data(n)).collect::<Result<_, _>>()?;
+    if kind == GraphKind::Decode {
+        // GGUF's own nibbles, with d and m widened to f32 (see `super::qlinear`)
+        let blocks: Vec<&[u8]> = raw.iter().flat_map(|r| r.chunks_exact(20)).collect();
+        let rows = (blocks.len() / (input / BLOCK)) as i64;
+        let codes: Vec<u8> = blocks.iter().flat_map(|b| b[4..20].iter().copied()).collect();
+        let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+        let d: Vec<f32> = blocks.iter().map(|b| f16_at(b, 0)).collect();
+        let m: Vec<f32> = blocks.iter().map(|b| f16_at(b, 2)).collect();
+        let per_row = (input / BLOCK) as i64;
+        let codes = g.init_bytes(&format!("{out}_codes"), UINT8, &[rows, input as i64 / 2], codes);
+        let d = g.init_f32(&format!("{out}_d"), &[rows, per_row], &d);
+        let m = g.init_f32(&format!("{out}_m"), &[rows, per_row], &m);
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &[x, &codes, &d, &m], &[out], vec![]);
+        return Ok(out.to_string());
+    }
     let nb = NBits::from_q4_1(&raw, input);
     let (n, k, blocks) = (nb.n as i64, nb.k as i64, (nb.k / BLOCK) as i64);
     let codes = g.init_bytes(&format!("{out}_codes"), UINT8, &[n, blocks, (BLOCK / 2) as i64], nb.codes);

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod head;
 pub mod onnx;
+pub mod qlinear;
 pub mod quant;
 pub mod session;
 pub mod tokenizer;

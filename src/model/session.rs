@@ -13,9 +13,10 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
 use super::ModelConfig;
-use super::export::{self, DOMAIN, EXPORTER_VERSION};
+use super::export::{self, DOMAIN, EXPORTER_VERSION, GraphKind};
 use super::gguf::{GgufError, GgufFile};
 use super::head::Q8LinearOp;
+use super::qlinear::Q4LinearOp;
 use super::tokenizer::{Tokenizer, TokenizerError};
 use crate::assets::{self, AssetError};
 use crate::kv::op::KvAttentionOp;
@@ -55,6 +56,9 @@ impl<T> From<ort::Error<T>> for ModelError {
     }
 }
 
+/// Chunks of at most this many tokens run through the decode graph.
+pub const DECODE_ROWS: usize = 4;
+
 /// How to load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -72,7 +76,10 @@ impl Default for LoadOptions {
 
 /// A loaded model: session, tokenizer, shape, and the cache its kernels write to.
 pub struct Runtime {
-    session: Session,
+    /// For chunks of more than [`DECODE_ROWS`] tokens.
+    prefill: Session,
+    /// For steps of at most [`DECODE_ROWS`] tokens.
+    decode: Session,
     cache: CacheHandle,
     config: ModelConfig,
     tokenizer: Tokenizer,
@@ -103,7 +110,8 @@ impl Runtime {
         let gguf = GgufFile::open(&gguf_path)?;
         let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let onnx = exported_model(&gguf, &config)?;
+        let onnx_prefill = exported_model(&gguf, &config, GraphKind::Prefill)?;
+        let onnx_decode = exported_model(&gguf, &config, GraphKind::Decode)?;
         drop(gguf);
         let env = environment()?;
 
@@ -112,20 +120,24 @@ impl Runtime {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
         let shape = Heads { heads: config.heads, kv_heads: config.kv_heads, head_dim: config.head_dim };
         let cache = KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers).into_handle();
-        let op = KvAttentionOp { cache: cache.clone(), shape, rope_base: config.rope_base };
-        let mut builder = Session::builder(env)?;
-        if let Some(prefix) = std::env::var_os("KVBENCH_ORT_PROFILE") {
-            // ONNX Runtime's per-node timings, written as JSON when the runtime is dropped.
-            builder = builder.with_profiling(prefix)?;
-        }
-        let domain = ort::operator::OperatorDomain::new(DOMAIN)?.add(op)?.add(Q8LinearOp)?;
-        let session = builder
-            .with_optimization_level(GraphOptimizationLevel::Level3)?
-            .with_intra_threads(threads)?
-            .with_intra_op_spinning(false)?
-            .with_operators(domain)?
-            .commit_from_file(&onnx)?;
-        Ok(Self { session, cache, config, tokenizer, gguf_path })
+        let open = |onnx: &Path, kind: GraphKind| -> Result<Session, ModelError> {
+            let mut builder = Session::builder(env)?;
+            if let Some(prefix) = std::env::var_os("KVBENCH_ORT_PROFILE") {
+                // ONNX Runtime's per-node timings, written as JSON when the runtime is dropped.
+                builder = builder.with_profiling(format!("{}-{}", prefix.to_string_lossy(), kind.name()))?;
+            }
+            let op = KvAttentionOp { cache: cache.clone(), shape, rope_base: config.rope_base };
+            let domain = ort::operator::OperatorDomain::new(DOMAIN)?.add(op)?.add(Q8LinearOp)?.add(Q4LinearOp)?;
+            Ok(builder
+                .with_optimization_level(GraphOptimizationLevel::Level3)?
+                .with_intra_threads(threads)?
+                .with_intra_op_spinning(false)?
+                .with_operators(domain)?
+                .commit_from_file(onnx)?)
+        };
+        let prefill = open(&onnx_prefill, GraphKind::Prefill)?;
+        let decode = open(&onnx_decode, GraphKind::Decode)?;
+        Ok(Self { prefill, decode, cache, config, tokenizer, gguf_path })
     }
 
     /// The model's shape.
@@ -171,7 +183,8 @@ impl Runtime {
         }
         let t = ids.len();
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let outputs = self.session.run(ort::inputs![
+        let session = if t <= DECODE_ROWS { &mut self.decode } else { &mut self.prefill };
+        let outputs = session.run(ort::inputs![
             "input_ids" => Tensor::from_array(([t], ids))?,
             "positions" => Tensor::from_array(([t], positions.to_vec()))?,
             "logit_rows" => Tensor::from_array(([logit_rows.len()], logit_rows.to_vec()))?,
@@ -186,19 +199,21 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if std::env::var_os("KVBENCH_ORT_PROFILE").is_some()
-            && let Ok(file) = self.session.end_profiling()
-        {
-            eprintln!("kvbench: ONNX Runtime profile written to {file}");
+        if std::env::var_os("KVBENCH_ORT_PROFILE").is_some() {
+            for session in [&mut self.prefill, &mut self.decode] {
+                if let Ok(file) = session.end_profiling() {
+                    eprintln!("kvbench: ONNX Runtime profile written to {file}");
+                }
+            }
         }
     }
 }
 
 /// Path of the ONNX export of `gguf`, writing it first if the cache lacks it.
-fn exported_model(gguf: &GgufFile, config: &ModelConfig) -> Result<PathBuf, ModelError> {
+fn exported_model(gguf: &GgufFile, config: &ModelConfig, kind: GraphKind) -> Result<PathBuf, ModelError> {
     let sha = assets::sha256_file(gguf.path())?;
     let dir = assets::cache_dir().join("onnx");
-    let stem = &sha[..16];
+    let stem = format!("{}-{}", &sha[..16], kind.name());
     let path = dir.join(format!("{stem}-exporter-v{EXPORTER_VERSION}.onnx"));
     if path.is_file() {
         return Ok(path);
@@ -206,12 +221,12 @@ fn exported_model(gguf: &GgufFile, config: &ModelConfig) -> Result<PathBuf, Mode
     // Exports by older exporter versions are dead weight (hundreds of MB): remove them.
     for old in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = old.file_name().to_string_lossy().into_owned();
-        if name.starts_with(stem) && name.ends_with(".onnx") {
+        if name.starts_with(&stem) && name.ends_with(".onnx") {
             let _ = std::fs::remove_file(old.path());
         }
     }
     eprintln!("kvbench: exporting {} to ONNX (once; cached in {})", gguf.path().display(), path.display());
-    let bytes = export::export(gguf, config)?;
+    let bytes = export::export(gguf, config, kind)?;
     assets::write_atomic(&path, &bytes)?;
     Ok(path)
 }
