@@ -110,8 +110,9 @@ impl Runtime {
         let gguf = GgufFile::open(&gguf_path)?;
         let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let onnx_prefill = exported_model(&gguf, &config, GraphKind::Prefill)?;
-        let onnx_decode = exported_model(&gguf, &config, GraphKind::Decode)?;
+        let sha = assets::sha256_file(gguf.path())?;
+        let onnx_prefill = exported_model(&gguf, &sha, &config, GraphKind::Prefill)?;
+        let onnx_decode = exported_model(&gguf, &sha, &config, GraphKind::Decode)?;
         drop(gguf);
         let env = environment()?;
 
@@ -209,9 +210,9 @@ impl Drop for Runtime {
     }
 }
 
-/// Path of the ONNX export of `gguf`, writing it first if the cache lacks it.
-fn exported_model(gguf: &GgufFile, config: &ModelConfig, kind: GraphKind) -> Result<PathBuf, ModelError> {
-    let sha = assets::sha256_file(gguf.path())?;
+/// Path of the `kind` ONNX export of `gguf` (whose sha256 is `sha`), written first if the cache
+/// lacks it.
+fn exported_model(gguf: &GgufFile, sha: &str, config: &ModelConfig, kind: GraphKind) -> Result<PathBuf, ModelError> {
     let dir = assets::cache_dir().join("onnx");
     let stem = format!("{}-{}", &sha[..16], kind.name());
     let path = dir.join(format!("{stem}-exporter-v{EXPORTER_VERSION}.onnx"));
