@@ -3,7 +3,8 @@
 //!
 //! - `golden/exact_reference.json`: the same model in float64 numpy on gguf-py's dequantized
 //!   weights with Hugging Face's conventions (`xtask/py/numpy_reference.py`). kvbench must give
-//!   its greedy tokens exactly and its logits within [`EXACT_LOGIT_GAP`].
+//!   its greedy tokens exactly and its logits within [`EXACT_LOGIT_GAP`], through both graphs
+//!   (prefill chunks and single-token decode steps).
 //! - `golden/llama_cpp_reference.json`: llama.cpp (llama-cpp-python built from source, same GGUF,
 //!   no BOS). What must hold, for every prompt:
 //! 1. **Tokenization**: kvbench's prompt ids are llama.cpp's, exactly.
@@ -82,15 +83,20 @@ fn read_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// kvbench's logits at each step of `continuation` after `prompt`, fed as one chunk after a
-/// prefill of all but the prompt's last token; row `i` predicts `continuation[i]`.
-fn teacher_forced(rt: &mut Runtime, prompt: &[u32], continuation: &[u32]) -> Vec<f32> {
+/// kvbench's logits at each step of `continuation` after `prompt`, after a prefill of all but the
+/// prompt's last token; row `i` predicts `continuation[i]`. The tail is fed as one chunk (the
+/// prefill graph) or, with `one_by_one`, as single-token steps (the decode graph).
+fn teacher_forced(rt: &mut Runtime, prompt: &[u32], continuation: &[u32], one_by_one: bool) -> Vec<f32> {
     rt.reset(Arc::new(Full)).unwrap();
     let n = prompt.len();
     prefill(rt, &prompt[..n - 1], 512).unwrap();
     let steps = continuation.len();
     let tail: Vec<u32> = std::iter::once(prompt[n - 1]).chain(continuation[..steps - 1].iter().copied()).collect();
     let positions: Vec<i64> = (0..steps).map(|i| (n - 1 + i) as i64).collect();
+    if one_by_one {
+        let steps = tail.iter().zip(&positions).map(|(&id, &pos)| rt.forward(&[id], &[pos], &[0]).unwrap());
+        return steps.flatten().collect();
+    }
     let rows: Vec<i64> = (0..steps as i64).collect();
     rt.forward(&tail, &positions, &rows).unwrap()
 }
@@ -110,16 +116,20 @@ fn greedy_tokens_and_logits_match_the_exact_float64_reference() {
         if ours != e.output_ids {
             failures.push(format!("{}: greedy ids {ours:?}, float64 reference {:?}", e.name, e.output_ids));
         }
-        let logits = teacher_forced(&mut rt, &p.prompt_ids, &e.output_ids);
-        for (step, row) in logits.chunks_exact(rt.config().vocab).enumerate() {
-            for &(id, logit) in &e.steps_top5[step] {
-                let gap = (row[id as usize] - logit).abs();
-                worst_gap = worst_gap.max(gap);
-                if gap > EXACT_LOGIT_GAP {
-                    failures.push(format!(
-                        "{}: step {step}: logit of {id} is {}, float64 {logit}",
-                        e.name, row[id as usize]
-                    ));
+        // both graphs: chunked (MatMulNBits) and one token at a time (Q4Linear)
+        for one_by_one in [false, true] {
+            let graph = if one_by_one { "decode" } else { "prefill" };
+            let logits = teacher_forced(&mut rt, &p.prompt_ids, &e.output_ids, one_by_one);
+            for (step, row) in logits.chunks_exact(rt.config().vocab).enumerate() {
+                for &(id, logit) in &e.steps_top5[step] {
+                    let gap = (row[id as usize] - logit).abs();
+                    worst_gap = worst_gap.max(gap);
+                    if gap > EXACT_LOGIT_GAP {
+                        failures.push(format!(
+                            "{}: {graph} graph, step {step}: logit of {id} is {}, float64 {logit}",
+                            e.name, row[id as usize]
+                        ));
+                    }
                 }
             }
         }
@@ -173,7 +183,7 @@ fn tokens_and_greedy_continuations_match_llama_cpp() {
         }
 
         // 3. teacher-forced on llama.cpp's continuation
-        let logits = teacher_forced(&mut rt, &ids, &p.output_ids);
+        let logits = teacher_forced(&mut rt, &ids, &p.output_ids, false);
         for (step, row) in logits.chunks_exact(rt.config().vocab).enumerate() {
             let ours = kvbench::model::generate::argmax(row);
             if ours != p.output_ids[step] && p.margin(step) >= NEAR_TIE {
