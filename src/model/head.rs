@@ -11,7 +11,6 @@
 
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
-use rayon::prelude::*;
 
 /// Name of the operator in the `kvbench` domain.
 pub const Q8_LINEAR_OP: &str = "Q8Linear";
@@ -68,29 +67,19 @@ impl Kernel for Q8LinearKernel {
         }
         let mut out = ctx.output(0, [n as i64, v as i64])?.ok_or_else(|| ort::Error::new("Q8Linear: no output"))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        // Output is [n, v]; compute into [v, n] tiles per task, then transpose-scatter.
-        let tiles: Vec<Vec<f32>> = (0..v.div_ceil(ROWS_PER_TASK))
-            .into_par_iter()
-            .map(|task| {
-                let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(v);
-                let mut tile = vec![0.0f32; rows.len() * n];
-                let mut w = vec![0.0f32; k];
-                for (i, r) in rows.enumerate() {
-                    dequantize_row(&codes[r * k..][..k], &scales[r * k / BLOCK..][..k / BLOCK], &mut w);
-                    for (j, xr) in x.chunks_exact(k).enumerate() {
-                        tile[i * n + j] = dot(&w, xr);
-                    }
+        super::rowwise::by_weight_rows(
+            v,
+            n,
+            ROWS_PER_TASK,
+            out,
+            || vec![0.0f32; k],
+            |w, r, dots| {
+                dequantize_row(&codes[r * k..][..k], &scales[r * k / BLOCK..][..k / BLOCK], w);
+                for (dot_j, xr) in dots.iter_mut().zip(x.chunks_exact(k)) {
+                    *dot_j = dot(w, xr);
                 }
-                tile
-            })
-            .collect();
-        for (task, tile) in tiles.iter().enumerate() {
-            for (i, row) in tile.chunks_exact(n).enumerate() {
-                for (j, &val) in row.iter().enumerate() {
-                    out[j * v + task * ROWS_PER_TASK + i] = val;
-                }
-            }
-        }
+            },
+        );
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub mod head;
 pub mod onnx;
 pub mod qlinear;
 pub mod quant;
+pub mod rowwise;
 pub mod session;
 pub mod tokenizer;
 

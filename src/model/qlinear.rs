@@ -15,7 +15,6 @@
 
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
-use rayon::prelude::*;
 
 /// Name of the operator in the `kvbench` domain.
 pub const Q4_LINEAR_OP: &str = "Q4Linear";
@@ -71,31 +70,23 @@ impl Kernel for Q4LinearKernel {
             return Err(ort::Error::new(format!("Q4Linear: x {x_shape:?} does not fit codes {c_shape:?}")));
         }
         let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
-        let tiles: Vec<Vec<f32>> = (0..n.div_ceil(ROWS_PER_TASK))
-            .into_par_iter()
-            .map(|task| {
-                let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(n);
-                let mut tile = Vec::with_capacity(rows.len() * rows_x);
-                for r in rows {
-                    let (c, dr, mr) =
-                        (&codes[r * k / 2..][..k / 2], &d[r * blocks..][..blocks], &m[r * blocks..][..blocks]);
-                    for (xr, sr) in x.chunks_exact(k).zip(sums.chunks_exact(blocks)) {
-                        tile.push(row_dot(c, dr, mr, xr, sr));
-                    }
-                }
-                tile
-            })
-            .collect();
         let mut out =
             ctx.output(0, [rows_x as i64, n as i64])?.ok_or_else(|| ort::Error::new("Q4Linear: no output"))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        for (task, tile) in tiles.iter().enumerate() {
-            for (i, row) in tile.chunks_exact(rows_x).enumerate() {
-                for (j, &val) in row.iter().enumerate() {
-                    out[j * n + task * ROWS_PER_TASK + i] = val;
+        super::rowwise::by_weight_rows(
+            n,
+            rows_x,
+            ROWS_PER_TASK,
+            out,
+            || (),
+            |_, r, dots| {
+                let (c, dr, mr) =
+                    (&codes[r * k / 2..][..k / 2], &d[r * blocks..][..blocks], &m[r * blocks..][..blocks]);
+                for ((dot_j, xr), sr) in dots.iter_mut().zip(x.chunks_exact(k)).zip(sums.chunks_exact(blocks)) {
+                    *dot_j = row_dot(c, dr, mr, xr, sr);
                 }
-            }
-        }
+            },
+        );
         Ok(())
     }
 }

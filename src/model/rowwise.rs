@@ -1,0 +1,61 @@
+//! Parallel products by weight row, shared by the quantized-linear operators.
+//!
+//! `Q8Linear` and `Q4Linear` both compute `out[m, n] = x[m, k] · Wᵀ` by streaming each of the `n`
+//! weight rows once and dotting it with all `m` input rows. This splits the weight rows into
+//! tasks on rayon's pool, gathers each task's `[rows, m]` tile and writes it transposed into the
+//! row-major `[m, n]` output.
+
+use rayon::prelude::*;
+
+/// Fill `out` (`[m, n]`, row-major) row block by row block: `row(scratch, r, dots)` writes the
+/// `m` dot products of weight row `r` into `dots`. `scratch` is made once per task by `init`.
+pub fn by_weight_rows<S>(
+    n: usize,
+    m: usize,
+    rows_per_task: usize,
+    out: &mut [f32],
+    init: impl Fn() -> S + Sync,
+    row: impl Fn(&mut S, usize, &mut [f32]) + Sync,
+) {
+    let tiles: Vec<Vec<f32>> = (0..n.div_ceil(rows_per_task))
+        .into_par_iter()
+        .map(|task| {
+            let rows = task * rows_per_task..((task + 1) * rows_per_task).min(n);
+            let mut tile = vec![0.0f32; rows.len() * m];
+            let mut scratch = init();
+            for (dots, r) in tile.chunks_exact_mut(m).zip(rows) {
+                row(&mut scratch, r, dots);
+            }
+            tile
+        })
+        .collect();
+    for (task, tile) in tiles.iter().enumerate() {
+        for (i, dots) in tile.chunks_exact(m).enumerate() {
+            for (j, &val) in dots.iter().enumerate() {
+                out[j * n + task * rows_per_task + i] = val;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn output_is_row_major_over_inputs() {
+        // out[j, r] = 10 j + r for 2 input rows and 5 weight rows, tasks of 2 rows
+        let mut out = vec![0.0; 10];
+        super::by_weight_rows(
+            5,
+            2,
+            2,
+            &mut out,
+            || (),
+            |_, r, dots| {
+                for (j, d) in dots.iter_mut().enumerate() {
+                    *d = (10 * j + r) as f32;
+                }
+            },
+        );
+        assert_eq!(out, [0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0, 13.0, 14.0]);
+    }
+}
