@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kvbench::kv::methods;
-use kvbench::model::generate::{GenerateOptions, generate};
+use kvbench::model::generate::{GenerateOptions, Mode, Prompt as SplitPrompt, generate_prompt};
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::model::tokenizer::chatml;
 
@@ -42,9 +42,18 @@ struct GenerateArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// KV-cache method.
+    /// KV-cache method: full, fp16, q8_0, q4_0, q4_0-rot, flexgen-4bit, kivi-2bit, kivi-4bit, or
+    /// streamingllm, h2o, snapkv, pyramidkv, tova, knorm, infllm, quest, lingua with a budget
+    /// suffix (`-4x`: a quarter of the prompt; `-512tok`: 512 tokens), e.g. `snapkv-4x`.
     #[arg(long, default_value = "full")]
     method: String,
+    /// A question appended verbatim after the prompt file's text (the context); with
+    /// `--mode query-agnostic` the method compresses the context before the question is read.
+    #[arg(long, requires = "prompt_file")]
+    question_file: Option<PathBuf>,
+    /// Compress with the question in the prompt (query-aware) or before it (query-agnostic).
+    #[arg(long, value_enum, default_value_t = Mode::QueryAware)]
+    mode: Mode,
     /// Prefill chunk size in tokens.
     #[arg(long, default_value_t = 512)]
     chunk: usize,
@@ -102,19 +111,41 @@ fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let method = methods::by_name(&args.method)?;
     let mut rt = Runtime::load(&LoadOptions { gguf: args.gguf.clone(), threads: args.threads })?;
     rt.reset(method.clone())?;
-    let prompt_ids = match prompt {
-        Prompt::Text(text) => rt.tokenizer().encode(&if args.chat { chatml(None, &text) } else { text })?,
-        Prompt::Ids(ids) => ids,
+    let question = match &args.question_file {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read question file {}: {e}", path.display()))?
+        }
+        None => String::new(),
     };
-    let options =
-        GenerateOptions { max_new_tokens: args.max_new_tokens, chunk: args.chunk, ignore_eos: args.ignore_eos };
-    let generation = generate(&mut rt, &prompt_ids, options)?;
+    let prompt = match prompt {
+        Prompt::Text(context) => {
+            // Tokenize the context part and the question part separately, so that the split
+            // between them is a token boundary.
+            let whole =
+                if args.chat { chatml(None, &format!("{context}{question}")) } else { format!("{context}{question}") };
+            let context_end = whole.find(&context).map_or(0, |at| at + context.len());
+            let (head, tail) = whole.split_at(context_end);
+            SplitPrompt::split(&rt.tokenizer().encode(head)?, &rt.tokenizer().encode(tail)?)
+        }
+        Prompt::Ids(ids) => SplitPrompt::whole(&ids),
+    };
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        chunk: args.chunk,
+        ignore_eos: args.ignore_eos,
+        mode: args.mode,
+    };
+    let generation = generate_prompt(&mut rt, &prompt, options)?;
     let shown: Vec<u32> = generation.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
     let text = rt.tokenizer().decode(&shown)?;
     if args.json {
         let json = serde_json::json!({
             "method": method.name(),
+            "settings": method.settings(),
+            "mode": args.mode,
             "prompt_ids": generation.prompt_ids,
+            "context_tokens": prompt.context,
+            "prefilled_tokens": generation.prefilled_ids.len(),
             "output_ids": generation.output_ids,
             "text": text,
             "prompt_tokens": generation.prompt_ids.len(),
@@ -123,20 +154,26 @@ fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
             "prefill_seconds": generation.prefill_seconds,
             "decode_seconds": generation.decode_seconds,
             "peak_cache_bytes": generation.peak_cache_bytes,
+            "peak_cache_bytes_after_prefill": generation.cache.peak_bytes_after_prefill,
+            "fp16_cache_bytes": generation.fp16_full_bytes,
+            "nominal_ratio": method.nominal_ratio(),
+            "measured_ratio": generation.measured_ratio(),
+            "bytes_read_per_decode_step": generation.bytes_read_per_step(),
             "peak_rss_bytes": peak_rss_bytes(),
-            "fp16_cache_bytes": rt.config().fp16_kv_bytes_per_token() * (generation.prompt_ids.len() + generation.output_ids.len()),
         });
         println!("{json}");
     } else {
         println!("{text}");
         eprintln!(
-            "[{} prompt tokens, prefill {:.1} tok/s; {} new tokens, decode {:.1} tok/s; method {}, cache peak {:.1} MiB]",
+            "[{} prompt tokens, prefill {:.1} tok/s; {} new tokens, decode {:.1} tok/s; method {}, cache {:.1} MiB \
+             after prefill, measured ratio {:.2} vs fp16]",
             generation.prompt_ids.len(),
             generation.prefill_tokens_per_s(),
             generation.output_ids.len(),
             generation.decode_tokens_per_s(),
             method.name(),
-            generation.peak_cache_bytes as f64 / (1 << 20) as f64,
+            generation.cache.peak_bytes_after_prefill as f64 / (1 << 20) as f64,
+            generation.measured_ratio(),
         );
     }
     Ok(())

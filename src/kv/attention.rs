@@ -40,6 +40,21 @@ pub struct KvView<'a> {
 /// values. `kv` has one view per key/value head, all of equal length `n ≥ t`. Writes `t` rows of
 /// `heads * head_dim` values to `out`.
 pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'_>], out: &mut [f32]) {
+    attend_observed(shape, q, q_stride, t, kv, out, None)
+}
+
+/// [`attend`], and if `mass` is given, add to `mass[g][i]` the attention probability that every
+/// query row of every head of kv head `g`'s group gave entry `i` (the column sums H2O, TOVA and
+/// the retrieval methods score tokens by). `mass[g]` must hold at least `n` entries.
+pub fn attend_observed(
+    shape: Heads,
+    q: &[f32],
+    q_stride: usize,
+    t: usize,
+    kv: &[KvView<'_>],
+    out: &mut [f32],
+    mut mass: Option<&mut [Vec<f32>]>,
+) {
     let Heads { heads, kv_heads, head_dim: d } = shape;
     assert_eq!(kv.len(), kv_heads, "one view per kv head");
     let n = kv[0].keys.len() / d;
@@ -47,11 +62,14 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
     assert!(q.len() >= (t - 1) * q_stride + heads * d && out.len() == t * heads * d);
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
+    if let Some(mass) = mass.as_deref() {
+        assert!(mass.len() == kv_heads && mass.iter().all(|m| m.len() >= n), "mass: one row of n per kv head");
+    }
 
     if t <= FEW_ROWS && d % LANES == 0 && group <= MAX_GROUP {
         // One task per (kv head, query row): the group's query heads share each key/value read.
         let tasks: Vec<(usize, usize)> = (0..kv_heads).flat_map(|g| (0..t).map(move |j| (g, j))).collect();
-        let rows: Vec<Vec<f32>> = tasks
+        let rows: Vec<(Vec<f32>, Vec<f32>)> = tasks
             .par_iter()
             .map(|&(g, j)| {
                 let visible = n - t + j + 1;
@@ -59,16 +77,22 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
                 let mut o = vec![0.0f32; group * d];
                 let mut scores = vec![0.0f32; group * visible];
                 grouped_row(&q[first..first + group * d], d, kv[g], scale, &mut scores, &mut o);
-                o
+                (o, scores)
             })
             .collect();
-        for (&(g, j), o) in tasks.iter().zip(&rows) {
+        for (&(g, j), (o, scores)) in tasks.iter().zip(&rows) {
             out[j * heads * d + g * group * d..][..group * d].copy_from_slice(o);
+            if let Some(mass) = mass.as_deref_mut() {
+                for row in scores.chunks_exact(n - t + j + 1) {
+                    mass[g].iter_mut().zip(row).for_each(|(m, p)| *m += p);
+                }
+            }
         }
         return;
     }
 
-    let per_head: Vec<Vec<f32>> = (0..heads)
+    let observe = mass.is_some();
+    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..heads)
         .into_par_iter()
         .map(|h| {
             let view = kv[h / group];
@@ -97,6 +121,13 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
             for (j, row) in scores.chunks_exact_mut(n).enumerate() {
                 softmax_prefix(row, n - t + j + 1);
             }
+            let column_sums = observe.then(|| {
+                let mut sums = vec![0.0f32; n];
+                for row in scores.chunks_exact(n) {
+                    sums.iter_mut().zip(row).for_each(|(m, p)| *m += p);
+                }
+                sums
+            });
             let mut o = vec![0.0f32; t * d];
             // O_h[t, d] = P[t, n] · V[n, d]
             // SAFETY: as above, for `scores`, `view.values` and `o`.
@@ -118,12 +149,15 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
                     1,
                 );
             }
-            o
+            (o, column_sums)
         })
         .collect();
-    for (h, o) in per_head.iter().enumerate() {
+    for (h, (o, column_sums)) in per_head.iter().enumerate() {
         for j in 0..t {
             out[j * heads * d + h * d..][..d].copy_from_slice(&o[j * d..][..d]);
+        }
+        if let (Some(mass), Some(sums)) = (mass.as_deref_mut(), column_sums) {
+            mass[h / group].iter_mut().zip(sums).for_each(|(m, p)| *m += p);
         }
     }
 }

@@ -5,20 +5,78 @@
 //! (full precision, packed codes plus scales, a subset of tokens). The attention kernel talks
 //! only to `LayerStore`, so a method owns both its bytes and how attention reads them.
 //!
-//! Required are the few things every method must define; the hooks that only some methods need
-//! (end of prefill for KIVI and SnapKV) have do-nothing defaults.
+//! Methods act at one of three moments ([`Acts`]):
+//! - **during prefill** (llama.cpp cache types, FlexGen, StreamingLLM, InfLLM): their store is
+//!   used from the first token, so prefill attention already sees what they keep;
+//! - **after prefill** (KIVI, SnapKV, PyramidKV, H2O, TOVA, Knorm, Quest): prefill runs on the
+//!   full-precision [`FullStore`], which also records what these methods score tokens by;
+//!   [`Method::after_prefill`] then turns it into the method's store. This is what lets the
+//!   benchmark prefill a sample once and replay it through every such method;
+//! - **before prefill** (prompt compression): the method picks prompt tokens, see
+//!   [`Method::prompt_budget`]; the cache itself is a plain store.
 
 use std::fmt;
 
 use super::attention::Heads;
+use super::methods::full::FullStore;
+
+/// When a method changes the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acts {
+    /// Before prefill, on the prompt's tokens.
+    BeforePrefill,
+    /// From the first prefill chunk on.
+    DuringPrefill,
+    /// Once the prompt (or, query-agnostic, the context) has been prefilled in full precision.
+    AfterPrefill,
+}
+
+/// What a store is made for: the layer, the model's shape, and how many tokens the method
+/// compresses (the prompt, or the context alone when running query-agnostic).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreContext {
+    /// Layer index.
+    pub layer: usize,
+    /// Number of layers of the model.
+    pub layers: usize,
+    /// Attention shape.
+    pub shape: Heads,
+    /// Tokens the method's budget is relative to.
+    pub compressed_tokens: usize,
+}
 
 /// A KV-cache method: what is stored, how, and how attention reads it.
 pub trait Method: Send + Sync + fmt::Debug {
     /// The name used on the command line and in trial names (`full`, `kivi-2bit`, `h2o-4x`).
     fn name(&self) -> String;
 
-    /// Fresh, empty storage for layer `layer` of one sequence.
-    fn layer_store(&self, layer: usize, shape: Heads) -> Box<dyn LayerStore>;
+    /// Every setting with its value, for result files and golden snapshots.
+    fn settings(&self) -> serde_json::Value;
+
+    /// The nominal compression ratio against an fp16 cache (16 over bits per value for
+    /// quantizers, the ratio of `-4x` names for token methods, 1 for the full cache); `None` for
+    /// an absolute token budget, whose ratio depends on the prompt.
+    fn nominal_ratio(&self) -> Option<f64>;
+
+    /// When the method acts.
+    fn acts(&self) -> Acts;
+
+    /// Fresh, empty storage for one layer of one sequence. Methods acting after prefill are
+    /// given a [`FullStore`] by the cache instead, and need not override this.
+    fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
+        Box::new(FullStore::new(ctx.shape))
+    }
+
+    /// Turn a layer's full-precision prefill into this method's store ([`Acts::AfterPrefill`]).
+    fn after_prefill(&self, _ctx: &StoreContext, _prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
+        None
+    }
+
+    /// For prompt compression: how many of `context` tokens to keep.
+    fn prompt_budget(&self, _context: usize) -> Option<usize> {
+        None
+    }
 }
 
 /// One layer's cache for one sequence.
@@ -29,19 +87,27 @@ pub trait LayerStore: Send + fmt::Debug {
 
     /// Attend the `t` most recently appended tokens' queries (`t` rows of stride `q_stride`, each
     /// starting with `heads · head_dim` post-RoPE values) to what is kept; write `[t, heads · head_dim]`.
+    /// A method that evicts during decode does so here, after attending.
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]);
 
     /// Bytes this store really holds now: codes, scales, residuals, indices.
     fn bytes(&self) -> usize;
 
-    /// Tokens held.
+    /// Bytes the last [`Self::attend`] read (retrieval methods read a subset of what they hold).
+    fn bytes_read(&self) -> usize {
+        self.bytes()
+    }
+
+    /// Tokens held (per kv head).
     fn tokens(&self) -> usize;
 
     /// A deep copy, for snapshots taken after prefill.
     fn clone_box(&self) -> Box<dyn LayerStore>;
 
-    /// Called once when the prompt's prefill is complete, before the first decode step.
-    fn end_prefill(&mut self) {}
+    /// The full-precision prefill store, if this is one.
+    fn as_prefill(&self) -> Option<&FullStore> {
+        None
+    }
 }
 
 impl Clone for Box<dyn LayerStore> {

@@ -8,12 +8,17 @@
 //! operator is registered.
 
 pub mod attention;
+pub mod evict;
+pub mod hadamard;
 pub mod method;
 pub mod methods;
 pub mod op;
+pub mod quant;
 pub mod rope;
+pub mod rowquant;
 pub mod store;
+pub mod tokens;
 
 pub use attention::Heads;
-pub use method::{LayerStore, Method};
-pub use store::{CacheHandle, CacheSnapshot, KvCache};
+pub use method::{Acts, LayerStore, Method, StoreContext};
+pub use store::{CacheHandle, CacheSnapshot, CacheStats, KvCache};

@@ -9,6 +9,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::Serialize;
+
+use super::method::{Acts, StoreContext};
 use super::{Heads, LayerStore, Method};
 
 /// Shared handle to the running sequence's cache.
@@ -19,8 +22,27 @@ pub type CacheHandle = Arc<Mutex<KvCache>>;
 pub struct KvCache {
     method: Arc<dyn Method>,
     shape: Heads,
+    n_layers: usize,
     layers: Vec<Box<dyn LayerStore>>,
-    peak_bytes: usize,
+    compressed_tokens: usize,
+    prefilled: bool,
+    stats: CacheStats,
+}
+
+/// What the cache held and read over one sequence.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CacheStats {
+    /// Largest bytes held at the end of any step, prefill included.
+    pub peak_bytes: usize,
+    /// Largest bytes held at the end of any step after prefill ended (the method's steady state;
+    /// for methods acting after prefill, prefill itself runs on the full cache).
+    pub peak_bytes_after_prefill: usize,
+    /// Most tokens any layer held at once (the fp16 reference of the measured ratio).
+    pub peak_tokens: usize,
+    /// Bytes read by attention, summed over the decode steps counted in `decode_steps`.
+    pub bytes_read: usize,
+    /// Steps (forward calls) after prefill.
+    pub decode_steps: usize,
 }
 
 /// A deep copy of every layer's store.
@@ -28,13 +50,28 @@ pub struct KvCache {
 pub struct CacheSnapshot {
     method: String,
     layers: Vec<Box<dyn LayerStore>>,
+    compressed_tokens: usize,
+    prefilled: bool,
 }
 
 impl KvCache {
     /// An empty cache of `layers` layers for `method`.
-    pub fn new(method: Arc<dyn Method>, shape: Heads, layers: usize) -> Self {
-        let layers = (0..layers).map(|l| method.layer_store(l, shape)).collect();
-        Self { method, shape, layers, peak_bytes: 0 }
+    pub fn new(method: Arc<dyn Method>, shape: Heads, n_layers: usize) -> Self {
+        let mut cache = Self {
+            method,
+            shape,
+            n_layers,
+            layers: Vec::new(),
+            compressed_tokens: 0,
+            prefilled: false,
+            stats: CacheStats::default(),
+        };
+        cache.layers = (0..n_layers).map(|l| cache.method.layer_store(&cache.context(l))).collect();
+        cache
+    }
+
+    fn context(&self, layer: usize) -> StoreContext {
+        StoreContext { layer, layers: self.n_layers, shape: self.shape, compressed_tokens: self.compressed_tokens }
     }
 
     /// Wrap into a shareable handle.
@@ -50,7 +87,15 @@ impl KvCache {
 
     /// Start a new sequence, possibly with another method.
     pub fn reset(&mut self, method: Arc<dyn Method>) {
-        *self = Self::new(method, self.shape, self.layers.len());
+        *self = Self::new(method, self.shape, self.n_layers);
+    }
+
+    /// Start the sequence: empty stores sized for a method budget relative to `compressed_tokens`
+    /// (the prompt, or the context alone when the question comes after compression).
+    pub fn begin(&mut self, compressed_tokens: usize) {
+        *self = Self::new(self.method.clone(), self.shape, self.n_layers);
+        self.compressed_tokens = compressed_tokens;
+        self.layers = (0..self.n_layers).map(|l| self.method.layer_store(&self.context(l))).collect();
     }
 
     /// The method in use.
@@ -68,45 +113,105 @@ impl KvCache {
         self.layers.get_mut(l)
     }
 
+    /// Layer `l`'s store.
+    pub fn layer(&self, l: usize) -> Option<&dyn LayerStore> {
+        self.layers.get(l).map(|s| &**s)
+    }
+
     /// Bytes held now, all layers.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|s| s.bytes()).sum()
     }
 
-    /// Largest [`Self::bytes`] seen at a [`Self::note_peak`] since the sequence started.
+    /// Largest [`Self::bytes`] seen at a [`Self::note_step`] since the sequence started.
     pub fn peak_bytes(&self) -> usize {
-        self.peak_bytes.max(self.bytes())
+        self.stats.peak_bytes.max(self.bytes())
     }
 
-    /// Record the current size towards the peak (called after every forward step).
-    pub fn note_peak(&mut self) {
-        self.peak_bytes = self.peak_bytes.max(self.bytes());
+    /// The sequence's statistics so far.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
     }
 
-    /// Tokens held by layer 0 (methods may keep different counts per layer).
+    /// Record a finished forward step of `rows` tokens: sizes towards the peaks and, for decode
+    /// steps (one token, after prefill), the bytes attention read.
+    pub fn note_step(&mut self, rows: usize) {
+        let bytes = self.bytes();
+        let s = &mut self.stats;
+        s.peak_bytes = s.peak_bytes.max(bytes);
+        s.peak_tokens = s.peak_tokens.max(self.layers.iter().map(|l| l.tokens()).max().unwrap_or(0));
+        if self.prefilled {
+            s.peak_bytes_after_prefill = s.peak_bytes_after_prefill.max(bytes);
+            if rows == 1 {
+                s.bytes_read += self.layers.iter().map(|l| l.bytes_read()).sum::<usize>();
+                s.decode_steps += 1;
+            }
+        }
+    }
+
+    /// Most tokens held by any layer (methods may keep different counts per layer).
     pub fn tokens(&self) -> usize {
-        self.layers.first().map_or(0, |s| s.tokens())
+        self.layers.iter().map(|s| s.tokens()).max().unwrap_or(0)
     }
 
-    /// Tell every layer the prompt is complete.
+    /// The prompt (or context) is complete: methods that act after prefill compress now.
     pub fn end_prefill(&mut self) {
-        self.layers.iter_mut().for_each(|s| s.end_prefill());
-        self.note_peak();
+        if self.method.acts() == Acts::AfterPrefill {
+            for l in 0..self.layers.len() {
+                let ctx = self.context(l);
+                let prefill =
+                    self.layers[l].as_prefill().expect("methods acting after prefill prefill into a FullStore");
+                if let Some(store) = self.method.after_prefill(&ctx, prefill) {
+                    self.layers[l] = store;
+                }
+            }
+        }
+        self.prefilled = true;
+        let bytes = self.bytes();
+        self.stats.peak_bytes = self.stats.peak_bytes.max(bytes);
+        self.stats.peak_bytes_after_prefill = bytes;
+    }
+
+    /// Whether [`Self::end_prefill`] ran for this sequence.
+    pub fn prefilled(&self) -> bool {
+        self.prefilled
     }
 
     /// Deep copy of the current state.
     pub fn snapshot(&self) -> CacheSnapshot {
-        CacheSnapshot { method: self.method.name(), layers: self.layers.clone() }
+        CacheSnapshot {
+            method: self.method.name(),
+            layers: self.layers.clone(),
+            compressed_tokens: self.compressed_tokens,
+            prefilled: self.prefilled,
+        }
     }
 
-    /// Return to a snapshot taken from a cache of the same method and shape.
+    /// Return to a snapshot taken from a cache of the same method and shape. A snapshot of a
+    /// full-precision prefill taken before [`Self::end_prefill`] also restores into the cache of
+    /// any method that acts after prefill: all of them prefill the same way.
     pub fn restore(&mut self, snapshot: &CacheSnapshot) -> Result<(), SnapshotMismatch> {
-        if snapshot.method != self.method.name() || snapshot.layers.len() != self.layers.len() {
+        let shared_prefill = !snapshot.prefilled
+            && self.method.acts() == Acts::AfterPrefill
+            && snapshot.layers.iter().all(|l| l.as_prefill().is_some());
+        if !(snapshot.method == self.method.name() || shared_prefill) || snapshot.layers.len() != self.layers.len() {
             return Err(SnapshotMismatch { snapshot: snapshot.method.clone(), cache: self.method.name() });
         }
         self.layers = snapshot.layers.clone();
-        self.peak_bytes = self.bytes();
+        self.compressed_tokens = snapshot.compressed_tokens;
+        self.prefilled = snapshot.prefilled;
+        self.stats = CacheStats::default();
+        self.note_step_sizes();
         Ok(())
+    }
+
+    fn note_step_sizes(&mut self) {
+        let bytes = self.bytes();
+        self.stats.peak_bytes = bytes;
+        self.stats.peak_tokens = self.tokens();
+        if self.prefilled {
+            self.stats.peak_bytes_after_prefill = bytes;
+        }
     }
 }
 
@@ -148,7 +253,7 @@ mod tests {
         for l in 0..3 {
             cache.layer_mut(l).unwrap().append(&row, &row, 1);
         }
-        cache.note_peak();
+        cache.note_step(1);
         assert_eq!(cache.tokens(), 2);
         cache.restore(&snap).unwrap();
         assert_eq!(cache.tokens(), 1);

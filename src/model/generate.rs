@@ -5,12 +5,48 @@
 //! argmax until `max_new_tokens` or a stop token. Times are measured around the graph runs, so
 //! the tokens/s figures are the engine's, not the tokenizer's.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::session::{ModelError, Runtime};
-use crate::kv::KvCache;
+use crate::kv::methods::{Full, lingua};
+use crate::kv::{Acts, CacheStats, KvCache};
+
+/// Where a method compresses, relative to the question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The whole prompt, question included, is prefilled before the method compresses (the
+    /// reference study's setting).
+    #[default]
+    QueryAware,
+    /// The context is compressed before the question is appended, as when a cached context is
+    /// reused for questions not yet known.
+    QueryAgnostic,
+}
+
+/// A prompt: `ids` is the context followed by the question; `context` tokens are context.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    /// All prompt ids.
+    pub ids: Vec<u32>,
+    /// Length of the context prefix of `ids`.
+    pub context: usize,
+}
+
+impl Prompt {
+    /// A prompt with no separate question: all of it is context.
+    pub fn whole(ids: &[u32]) -> Self {
+        Self { ids: ids.to_vec(), context: ids.len() }
+    }
+
+    /// Context then question.
+    pub fn split(context: &[u32], question: &[u32]) -> Self {
+        Self { ids: [context, question].concat(), context: context.len() }
+    }
+}
 
 /// Generation settings.
 #[derive(Debug, Clone, Copy)]
@@ -21,22 +57,26 @@ pub struct GenerateOptions {
     pub chunk: usize,
     /// Keep decoding past stop tokens (to time a fixed number of steps).
     pub ignore_eos: bool,
+    /// Query-aware or query-agnostic compression.
+    pub mode: Mode,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 16, chunk: 512, ignore_eos: false }
+        Self { max_new_tokens: 16, chunk: 512, ignore_eos: false, mode: Mode::QueryAware }
     }
 }
 
 /// What one generation produced, and how fast.
 #[derive(Debug, Clone, Serialize)]
 pub struct Generation {
-    /// The prompt's token ids.
+    /// The prompt's token ids, as given.
     pub prompt_ids: Vec<u32>,
+    /// The ids prefilled: the prompt after prompt compression (the prompt otherwise).
+    pub prefilled_ids: Vec<u32>,
     /// Generated ids, including a final stop token if one was produced.
     pub output_ids: Vec<u32>,
-    /// Seconds spent in prefill.
+    /// Seconds spent in prefill (prompt compression's scoring included).
     pub prefill_seconds: f64,
     /// Seconds spent in decode steps (every token after the first).
     pub decode_seconds: f64,
@@ -44,6 +84,10 @@ pub struct Generation {
     pub decode_steps: usize,
     /// Peak bytes the cache held.
     pub peak_cache_bytes: usize,
+    /// The cache's statistics.
+    pub cache: CacheStats,
+    /// Bytes an fp16 full cache would have held at the end (the prompt as given, every token).
+    pub fp16_full_bytes: usize,
 }
 
 impl Generation {
@@ -55,6 +99,16 @@ impl Generation {
     /// Decode steps per second.
     pub fn decode_tokens_per_s(&self) -> f64 {
         if self.decode_steps == 0 { 0.0 } else { self.decode_steps as f64 / self.decode_seconds }
+    }
+
+    /// Full fp16 bytes over the peak bytes held once the method had compressed.
+    pub fn measured_ratio(&self) -> f64 {
+        self.fp16_full_bytes as f64 / self.cache.peak_bytes_after_prefill.max(1) as f64
+    }
+
+    /// Mean bytes attention read per decode step, all layers.
+    pub fn bytes_read_per_step(&self) -> f64 {
+        if self.cache.decode_steps == 0 { 0.0 } else { self.cache.bytes_read as f64 / self.cache.decode_steps as f64 }
     }
 }
 
@@ -69,33 +123,70 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Prefill `prompt_ids` into the runtime's (already reset) cache; return the last row's logits.
+fn lock(rt: &Runtime) -> Result<std::sync::MutexGuard<'_, KvCache>, ModelError> {
+    KvCache::lock(rt.cache()).map_err(|e| ModelError::Invalid(e.to_string()))
+}
+
+/// Feed `ids` at positions from `start` in chunks; return the last row's logits.
+pub fn feed(rt: &mut Runtime, ids: &[u32], start: usize, chunk: usize) -> Result<Vec<f32>, ModelError> {
+    let chunk = chunk.max(1);
+    let mut logits = Vec::new();
+    for (c, part) in ids.chunks(chunk).enumerate() {
+        let positions: Vec<i64> = (0..part.len()).map(|j| (start + c * chunk + j) as i64).collect();
+        logits = rt.forward(part, &positions, &[part.len() as i64 - 1])?;
+    }
+    Ok(logits)
+}
+
+/// Prefill `prompt_ids` into a fresh sequence of the runtime's method and end prefill; return the
+/// last row's logits.
 pub fn prefill(rt: &mut Runtime, prompt_ids: &[u32], chunk: usize) -> Result<Vec<f32>, ModelError> {
     if prompt_ids.is_empty() {
         return Err(ModelError::Invalid("the prompt is empty".into()));
     }
-    let chunk = chunk.max(1);
-    let mut logits = Vec::new();
-    for (c, ids) in prompt_ids.chunks(chunk).enumerate() {
-        let positions: Vec<i64> = (0..ids.len()).map(|j| (c * chunk + j) as i64).collect();
-        logits = rt.forward(ids, &positions, &[ids.len() as i64 - 1])?;
-    }
-    KvCache::lock(rt.cache()).map_err(|e| ModelError::Invalid(e.to_string()))?.end_prefill();
+    lock(rt)?.begin(prompt_ids.len());
+    let logits = feed(rt, prompt_ids, 0, chunk)?;
+    lock(rt)?.end_prefill();
     Ok(logits)
 }
 
-/// Greedy generation from an empty cache (the caller picks the method with [`Runtime::reset`]).
+/// Greedy generation of a whole prompt, query-aware (the caller picks the method with
+/// [`Runtime::reset`]).
 pub fn generate(rt: &mut Runtime, prompt_ids: &[u32], options: GenerateOptions) -> Result<Generation, ModelError> {
+    generate_prompt(rt, &Prompt::whole(prompt_ids), options)
+}
+
+/// Greedy generation of a context-and-question prompt in the options' [`Mode`].
+pub fn generate_prompt(rt: &mut Runtime, prompt: &Prompt, options: GenerateOptions) -> Result<Generation, ModelError> {
     let context = rt.config().context;
-    if prompt_ids.len() + options.max_new_tokens > context {
+    if prompt.ids.is_empty() || prompt.context > prompt.ids.len() {
+        return Err(ModelError::Invalid("the prompt is empty or its context longer than itself".into()));
+    }
+    if prompt.ids.len() + options.max_new_tokens > context {
         return Err(ModelError::Invalid(format!(
             "prompt of {} tokens plus {} new tokens exceeds the model's context of {context}",
-            prompt_ids.len(),
+            prompt.ids.len(),
             options.max_new_tokens
         )));
     }
+    let method = lock(rt)?.method().clone();
     let start = Instant::now();
-    let logits = prefill(rt, prompt_ids, options.chunk)?;
+    let prefilled = match method.prompt_budget(prompt.context) {
+        Some(budget) if method.acts() == Acts::BeforePrefill => {
+            let kept = compress_prompt(rt, prompt, budget, options)?;
+            rt.reset(method.clone())?;
+            kept
+        }
+        _ => prompt.clone(),
+    };
+    let split = options.mode == Mode::QueryAgnostic && prefilled.context < prefilled.ids.len();
+    let compressed = if split { prefilled.context } else { prefilled.ids.len() };
+    lock(rt)?.begin(compressed);
+    let mut logits = feed(rt, &prefilled.ids[..compressed], 0, options.chunk)?;
+    lock(rt)?.end_prefill();
+    if split {
+        logits = feed(rt, &prefilled.ids[compressed..], compressed, options.chunk)?;
+    }
     let prefill_seconds = start.elapsed().as_secs_f64();
 
     let mut output_ids = Vec::with_capacity(options.max_new_tokens);
@@ -105,7 +196,7 @@ pub fn generate(rt: &mut Runtime, prompt_ids: &[u32], options: GenerateOptions) 
         let mut next = argmax(&logits);
         output_ids.push(next);
         while output_ids.len() < options.max_new_tokens && (options.ignore_eos || !rt.tokenizer().is_stop(next)) {
-            let position = (prompt_ids.len() + output_ids.len() - 1) as i64;
+            let position = (prefilled.ids.len() + output_ids.len() - 1) as i64;
             let logits = rt.forward(&[next], &[position], &[0])?;
             decode_steps += 1;
             next = argmax(&logits);
@@ -113,15 +204,63 @@ pub fn generate(rt: &mut Runtime, prompt_ids: &[u32], options: GenerateOptions) 
         }
     }
     let decode_seconds = start.elapsed().as_secs_f64();
-    let peak_cache_bytes = KvCache::lock(rt.cache()).map_err(|e| ModelError::Invalid(e.to_string()))?.peak_bytes();
+    let cache = lock(rt)?.stats();
+    let full_tokens = prompt.ids.len() + decode_steps;
     Ok(Generation {
-        prompt_ids: prompt_ids.to_vec(),
+        prompt_ids: prompt.ids.clone(),
+        prefilled_ids: prefilled.ids,
         output_ids,
         prefill_seconds,
         decode_seconds,
         decode_steps,
-        peak_cache_bytes,
+        peak_cache_bytes: cache.peak_bytes,
+        cache,
+        fp16_full_bytes: rt.config().fp16_kv_bytes_per_token() * full_tokens,
     })
+}
+
+/// LLMLingua-style compression of the context ([`lingua`]): score each context token's
+/// self-information with the full model (after the question when query-aware), keep `budget`.
+fn compress_prompt(
+    rt: &mut Runtime,
+    prompt: &Prompt,
+    budget: usize,
+    options: GenerateOptions,
+) -> Result<Prompt, ModelError> {
+    let (context, question) = prompt.ids.split_at(prompt.context);
+    if context.len() < 2 || budget >= context.len() {
+        return Ok(prompt.clone());
+    }
+    let conditioning: &[u32] = if options.mode == Mode::QueryAware { question } else { &[] };
+    let scored: Vec<u32> = [conditioning, context].concat();
+    rt.reset(Arc::new(Full))?;
+    lock(rt)?.begin(scored.len());
+    let vocab = rt.config().vocab;
+    // information[i]: −log p(scored[i] | scored[..i]); the first token has no prediction
+    let mut information = vec![f32::INFINITY; scored.len()];
+    let chunk = options.chunk.max(1);
+    for (c, part) in scored.chunks(chunk).enumerate() {
+        let at = c * chunk;
+        let positions: Vec<i64> = (0..part.len()).map(|j| (at + j) as i64).collect();
+        let rows: Vec<i64> = (0..part.len() as i64).collect();
+        let logits = rt.forward(part, &positions, &rows)?;
+        for (j, row) in logits.chunks_exact(vocab).enumerate() {
+            if let Some(&next) = scored.get(at + j + 1) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let log_z = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+                information[at + j + 1] = log_z - row[next as usize];
+            }
+        }
+    }
+    let information = &information[conditioning.len()..];
+    let tokenizer = rt.tokenizer();
+    let forced: Vec<bool> = context
+        .iter()
+        .map(|&id| tokenizer.decode(&[id]).map(|t| t.contains(lingua::FORCED)).unwrap_or(false))
+        .collect();
+    let keep = lingua::select(information, &forced, budget);
+    let kept: Vec<u32> = keep.iter().map(|&i| context[i]).collect();
+    Ok(Prompt::split(&kept, question))
 }
 
 #[cfg(test)]

@@ -193,7 +193,7 @@ impl Runtime {
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
         let logits = logits.to_vec();
         drop(outputs);
-        KvCache::lock(&self.cache).map_err(|e| ModelError::Invalid(e.to_string()))?.note_peak();
+        KvCache::lock(&self.cache).map_err(|e| ModelError::Invalid(e.to_string()))?.note_step(t);
         Ok(logits)
     }
 }

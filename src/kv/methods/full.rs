@@ -2,10 +2,21 @@
 //!
 //! The baseline of every comparison (the study's "full cache"). Stored as fp32, the precision the
 //! runtime computes in, so the reference answer is the model's own; its measured ratio against
-//! an fp16 cache is therefore 0.5, and is reported as such rather than rounded to 1.
+//! an fp16 cache is therefore 0.5, and is reported as such rather than rounded to 1 (`fp16` is
+//! the same cache rounded to half precision, llama.cpp's default cache type).
+//!
+//! [`FullStore`] is also the store every method that acts after prefill prefills into: besides
+//! the keys and values it observes, per kv head, the attention mass each token received from
+//! every query so far (H2O's accumulated scores) and the last [`OBSERVATION_WINDOW`] queries
+//! (SnapKV's observation window). Those observations are bookkeeping for the methods, not part
+//! of the cache, and are not counted in [`LayerStore::bytes`].
 
 use crate::kv::attention::{self, Heads, KvView};
+use crate::kv::method::Acts;
 use crate::kv::{LayerStore, Method};
+
+/// Queries remembered at the end of the prompt (SnapKV's window of 32, its paper's default).
+pub const OBSERVATION_WINDOW: usize = 32;
 
 /// The full-precision cache.
 #[derive(Debug, Clone, Copy, Default)]
@@ -16,28 +27,68 @@ impl Method for Full {
         "full".into()
     }
 
-    fn layer_store(&self, _layer: usize, shape: Heads) -> Box<dyn LayerStore> {
-        Box::new(FullStore::new(shape))
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({ "precision": "fp32" })
+    }
+
+    fn nominal_ratio(&self) -> Option<f64> {
+        Some(1.0)
+    }
+
+    fn acts(&self) -> Acts {
+        Acts::DuringPrefill
     }
 }
 
-/// Keys and values per kv head, `[tokens, head_dim]` each.
+/// Keys and values per kv head, `[tokens, head_dim]` each, plus the observations of the module doc.
 #[derive(Debug, Clone)]
 pub struct FullStore {
     shape: Heads,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Per kv head and token: attention probability received, summed over every query row and
+    /// every query head of the group.
+    mass: Vec<Vec<f32>>,
+    /// The last queries seen, oldest first, `heads · head_dim` each.
+    recent_queries: Vec<f32>,
 }
 
 impl FullStore {
     /// Empty storage.
     pub fn new(shape: Heads) -> Self {
-        Self { shape, keys: vec![Vec::new(); shape.kv_heads], values: vec![Vec::new(); shape.kv_heads] }
+        let per_head = vec![Vec::new(); shape.kv_heads];
+        Self { shape, keys: per_head.clone(), values: per_head.clone(), mass: per_head, recent_queries: Vec::new() }
+    }
+
+    /// Attention shape.
+    pub fn shape(&self) -> Heads {
+        self.shape
     }
 
     /// Key/value views for the attention kernel.
     pub fn views(&self) -> Vec<KvView<'_>> {
         self.keys.iter().zip(&self.values).map(|(k, v)| KvView { keys: k, values: v }).collect()
+    }
+
+    /// Keys of kv head `g`, `[tokens, head_dim]`.
+    pub fn keys(&self, g: usize) -> &[f32] {
+        &self.keys[g]
+    }
+
+    /// Values of kv head `g`, `[tokens, head_dim]`.
+    pub fn values(&self, g: usize) -> &[f32] {
+        &self.values[g]
+    }
+
+    /// Accumulated attention mass per token for kv head `g`.
+    pub fn mass(&self, g: usize) -> &[f32] {
+        &self.mass[g]
+    }
+
+    /// The last (at most [`OBSERVATION_WINDOW`]) query rows, oldest first, `heads · head_dim` each;
+    /// they belong to the last tokens appended.
+    pub fn recent_queries(&self) -> &[f32] {
+        &self.recent_queries
     }
 }
 
@@ -45,10 +96,20 @@ impl LayerStore for FullStore {
     fn append(&mut self, keys: &[f32], values: &[f32], t: usize) {
         append_head_major(&mut self.keys, keys, t, self.shape.head_dim);
         append_head_major(&mut self.values, values, t, self.shape.head_dim);
+        let n = self.tokens();
+        self.mass.iter_mut().for_each(|m| m.resize(n, 0.0));
     }
 
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
-        attention::attend(self.shape, q, q_stride, t, &self.views(), out);
+        let views: Vec<KvView> =
+            self.keys.iter().zip(&self.values).map(|(k, v)| KvView { keys: k, values: v }).collect();
+        attention::attend_observed(self.shape, q, q_stride, t, &views, out, Some(&mut self.mass));
+        let width = self.shape.heads * self.shape.head_dim;
+        for j in t.saturating_sub(OBSERVATION_WINDOW)..t {
+            self.recent_queries.extend_from_slice(&q[j * q_stride..][..width]);
+        }
+        let excess = self.recent_queries.len().saturating_sub(OBSERVATION_WINDOW * width);
+        self.recent_queries.drain(..excess);
     }
 
     fn bytes(&self) -> usize {
@@ -61,6 +122,10 @@ impl LayerStore for FullStore {
 
     fn clone_box(&self) -> Box<dyn LayerStore> {
         Box::new(self.clone())
+    }
+
+    fn as_prefill(&self) -> Option<&FullStore> {
+        Some(self)
     }
 }
 
@@ -90,5 +155,29 @@ mod tests {
         assert_eq!(store.keys[1], [3.0, 4.0, 7.0, 8.0]);
         assert_eq!(store.tokens(), 2);
         assert_eq!(store.bytes(), 2 * 8 * 4);
+    }
+
+    #[test]
+    fn observes_mass_and_the_last_queries() {
+        let shape = Heads { heads: 2, kv_heads: 1, head_dim: 2 };
+        let mut store = FullStore::new(shape);
+        let mut out = vec![0.0; 3 * 4];
+        let kv = [0.0f32; 6];
+        store.append(&kv, &kv, 3);
+        let q: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        store.attend(&q, 4, 3, &mut out);
+        // equal scores: row j spreads 1 over j + 1 tokens, for each of the 2 heads
+        let want = [2.0 * (1.0 + 0.5 + 1.0 / 3.0), 2.0 * (0.5 + 1.0 / 3.0), 2.0 / 3.0];
+        for (m, w) in store.mass(0).iter().zip(want) {
+            assert!((m - w).abs() < 1e-6, "{:?}", store.mass(0));
+        }
+        assert_eq!(store.recent_queries(), &q[..]);
+        for step in 0..OBSERVATION_WINDOW {
+            store.append(&kv[..2], &kv[..2], 1);
+            store.attend(&[step as f32; 4], 4, 1, &mut out[..4]);
+        }
+        assert_eq!(store.recent_queries().len(), OBSERVATION_WINDOW * 4);
+        assert_eq!(store.recent_queries()[..4], [0.0; 4]);
+        assert_eq!(store.recent_queries()[OBSERVATION_WINDOW * 4 - 4..], [31.0; 4]);
     }
 }

@@ -1,0 +1,227 @@
+//! `infllm-Nx`: sinks, a local window, and retrieved blocks of the distant past.
+//!
+//! Paper: Xiao et al., "InfLLM: Training-Free Long-Context Extrapolation for LLMs with an
+//! Efficient Context Memory", NeurIPS 2024 (arXiv 2402.04617). Reference implementation:
+//! thunlp/InfLLM (`inf_llm/attention/context_manager.py`). Settings, as the reference study ran
+//! it (Yuan et al. 2024, longctx_bench): of the budget (prompt tokens / ratio), **sinks 2.1%,
+//! local window 65.5%, retrieved blocks 32.4%**; **blocks of 128 tokens with 4 representative
+//! tokens** each. Tokens that leave the local window are grouped into blocks in position order;
+//! a block's representatives are the 4 tokens that had received the most attention while they
+//! were attended (InfLLM's representative score); for each chunk of queries (each decode step,
+//! each prefill chunk) the blocks whose representative keys have the largest dot product with the
+//! queries are read, up to the retrieved share. When the retrieved share is under one block
+//! (small budgets), one block of that many tokens is used instead. Acts from the first prefill
+//! chunk (InfLLM is a chunked-prefill method); each chunk also attends to itself causally.
+//! Tokens past the window that do not yet fill a block are not read until they do.
+//!
+//! Nothing is freed: bytes held are the full fp16 cache, the attention scores kept for choosing
+//! representatives and the representatives' indices; what InfLLM saves is bytes **read** per step.
+
+use serde_json::json;
+
+use super::Budget;
+use crate::kv::attention::Heads;
+use crate::kv::evict::top_with_protected;
+use crate::kv::method::{Acts, StoreContext};
+use crate::kv::tokens::TokenRows;
+use crate::kv::{LayerStore, Method};
+
+/// Shares of the budget: sinks, local window, retrieved blocks.
+pub const SHARES: (f64, f64, f64) = (0.021, 0.655, 0.324);
+/// Tokens per block.
+pub const BLOCK: usize = 128;
+/// Representative tokens per block.
+pub const REPRESENTATIVES: usize = 4;
+
+/// InfLLM.
+#[derive(Debug, Clone, Copy)]
+pub struct InfLlm {
+    /// Token budget.
+    pub budget: Budget,
+}
+
+/// How a budget splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Leading tokens always read.
+    pub sinks: usize,
+    /// Recent tokens always read (before the current chunk).
+    pub window: usize,
+    /// Blocks read per step.
+    pub blocks: usize,
+    /// Tokens per block.
+    pub block: usize,
+}
+
+impl Plan {
+    /// The split of `budget` tokens.
+    pub fn new(budget: usize) -> Self {
+        let b = budget as f64;
+        let sinks = ((b * SHARES.0).round() as usize).max(1);
+        let retrieved = (b * SHARES.2).floor() as usize;
+        let blocks = (retrieved / BLOCK).max(1);
+        let block = (retrieved / blocks).clamp(REPRESENTATIVES, BLOCK);
+        let window = budget.saturating_sub(sinks + blocks * block);
+        Self { sinks, window, blocks, block }
+    }
+}
+
+impl Method for InfLlm {
+    fn name(&self) -> String {
+        format!("infllm-{}", self.budget.suffix())
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        json!({ "budget": self.budget.settings(), "sink_share": SHARES.0, "window_share": SHARES.1,
+                "retrieved_share": SHARES.2, "block": BLOCK, "representatives": REPRESENTATIVES,
+                "applies_to_prefill": true })
+    }
+
+    fn nominal_ratio(&self) -> Option<f64> {
+        self.budget.nominal()
+    }
+
+    fn acts(&self) -> Acts {
+        Acts::DuringPrefill
+    }
+
+    fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
+        let plan = Plan::new(self.budget.tokens(ctx.compressed_tokens));
+        Box::new(InfLlmStore {
+            rows: TokenRows::new(ctx.shape),
+            mass: vec![Vec::new(); ctx.shape.kv_heads],
+            reps: vec![Vec::new(); ctx.shape.kv_heads],
+            plan,
+            read: 0,
+        })
+    }
+}
+
+/// Every token in fp16, the attention each received, and each complete block's representatives.
+#[derive(Debug, Clone)]
+pub struct InfLlmStore {
+    rows: TokenRows,
+    mass: Vec<Vec<f32>>,
+    reps: Vec<Vec<u32>>,
+    plan: Plan,
+    read: usize,
+}
+
+impl InfLlmStore {
+    /// Per kv head, the rows the chunk's `t` queries read.
+    fn select(&mut self, q: &[f32], q_stride: usize, t: usize) -> Vec<Vec<usize>> {
+        let Heads { heads, kv_heads, head_dim: d } = self.rows.shape;
+        let Plan { sinks, window, blocks, block } = self.plan;
+        let group = heads / kv_heads;
+        let n = self.rows.heads[0].len();
+        let chunk = n - t;
+        let middle_end = chunk.saturating_sub(window).max(sinks.min(chunk));
+        let complete = middle_end.saturating_sub(sinks) / block;
+        (0..kv_heads)
+            .map(|g| {
+                // representatives of blocks completed since the last step
+                while self.reps[g].len() / REPRESENTATIVES < complete {
+                    let b = self.reps[g].len() / REPRESENTATIVES;
+                    let start = sinks + b * block;
+                    let keep = top_with_protected(&self.mass[g][start..start + block], REPRESENTATIVES, |_| false);
+                    self.reps[g].extend((0..block).filter(|&i| keep[i]).map(|i| (start + i) as u32));
+                }
+                let head = &self.rows.heads[g];
+                let mut qsum = vec![0.0f32; d];
+                for j in 0..t {
+                    for h in g * group..(g + 1) * group {
+                        qsum.iter_mut().zip(&q[j * q_stride + h * d..][..d]).for_each(|(s, x)| *s += x);
+                    }
+                }
+                let scores: Vec<f32> = self.reps[g]
+                    .chunks_exact(REPRESENTATIVES)
+                    .map(|r| {
+                        r.iter().map(|&i| head.key(i as usize).iter().zip(&qsum).map(|(k, q)| k * q).sum::<f32>()).sum()
+                    })
+                    .collect();
+                let chosen = top_with_protected(&scores, blocks, |_| false);
+                let mut rows: Vec<usize> = (0..sinks.min(n)).collect();
+                for (b, _) in chosen.iter().enumerate().filter(|(_, c)| **c) {
+                    rows.extend(sinks + b * block..sinks + (b + 1) * block);
+                }
+                rows.extend(middle_end..n);
+                rows
+            })
+            .collect()
+    }
+}
+
+impl LayerStore for InfLlmStore {
+    fn append(&mut self, keys: &[f32], values: &[f32], t: usize) {
+        self.rows.append(keys, values, t);
+        self.mass.iter_mut().for_each(|m| m.resize(m.len() + t, 0.0));
+    }
+
+    fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
+        let select = self.select(q, q_stride, t);
+        let mut mass: Vec<Vec<f32>> = select.iter().map(|s| vec![0.0; s.len()]).collect();
+        self.rows.attend_selected(Some(&select), q, q_stride, t, out, Some(&mut mass));
+        for ((acc, m), s) in self.mass.iter_mut().zip(&mass).zip(&select) {
+            s.iter().zip(m).for_each(|(&i, &p)| acc[i] += p);
+        }
+        let d = self.rows.shape.head_dim;
+        let reps: usize = self.reps.iter().map(|r| r.len() * d * 2).sum();
+        self.read = reps + self.rows.heads.iter().zip(&select).map(|(h, s)| h.row_bytes(s.len())).sum::<usize>();
+    }
+
+    fn bytes(&self) -> usize {
+        let side: usize =
+            self.mass.iter().map(|m| m.len() * 4).sum::<usize>() + self.reps.iter().map(|r| r.len() * 4).sum::<usize>();
+        self.rows.bytes() + side
+    }
+
+    fn bytes_read(&self) -> usize {
+        self.read
+    }
+
+    fn tokens(&self) -> usize {
+        self.rows.tokens()
+    }
+
+    fn clone_box(&self) -> Box<dyn LayerStore> {
+        Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_follows_the_study_shares() {
+        assert_eq!(Plan::new(2000), Plan { sinks: 42, window: 1318, blocks: 5, block: 128 });
+        let small = Plan::new(300);
+        assert_eq!((small.blocks, small.block), (1, 97));
+        assert_eq!(small.sinks + small.window + small.blocks * small.block, 300);
+    }
+
+    #[test]
+    fn reads_sinks_window_and_the_matching_block_within_budget() {
+        let shape = Heads { heads: 1, kv_heads: 1, head_dim: 4 };
+        let method = InfLlm { budget: Budget::Tokens(400) };
+        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000 };
+        let plan = Plan::new(400);
+        let mut store = method.layer_store(&ctx);
+        let n = 1500;
+        let mut keys = vec![0.0f32; n * 4];
+        // a distinctive key deep in the past
+        keys[700 * 4..701 * 4].fill(3.0);
+        let values = keys.clone();
+        let mut out = vec![0.0; 500 * 4];
+        for c in 0..3 {
+            store.append(&keys[c * 2000..(c + 1) * 2000], &values[c * 2000..(c + 1) * 2000], 500);
+            store.attend(&[1.0; 2000], 4, 500, &mut out);
+        }
+        store.append(&[0.0; 4], &[0.0; 4], 1);
+        store.attend(&[1.0; 4], 4, 1, &mut out[..4]);
+        assert!(out[0] > 0.5, "token 700's value reached the output: {:?}", &out[..4]);
+        let rows_read = plan.sinks + plan.blocks * plan.block + plan.window + 1;
+        let reps = (1501 - plan.window - 1 - plan.sinks) / plan.block * REPRESENTATIVES * 4 * 2;
+        assert_eq!(store.bytes_read(), rows_read * 4 * 2 * 2 + reps);
+    }
+}

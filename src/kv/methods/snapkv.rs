@@ -1,0 +1,128 @@
+//! `snapkv-Nx`: after prefill, keep the tokens the prompt's last queries attend to.
+//!
+//! Paper: Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation", NeurIPS 2024
+//! (arXiv 2404.14469). Reference implementations: FasterDecoding/SnapKV (`snapkv_utils.py`) and
+//! NVIDIA kvpress (`SnapKVPress`). Settings: observation **window of the last 32 prompt tokens**
+//! (the paper's default); a prefix token's score is the attention the window's queries give it,
+//! summed over the window and over the query heads of its kv head (GQA: selection per kv head),
+//! then **max-pooled with kernel 7** (stride 1, same padding) so that neighbours of a hit are kept
+//! with it; the top `budget − 32` prefix tokens per kv head are kept, plus the window itself.
+//! Compression happens once, when prefill ends; decode tokens are then appended without eviction,
+//! as in the paper.
+
+use serde_json::json;
+
+use super::Budget;
+use crate::kv::attention::{self};
+use crate::kv::evict::{Eviction, KeptStore, top_with_protected};
+use crate::kv::method::{Acts, StoreContext};
+use crate::kv::methods::full::{FullStore, OBSERVATION_WINDOW};
+use crate::kv::tokens::TokenRows;
+use crate::kv::{LayerStore, Method};
+
+/// Max-pooling kernel over token scores.
+pub const POOL_KERNEL: usize = 7;
+
+/// SnapKV.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapKv {
+    /// Token budget.
+    pub budget: Budget,
+}
+
+impl Method for SnapKv {
+    fn name(&self) -> String {
+        format!("snapkv-{}", self.budget.suffix())
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        json!({ "budget": self.budget.settings(), "window": OBSERVATION_WINDOW, "pooling": "max",
+                "kernel": POOL_KERNEL, "selection": "per kv head" })
+    }
+
+    fn nominal_ratio(&self) -> Option<f64> {
+        self.budget.nominal()
+    }
+
+    fn acts(&self) -> Acts {
+        Acts::AfterPrefill
+    }
+
+    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
+        Some(Box::new(snap(prefill, self.budget.tokens(ctx.compressed_tokens))))
+    }
+}
+
+/// The store SnapKV's rule leaves of `prefill` at `budget` tokens per kv head.
+pub fn snap(prefill: &FullStore, budget: usize) -> KeptStore {
+    let keep = select(prefill, budget);
+    let mut rows = TokenRows::from_full(prefill);
+    rows.heads.iter_mut().zip(&keep).for_each(|(h, k)| h.retain(k));
+    KeptStore::new(rows, None, Eviction::Never)
+}
+
+/// Per kv head, which prefill tokens SnapKV keeps at `budget`.
+pub fn select(prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    let shape = prefill.shape();
+    let width = shape.heads * shape.head_dim;
+    let n = prefill.keys(0).len() / shape.head_dim;
+    let window = (prefill.recent_queries().len() / width).min(n);
+    if n <= budget {
+        return vec![vec![true; n]; shape.kv_heads];
+    }
+    let queries = &prefill.recent_queries()[prefill.recent_queries().len() - window * width..];
+    let mut mass = vec![vec![0.0f32; n]; shape.kv_heads];
+    let mut out = vec![0.0f32; window * width];
+    attention::attend_observed(shape, queries, width, window, &prefill.views(), &mut out, Some(&mut mass));
+    mass.iter()
+        .map(|m| {
+            let pooled = max_pool(&m[..n - window], POOL_KERNEL);
+            let mut scores = pooled;
+            scores.resize(n, 0.0);
+            top_with_protected(&scores, budget, |i| i >= n - window)
+        })
+        .collect()
+}
+
+/// Max over a centred window of `kernel` (odd) entries, clipped at the ends.
+pub fn max_pool(x: &[f32], kernel: usize) -> Vec<f32> {
+    let r = kernel / 2;
+    (0..x.len())
+        .map(|i| x[i.saturating_sub(r)..(i + r + 1).min(x.len())].iter().copied().fold(f32::MIN, f32::max))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::attention::Heads;
+
+    #[test]
+    fn max_pool_spreads_peaks_to_neighbours() {
+        let x = [0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        assert_eq!(max_pool(&x, 7), [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn keeps_the_window_and_what_it_attends_to_per_kv_head() {
+        // two kv heads; head 0's window looks at token 10, head 1's at token 50
+        let shape = Heads { heads: 2, kv_heads: 2, head_dim: 4 };
+        let n = 100;
+        let mut keys = vec![0.0f32; n * 8];
+        keys[10 * 8..10 * 8 + 4].fill(4.0);
+        keys[50 * 8 + 4..50 * 8 + 8].fill(4.0);
+        let values = vec![0.0f32; n * 8];
+        let mut full = FullStore::new(shape);
+        full.append(&keys, &values, n);
+        let q = vec![1.0f32; n * 8];
+        let mut out = vec![0.0; n * 8];
+        full.attend(&q, 8, n, &mut out);
+        let keep = select(&full, 32 + 7);
+        for (g, hit) in [(0, 10), (1, 50)] {
+            let kept: Vec<usize> = (0..n).filter(|&i| keep[g][i]).collect();
+            assert_eq!(kept.len(), 39);
+            let want: Vec<usize> = (hit - 3..=hit + 3).chain(68..100).collect();
+            assert_eq!(kept, want, "kv head {g}");
+        }
+    }
+}
