@@ -4,7 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kvbench::kv::methods;
+use std::sync::Arc;
+
+use kvbench::kv::fidelity::{self, Recorded};
+use kvbench::kv::methods::{self, full::Recording};
+use kvbench::kv::{Acts, KvCache};
+use kvbench::model::compare::{compare, markdown};
 use kvbench::model::generate::{GenerateOptions, Mode, Prompt as SplitPrompt, generate_prompt};
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::model::tokenizer::chatml;
@@ -20,37 +25,27 @@ struct Cli {
 enum Command {
     /// Greedy generation from a prompt file, through ONNX Runtime and kvbench's KV cache.
     Generate(GenerateArgs),
+    /// Run one prompt through many KV-cache methods and tabulate ratios and answers.
+    Compare(CompareArgs),
+    /// Model-free attention fidelity of methods on queries, keys and values recorded from prompts.
+    Fidelity(FidelityArgs),
 }
 
 #[derive(clap::Args)]
-struct GenerateArgs {
+struct PromptArgs {
     /// File holding the prompt text (UTF-8). Raw text is tokenized as is, without BOS.
     #[arg(long, required_unless_present = "prompt_ids", conflicts_with = "prompt_ids")]
     prompt_file: Option<PathBuf>,
     /// File holding the prompt as a JSON array of token ids (used by `cargo xtask perf`).
     #[arg(long)]
     prompt_ids: Option<PathBuf>,
-    /// Keep generating after a stop token (for timing a fixed number of steps).
-    #[arg(long)]
-    ignore_eos: bool,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
-    /// Wrap the prompt in the model's ChatML template as a user turn.
-    #[arg(long)]
-    chat: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-    /// KV-cache method: full, fp16, q8_0, q4_0, q4_0-rot, flexgen-4bit, kivi-2bit, kivi-4bit, or
-    /// streamingllm, h2o, snapkv, pyramidkv, tova, knorm, infllm, quest, lingua with a budget
-    /// suffix (`-4x`: a quarter of the prompt; `-512tok`: 512 tokens), e.g. `snapkv-4x`.
-    #[arg(long, default_value = "full")]
-    method: String,
     /// A question appended verbatim after the prompt file's text (the context); with
     /// `--mode query-agnostic` the method compresses the context before the question is read.
     #[arg(long, requires = "prompt_file")]
     question_file: Option<PathBuf>,
+    /// Wrap the prompt (and question) in the model's ChatML template as a user turn.
+    #[arg(long)]
+    chat: bool,
     /// Compress with the question in the prompt (query-aware) or before it (query-agnostic).
     #[arg(long, value_enum, default_value_t = Mode::QueryAware)]
     mode: Mode,
@@ -65,10 +60,78 @@ struct GenerateArgs {
     gguf: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Keep generating after a stop token (for timing a fixed number of steps).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// KV-cache method: full, fp16, q8_0, q4_0, q4_0-rot, flexgen-4bit, kivi-2bit, kivi-4bit, or
+    /// streamingllm, h2o, snapkv, pyramidkv, tova, knorm, infllm, quest, lingua with a budget
+    /// suffix (`-4x`: a quarter of the prompt; `-512tok`: 512 tokens), e.g. `snapkv-4x`.
+    #[arg(long, default_value = "full")]
+    method: String,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Comma-separated method names, or `all` for every method at `--ratios`.
+    #[arg(long, default_value = "all")]
+    methods: String,
+    /// Ratios for `--methods all`.
+    #[arg(long, value_delimiter = ',', default_value = "2,8")]
+    ratios: Vec<u32>,
+    /// Text the answer should contain (the hidden fact); adds a `found` column.
+    #[arg(long)]
+    expect: Option<String>,
+    /// Most tokens to generate per method.
+    #[arg(long, default_value_t = 16)]
+    max_new_tokens: usize,
+    /// Print the rows as JSON lines instead of a markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct FidelityArgs {
+    /// Prompt files (raw text) to record from; the tables pool them.
+    #[arg(long = "prompt-file", required = true)]
+    prompt_files: Vec<PathBuf>,
+    /// Tokens decoded after each prompt (the steps compared).
+    #[arg(long, default_value_t = 16)]
+    decode: usize,
+    /// Comma-separated method names, or `all` for every method at `--ratios`.
+    #[arg(long, default_value = "all")]
+    methods: String,
+    /// Ratios for `--methods all`.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,6,8")]
+    ratios: Vec<u32>,
+    /// Prefill chunk size in tokens.
+    #[arg(long, default_value_t = 512)]
+    chunk: usize,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print JSON lines instead of a markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
+        Command::Compare(args) => run_compare(args),
+        Command::Fidelity(args) => run_fidelity(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,56 +147,149 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// Load the runtime and tokenize the prompt (context, then question).
+fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn std::error::Error>> {
     if let Some(gguf) = &args.gguf
         && !gguf.is_file()
     {
         return Err(format!("GGUF file {} does not exist", gguf.display()).into());
     }
-    enum Prompt {
-        Text(String),
-        Ids(Vec<u32>),
-    }
-    let prompt = match (&args.prompt_file, &args.prompt_ids) {
-        (Some(path), _) => Prompt::Text(
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read prompt file {}: {e}", path.display()))?,
-        ),
-        (None, Some(path)) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("cannot read prompt ids {}: {e}", path.display()))?;
-            Prompt::Ids(
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("{} is not a JSON array of token ids: {e}", path.display()))?,
-            )
-        }
-        (None, None) => unreachable!("clap requires one of --prompt-file and --prompt-ids"),
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
     };
-    let method = methods::by_name(&args.method)?;
-    let mut rt = Runtime::load(&LoadOptions { gguf: args.gguf.clone(), threads: args.threads })?;
-    rt.reset(method.clone())?;
-    let question = match &args.question_file {
-        Some(path) => {
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read question file {}: {e}", path.display()))?
-        }
+    let question = args.question_file.as_ref().map(|p| read(p, "question file")).transpose()?.unwrap_or_default();
+    let ids: Option<Vec<u32>> = match &args.prompt_ids {
+        Some(path) => Some(
+            serde_json::from_str(&read(path, "prompt ids")?)
+                .map_err(|e| format!("{} is not a JSON array of token ids: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let context = match &args.prompt_file {
+        Some(path) => read(path, "prompt file")?,
         None => String::new(),
     };
-    let prompt = match prompt {
-        Prompt::Text(context) => {
+    let rt = Runtime::load(&LoadOptions { gguf: args.gguf.clone(), threads: args.threads })?;
+    let prompt = match ids {
+        Some(ids) => SplitPrompt::whole(&ids),
+        None => {
             // Tokenize the context part and the question part separately, so that the split
             // between them is a token boundary.
-            let whole =
-                if args.chat { chatml(None, &format!("{context}{question}")) } else { format!("{context}{question}") };
+            let joined = format!("{context}{question}");
+            let whole = if args.chat { chatml(None, &joined) } else { joined };
             let context_end = whole.find(&context).map_or(0, |at| at + context.len());
             let (head, tail) = whole.split_at(context_end);
             SplitPrompt::split(&rt.tokenizer().encode(head)?, &rt.tokenizer().encode(tail)?)
         }
-        Prompt::Ids(ids) => SplitPrompt::whole(&ids),
     };
+    Ok((rt, prompt))
+}
+
+fn run_compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let names = method_names(&args.methods, &args.ratios)?;
+    let (mut rt, prompt) = load_prompt(&args.prompt)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        chunk: args.chunk,
+        chunk: args.prompt.chunk,
+        ignore_eos: false,
+        mode: args.prompt.mode,
+    };
+    eprintln!("kvbench: {} methods on a {}-token prompt ({:?})", names.len(), prompt.ids.len(), args.prompt.mode);
+    let total = names.len();
+    let mut done = 0;
+    let runs = compare(&mut rt, &prompt, &names, options, args.expect.as_deref(), |run| {
+        done += 1;
+        eprintln!(
+            "[{done}/{total}] {}: {:?} (held {:.2}×, {:.1} s)",
+            run.method,
+            run.text.trim(),
+            run.measured_ratio,
+            run.seconds.0 + run.seconds.1
+        );
+        if args.json {
+            println!("{}", serde_json::to_string(run).expect("rows serialize"));
+        }
+    })?;
+    if !args.json {
+        print!("{}", markdown(&runs));
+    }
+    Ok(())
+}
+
+fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let names = method_names(&args.methods, &args.ratios)?;
+    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads })?;
+    let mut recordings = Vec::new();
+    for path in &args.prompt_files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let ids = rt.tokenizer().encode(&text)?;
+        eprintln!("kvbench: recording {} ({} tokens + {} decoded)", path.display(), ids.len(), args.decode);
+        rt.reset(Arc::new(Recording))?;
+        let options = GenerateOptions {
+            max_new_tokens: args.decode + 1,
+            chunk: args.chunk,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        generate_prompt(&mut rt, &SplitPrompt::whole(&ids), options)?;
+        let cache = KvCache::lock(rt.cache())?;
+        let layers = (0..cache.layers())
+            .map(|l| cache.layer(l).and_then(|s| s.as_prefill()).cloned().ok_or("recording lost a layer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        recordings.push(Recorded { layers, prompt: ids.len() });
+    }
+    let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(args.chunk)).collect();
+    let mut rows = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let method = methods::by_name(name)?;
+        if method.acts() == Acts::BeforePrefill {
+            eprintln!(
+                "[{}/{}] {name}: skipped (prompt compression needs the model: see `kvbench compare`)",
+                i + 1,
+                names.len()
+            );
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let row = fidelity::evaluate(&*method, &recordings, &prefills, args.chunk);
+        eprintln!(
+            "[{}/{}] {name}: error {:.4}, mass {:.3} ({:.1} s)",
+            i + 1,
+            names.len(),
+            row.relative_error,
+            row.mass_kept,
+            start.elapsed().as_secs_f64()
+        );
+        if args.json {
+            println!("{}", serde_json::to_string(&row)?);
+        }
+        rows.push(row);
+    }
+    if !args.json {
+        print!("{}", fidelity::markdown(&rows));
+    }
+    Ok(())
+}
+
+/// `all` (every method at `ratios`) or a comma-separated list, each name checked.
+fn method_names(list: &str, ratios: &[u32]) -> Result<Vec<String>, methods::UnknownMethod> {
+    let names: Vec<String> =
+        if list == "all" { methods::all_at(ratios) } else { list.split(',').map(|s| s.trim().to_string()).collect() };
+    for name in &names {
+        methods::by_name(name)?;
+    }
+    Ok(names)
+}
+
+fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let method = methods::by_name(&args.method)?;
+    let (mut rt, prompt) = load_prompt(&args.prompt)?;
+    rt.reset(method.clone())?;
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        chunk: args.prompt.chunk,
         ignore_eos: args.ignore_eos,
-        mode: args.mode,
+        mode: args.prompt.mode,
     };
     let generation = generate_prompt(&mut rt, &prompt, options)?;
     let shown: Vec<u32> = generation.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
@@ -142,7 +298,7 @@ fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         let json = serde_json::json!({
             "method": method.name(),
             "settings": method.settings(),
-            "mode": args.mode,
+            "mode": args.prompt.mode,
             "prompt_ids": generation.prompt_ids,
             "context_tokens": prompt.context,
             "prefilled_tokens": generation.prefilled_ids.len(),

@@ -50,13 +50,15 @@ pub struct KeptStore {
     rows: TokenRows,
     scores: Vec<Vec<f32>>,
     eviction: Eviction,
+    /// Positions the last attention read, per head (for measurement, not part of the cache).
+    last_read: Vec<Vec<u32>>,
 }
 
 impl KeptStore {
     /// A store over `rows`; `scores` (one per kept row and head) only where the rule uses them.
     pub fn new(rows: TokenRows, scores: Option<Vec<Vec<f32>>>, eviction: Eviction) -> Self {
         let scores = scores.unwrap_or_else(|| rows.heads.iter().map(|h| vec![0.0; h.len()]).collect());
-        let mut store = Self { rows, scores, eviction };
+        let mut store = Self { rows, scores, eviction, last_read: Vec::new() };
         store.evict();
         store
     }
@@ -126,6 +128,7 @@ impl LayerStore for KeptStore {
     }
 
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
+        self.last_read = self.rows.heads.iter().map(|h| h.positions().to_vec()).collect();
         if self.eviction.needs_scores() {
             let mut mass: Vec<Vec<f32>> = self.rows.heads.iter().map(|h| vec![0.0; h.len()]).collect();
             self.rows.attend(q, q_stride, t, out, Some(&mut mass));
@@ -149,6 +152,10 @@ impl LayerStore for KeptStore {
 
     fn tokens(&self) -> usize {
         self.rows.tokens()
+    }
+
+    fn visible(&self, g: usize) -> Option<Vec<u32>> {
+        self.last_read.get(g).cloned()
     }
 
     fn clone_box(&self) -> Box<dyn LayerStore> {

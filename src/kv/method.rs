@@ -98,6 +98,12 @@ pub trait LayerStore: Send + fmt::Debug {
         self.bytes()
     }
 
+    /// Positions of the tokens kv head `g`'s last [`Self::attend`] read, where the method reads a
+    /// subset; `None` when it reads every token it was given (the quantizers).
+    fn visible(&self, _g: usize) -> Option<Vec<u32>> {
+        None
+    }
+
     /// Tokens held (per kv head).
     fn tokens(&self) -> usize;
 

@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod evict;
+pub mod fidelity;
 pub mod hadamard;
 pub mod method;
 pub mod methods;

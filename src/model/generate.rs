@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::session::{ModelError, Runtime};
 use crate::kv::methods::{Full, lingua};
-use crate::kv::{Acts, CacheStats, KvCache};
+use crate::kv::{Acts, CacheSnapshot, CacheStats, KvCache};
 
 /// Where a method compresses, relative to the question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
@@ -156,8 +156,60 @@ pub fn generate(rt: &mut Runtime, prompt_ids: &[u32], options: GenerateOptions) 
     generate_prompt(rt, &Prompt::whole(prompt_ids), options)
 }
 
+/// A full-precision prefill of a prompt's compressed part, kept to serve every method that acts
+/// after prefill ("prefill once, replay many").
+#[derive(Debug, Clone)]
+pub struct SharedPrefill {
+    snapshot: CacheSnapshot,
+    logits: Vec<f32>,
+    ids: Vec<u32>,
+    compressed: usize,
+    mode: Mode,
+    /// Seconds the prefill took.
+    pub seconds: f64,
+}
+
+/// Prefill `prompt`'s compressed part (all of it query-aware, the context query-agnostic) with the
+/// full cache and keep it. The runtime's method is left at `full`.
+pub fn shared_prefill(
+    rt: &mut Runtime,
+    prompt: &Prompt,
+    options: GenerateOptions,
+) -> Result<SharedPrefill, ModelError> {
+    let start = Instant::now();
+    rt.reset(Arc::new(Full))?;
+    let compressed = compressed_len(prompt, options.mode);
+    lock(rt)?.begin(compressed);
+    let logits = feed(rt, &prompt.ids[..compressed], 0, options.chunk)?;
+    let snapshot = lock(rt)?.snapshot();
+    Ok(SharedPrefill {
+        snapshot,
+        logits,
+        ids: prompt.ids.clone(),
+        compressed,
+        mode: options.mode,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn compressed_len(prompt: &Prompt, mode: Mode) -> usize {
+    if mode == Mode::QueryAgnostic && prompt.context < prompt.ids.len() { prompt.context } else { prompt.ids.len() }
+}
+
 /// Greedy generation of a context-and-question prompt in the options' [`Mode`].
 pub fn generate_prompt(rt: &mut Runtime, prompt: &Prompt, options: GenerateOptions) -> Result<Generation, ModelError> {
+    generate_shared(rt, prompt, options, None)
+}
+
+/// [`generate_prompt`], starting from `shared` instead of prefilling when the runtime's method
+/// acts after prefill and `shared` was made for the same prompt and mode (otherwise `shared` is
+/// ignored). The generation's prefill time is then zero.
+pub fn generate_shared(
+    rt: &mut Runtime,
+    prompt: &Prompt,
+    options: GenerateOptions,
+    shared: Option<&SharedPrefill>,
+) -> Result<Generation, ModelError> {
     let context = rt.config().context;
     if prompt.ids.is_empty() || prompt.context > prompt.ids.len() {
         return Err(ModelError::Invalid("the prompt is empty or its context longer than itself".into()));
@@ -179,10 +231,24 @@ pub fn generate_prompt(rt: &mut Runtime, prompt: &Prompt, options: GenerateOptio
         }
         _ => prompt.clone(),
     };
-    let split = options.mode == Mode::QueryAgnostic && prefilled.context < prefilled.ids.len();
-    let compressed = if split { prefilled.context } else { prefilled.ids.len() };
-    lock(rt)?.begin(compressed);
-    let mut logits = feed(rt, &prefilled.ids[..compressed], 0, options.chunk)?;
+    let compressed = compressed_len(&prefilled, options.mode);
+    let split = compressed < prefilled.ids.len();
+    let reuse = shared.filter(|s| {
+        method.acts() == Acts::AfterPrefill
+            && s.ids == prefilled.ids
+            && s.compressed == compressed
+            && s.mode == options.mode
+    });
+    let mut logits = match reuse {
+        Some(s) => {
+            lock(rt)?.restore(&s.snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
+            s.logits.clone()
+        }
+        None => {
+            lock(rt)?.begin(compressed);
+            feed(rt, &prefilled.ids[..compressed], 0, options.chunk)?
+        }
+    };
     lock(rt)?.end_prefill();
     if split {
         logits = feed(rt, &prefilled.ids[compressed..], compressed, options.chunk)?;

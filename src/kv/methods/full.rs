@@ -40,6 +40,33 @@ impl Method for Full {
     }
 }
 
+/// The full cache, keeping every query as well: records the post-RoPE queries, keys and values
+/// of a real run for model-free replay ([`crate::kv::fidelity`]). Not a benchmark method.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recording;
+
+impl Method for Recording {
+    fn name(&self) -> String {
+        "full-recording".into()
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({ "precision": "fp32", "records": "every query" })
+    }
+
+    fn nominal_ratio(&self) -> Option<f64> {
+        Some(1.0)
+    }
+
+    fn acts(&self) -> Acts {
+        Acts::DuringPrefill
+    }
+
+    fn layer_store(&self, ctx: &crate::kv::StoreContext) -> Box<dyn LayerStore> {
+        Box::new(FullStore::recording(ctx.shape))
+    }
+}
+
 /// Keys and values per kv head, `[tokens, head_dim]` each, plus the observations of the module doc.
 #[derive(Debug, Clone)]
 pub struct FullStore {
@@ -51,13 +78,27 @@ pub struct FullStore {
     mass: Vec<Vec<f32>>,
     /// The last queries seen, oldest first, `heads · head_dim` each.
     recent_queries: Vec<f32>,
+    /// Most query rows kept in `recent_queries`.
+    query_limit: usize,
 }
 
 impl FullStore {
     /// Empty storage.
     pub fn new(shape: Heads) -> Self {
         let per_head = vec![Vec::new(); shape.kv_heads];
-        Self { shape, keys: per_head.clone(), values: per_head.clone(), mass: per_head, recent_queries: Vec::new() }
+        Self {
+            shape,
+            keys: per_head.clone(),
+            values: per_head.clone(),
+            mass: per_head,
+            recent_queries: Vec::new(),
+            query_limit: OBSERVATION_WINDOW,
+        }
+    }
+
+    /// Empty storage that keeps every query (for recording attention probes; see [`Recording`]).
+    pub fn recording(shape: Heads) -> Self {
+        Self { query_limit: usize::MAX, ..Self::new(shape) }
     }
 
     /// Attention shape.
@@ -85,8 +126,8 @@ impl FullStore {
         &self.mass[g]
     }
 
-    /// The last (at most [`OBSERVATION_WINDOW`]) query rows, oldest first, `heads · head_dim` each;
-    /// they belong to the last tokens appended.
+    /// The last (at most [`OBSERVATION_WINDOW`], or all when recording) query rows, oldest
+    /// first, `heads · head_dim` each; they belong to the last tokens appended.
     pub fn recent_queries(&self) -> &[f32] {
         &self.recent_queries
     }
@@ -105,10 +146,10 @@ impl LayerStore for FullStore {
             self.keys.iter().zip(&self.values).map(|(k, v)| KvView { keys: k, values: v }).collect();
         attention::attend_observed(self.shape, q, q_stride, t, &views, out, Some(&mut self.mass));
         let width = self.shape.heads * self.shape.head_dim;
-        for j in t.saturating_sub(OBSERVATION_WINDOW)..t {
+        for j in t.saturating_sub(self.query_limit)..t {
             self.recent_queries.extend_from_slice(&q[j * q_stride..][..width]);
         }
-        let excess = self.recent_queries.len().saturating_sub(OBSERVATION_WINDOW * width);
+        let excess = self.recent_queries.len().saturating_sub(self.query_limit.saturating_mul(width));
         self.recent_queries.drain(..excess);
     }
 

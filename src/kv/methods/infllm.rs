@@ -93,6 +93,7 @@ impl Method for InfLlm {
             reps: vec![Vec::new(); ctx.shape.kv_heads],
             plan,
             read: 0,
+            last_read: Vec::new(),
         })
     }
 }
@@ -105,6 +106,8 @@ pub struct InfLlmStore {
     reps: Vec<Vec<u32>>,
     plan: Plan,
     read: usize,
+    /// Rows the last attention read, per head (for measurement, not part of the cache).
+    last_read: Vec<Vec<usize>>,
 }
 
 impl InfLlmStore {
@@ -167,6 +170,7 @@ impl LayerStore for InfLlmStore {
         let d = self.rows.shape.head_dim;
         let reps: usize = self.reps.iter().map(|r| r.len() * d * 2).sum();
         self.read = reps + self.rows.heads.iter().zip(&select).map(|(h, s)| h.row_bytes(s.len())).sum::<usize>();
+        self.last_read = select;
     }
 
     fn bytes(&self) -> usize {
@@ -181,6 +185,10 @@ impl LayerStore for InfLlmStore {
 
     fn tokens(&self) -> usize {
         self.rows.tokens()
+    }
+
+    fn visible(&self, g: usize) -> Option<Vec<u32>> {
+        self.last_read.get(g).map(|rows| rows.iter().map(|&i| self.rows.heads[g].positions()[i]).collect())
     }
 
     fn clone_box(&self) -> Box<dyn LayerStore> {

@@ -23,6 +23,9 @@ pub mod snapkv;
 pub mod streamingllm;
 pub mod tova;
 
+#[cfg(test)]
+mod invariants;
+
 pub use full::Full;
 
 use std::sync::Arc;

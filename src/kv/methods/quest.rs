@@ -56,7 +56,14 @@ impl Method for Quest {
     fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
         let budget = self.budget.tokens(ctx.compressed_tokens);
         let dense = ctx.layer < DENSE_LAYERS;
-        let mut store = QuestStore { rows: TokenRows::from_full(prefill), bounds: Vec::new(), budget, dense, read: 0 };
+        let mut store = QuestStore {
+            rows: TokenRows::from_full(prefill),
+            bounds: Vec::new(),
+            budget,
+            dense,
+            read: 0,
+            last_read: Vec::new(),
+        };
         store.bounds = vec![Vec::new(); ctx.shape.kv_heads];
         store.update_bounds();
         Some(Box::new(store))
@@ -72,6 +79,8 @@ pub struct QuestStore {
     budget: usize,
     dense: bool,
     read: usize,
+    /// Rows the last attention read, per head (for measurement, not part of the cache).
+    last_read: Vec<Vec<usize>>,
 }
 
 impl QuestStore {
@@ -143,12 +152,14 @@ impl LayerStore for QuestStore {
         if self.dense {
             self.rows.attend(q, q_stride, t, out, None);
             self.read = self.rows.heads.iter().map(|h| h.row_bytes(h.len())).sum();
+            self.last_read = self.rows.heads.iter().map(|h| (0..h.len()).collect()).collect();
             return;
         }
         let select = self.select(q, q_stride, t);
         self.rows.attend_selected(Some(&select), q, q_stride, t, out, None);
         let bounds: usize = self.bounds.iter().map(|b| b.len() * 2).sum();
         self.read = bounds + self.rows.heads.iter().zip(&select).map(|(h, s)| h.row_bytes(s.len())).sum::<usize>();
+        self.last_read = select;
     }
 
     fn bytes(&self) -> usize {
@@ -161,6 +172,10 @@ impl LayerStore for QuestStore {
 
     fn tokens(&self) -> usize {
         self.rows.tokens()
+    }
+
+    fn visible(&self, g: usize) -> Option<Vec<u32>> {
+        self.last_read.get(g).map(|rows| rows.iter().map(|&i| self.rows.heads[g].positions()[i]).collect())
     }
 
     fn clone_box(&self) -> Box<dyn LayerStore> {

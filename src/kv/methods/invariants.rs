@@ -1,0 +1,129 @@
+//! Invariants every budgeted method must keep, driven through [`KvCache`] as the model drives it:
+//! chunked prefill, end of prefill, then decode steps, on random post-RoPE-like data.
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::by_name;
+use crate::kv::{Heads, KvCache};
+
+const SHAPE: Heads = Heads { heads: 9, kv_heads: 3, head_dim: 64 };
+const PROMPT: usize = 600;
+const CHUNK: usize = 128;
+const DECODE: usize = 40;
+
+/// Run `name` through prefill and decode; call `check(cache, decode_step)` after every step
+/// (`None` during prefill).
+fn drive(name: &str, mut check: impl FnMut(&KvCache, Option<usize>)) {
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut cache = KvCache::new(by_name(name).unwrap(), SHAPE, 3);
+    cache.begin(PROMPT);
+    let (qw, kw) = (SHAPE.heads * SHAPE.head_dim, SHAPE.kv_heads * SHAPE.head_dim);
+    let mut step = |cache: &mut KvCache, t: usize| {
+        let k: Vec<f32> = (0..t * kw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let v: Vec<f32> = (0..t * kw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let q: Vec<f32> = (0..t * qw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut out = vec![0.0; t * qw];
+        for l in 0..cache.layers() {
+            let store = cache.layer_mut(l).unwrap();
+            store.append(&k, &v, t);
+            store.attend(&q, qw, t, &mut out);
+        }
+        cache.note_step(t);
+    };
+    for start in (0..PROMPT).step_by(CHUNK) {
+        step(&mut cache, CHUNK.min(PROMPT - start));
+        check(&cache, None);
+    }
+    cache.end_prefill();
+    for s in 0..DECODE {
+        step(&mut cache, 1);
+        check(&cache, Some(s));
+    }
+}
+
+#[test]
+fn evicting_methods_never_exceed_their_budget() {
+    for ratio in [2, 4, 8] {
+        let budget = PROMPT / ratio;
+        for family in ["streamingllm", "h2o", "tova"] {
+            let name = format!("{family}-{ratio}x");
+            drive(&name, |cache, step| {
+                // StreamingLLM holds from prefill on; H2O and TOVA fix the budget when prefill ends
+                if step.is_some() || family == "streamingllm" {
+                    assert!(
+                        cache.tokens() <= budget,
+                        "{name}: {} tokens, budget {budget}, step {step:?}",
+                        cache.tokens()
+                    );
+                }
+                if step.is_some() {
+                    assert_eq!(cache.tokens(), budget, "{name} keeps exactly its budget in decode");
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
+    for ratio in [2, 4, 8] {
+        let budget = PROMPT / ratio;
+        for family in ["snapkv", "pyramidkv", "knorm"] {
+            let name = format!("{family}-{ratio}x");
+            drive(&name, |cache, step| {
+                let Some(step) = step else { return };
+                for l in 0..cache.layers() {
+                    let layer_budget = if family == "pyramidkv" {
+                        super::pyramidkv::layer_budget(budget, PROMPT, l, 3)
+                    } else {
+                        budget
+                    };
+                    assert_eq!(cache.layer(l).unwrap().tokens(), layer_budget + step + 1, "{name} layer {l}");
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn retrieval_methods_keep_everything_and_read_within_budget() {
+    for ratio in [2, 4, 8] {
+        let budget = PROMPT / ratio;
+        for family in ["quest", "infllm"] {
+            let name = format!("{family}-{ratio}x");
+            drive(&name, |cache, step| {
+                let Some(step) = step else { return };
+                assert_eq!(cache.tokens(), PROMPT + step + 1, "{name} frees nothing");
+                // Quest's first two layers are dense
+                let first = if family == "quest" { 2 } else { 0 };
+                for l in first..cache.layers() {
+                    for g in 0..SHAPE.kv_heads {
+                        let read = cache.layer(l).unwrap().visible(g).unwrap();
+                        // Quest may add the newest, partial page beyond whole pages; InfLLM the step's token
+                        let slack = if family == "quest" { super::quest::PAGE } else { 1 };
+                        assert!(read.len() <= budget + slack, "{name} layer {l} head {g} read {}", read.len());
+                        assert!(read.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
+                        assert_eq!(*read.last().unwrap() as usize, PROMPT + step, "the newest token is read");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// On random data each kv head keeps its own tokens. (H2O shares the per-head store of TOVA, but
+/// on random data accumulated attention favours the same early tokens in every head.)
+#[test]
+fn selection_is_per_kv_head() {
+    for name in ["snapkv-4x", "knorm-4x", "tova-4x", "quest-4x", "infllm-4x"] {
+        let mut differs = false;
+        drive(name, |cache, step| {
+            if step == Some(DECODE - 1) {
+                let layer = cache.layer(2).unwrap();
+                let heads: Vec<_> = (0..SHAPE.kv_heads).map(|g| layer.visible(g).unwrap()).collect();
+                differs = heads.windows(2).any(|w| w[0] != w[1]);
+            }
+        });
+        assert!(differs, "{name}: every kv head read the same tokens");
+    }
+}

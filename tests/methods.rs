@@ -1,0 +1,49 @@
+//! The methods through the model, on the 3,712-token needle prompt (`golden/prompts/08`):
+//! the full cache and `q8_0` retrieve the hidden number, and a method that acts after prefill
+//! gives the same answer and bytes whether its prefill is recomputed or shared.
+
+use kvbench::kv::methods;
+use kvbench::model::generate::{GenerateOptions, Prompt, generate_prompt, generate_shared, shared_prefill};
+use kvbench::model::session::{LoadOptions, Runtime};
+
+const NEEDLE: &str = "4827163";
+
+fn needle_prompt(rt: &Runtime) -> Prompt {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/prompts/08-long-needle.txt");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Prompt::whole(&rt.tokenizer().encode(&text).unwrap())
+}
+
+fn answer(rt: &Runtime, ids: &[u32]) -> String {
+    rt.tokenizer().decode(ids).unwrap()
+}
+
+#[test]
+fn full_and_q8_0_retrieve_the_needle_and_shared_prefill_changes_nothing() {
+    let mut rt = Runtime::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("cannot load the model: {e}"));
+    let prompt = needle_prompt(&rt);
+    assert!(prompt.ids.len() > 3000);
+    let options = GenerateOptions { max_new_tokens: 8, ..GenerateOptions::default() };
+    for name in ["full", "q8_0"] {
+        let method = methods::by_name(name).unwrap();
+        rt.reset(method.clone()).unwrap();
+        let g = generate_prompt(&mut rt, &prompt, options).unwrap();
+        let text = answer(&rt, &g.output_ids);
+        assert!(text.contains(NEEDLE), "{name} answered {text:?}");
+        if name == "q8_0" {
+            let nominal = method.nominal_ratio().unwrap();
+            let measured = g.measured_ratio();
+            assert!((measured - nominal).abs() / nominal < 0.05, "q8_0 holds {measured:.3}×, nominal {nominal:.3}×");
+        }
+    }
+
+    let kivi = methods::by_name("kivi-4bit").unwrap();
+    rt.reset(kivi.clone()).unwrap();
+    let alone = generate_prompt(&mut rt, &prompt, options).unwrap();
+    let shared = shared_prefill(&mut rt, &prompt, options).unwrap();
+    rt.reset(kivi).unwrap();
+    let replayed = generate_shared(&mut rt, &prompt, options, Some(&shared)).unwrap();
+    assert_eq!(alone.output_ids, replayed.output_ids);
+    assert_eq!(alone.cache.peak_bytes_after_prefill, replayed.cache.peak_bytes_after_prefill);
+    assert!(replayed.prefill_seconds < alone.prefill_seconds / 5.0, "the shared prefill was not reused");
+}
