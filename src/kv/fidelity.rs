@@ -114,11 +114,11 @@ pub fn evaluate(method: &dyn Method, recordings: &[Recorded], prefills: &[Vec<Fu
         let n = recorded.tokens();
         let layers = recorded.layers.len();
         let fp16_per_token = 2 * kv_heads * d * 2;
-        for l in 0..layers {
+        for (l, prefilled) in prefills.iter().enumerate() {
             let ctx = StoreContext { layer: l, layers, shape, compressed_tokens: recorded.prompt };
-            let mut full: Box<dyn LayerStore> = Box::new(prefills[l].clone());
+            let mut full: Box<dyn LayerStore> = Box::new(prefilled.clone());
             let mut store: Box<dyn LayerStore> = match method.acts() {
-                Acts::AfterPrefill => method.after_prefill(&ctx, &prefills[l]).unwrap_or_else(|| full.clone()),
+                Acts::AfterPrefill => method.after_prefill(&ctx, prefilled).unwrap_or_else(|| full.clone()),
                 _ => {
                     let mut s = method.layer_store(&ctx);
                     recorded.prefill(l, s.as_mut(), chunk);
