@@ -43,6 +43,10 @@ struct PromptArgs {
     /// `--mode query-agnostic` the method compresses the context before the question is read.
     #[arg(long, requires = "prompt_file")]
     question_file: Option<PathBuf>,
+    /// Instead of `--question-file`: the question is the prompt file's text from the last
+    /// occurrence of this string on (e.g. "What is the special magic number").
+    #[arg(long, requires = "prompt_file", conflicts_with = "question_file")]
+    question_at: Option<String>,
     /// Wrap the prompt (and question) in the model's ChatML template as a user turn.
     #[arg(long)]
     chat: bool,
@@ -165,10 +169,16 @@ fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn std:
         ),
         None => None,
     };
-    let context = match &args.prompt_file {
+    let mut context = match &args.prompt_file {
         Some(path) => read(path, "prompt file")?,
         None => String::new(),
     };
+    let mut question = question;
+    if let Some(marker) = &args.question_at {
+        let at =
+            context.rfind(marker.as_str()).ok_or_else(|| format!("the prompt file does not contain {marker:?}"))?;
+        question = context.split_off(at);
+    }
     let rt = Runtime::load(&LoadOptions { gguf: args.gguf.clone(), threads: args.threads })?;
     let prompt = match ids {
         Some(ids) => SplitPrompt::whole(&ids),

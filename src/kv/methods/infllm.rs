@@ -12,7 +12,9 @@
 //! queries are read, up to the retrieved share. When the retrieved share is under one block
 //! (small budgets), one block of that many tokens is used instead. Acts from the first prefill
 //! chunk (InfLLM is a chunked-prefill method); each chunk also attends to itself causally.
-//! Tokens past the window that do not yet fill a block are not read until they do.
+//! Tokens past the window that do not yet fill a block stay in the local window until they do,
+//! so a step reads up to `block − 1` tokens more than the budget (as InfLLM, which offloads whole
+//! blocks); the bytes read are reported as read.
 //!
 //! Nothing is freed: bytes held are the full fp16 cache, the attention scores kept for choosing
 //! representatives and the representatives' indices; what InfLLM saves is bytes **read** per step.
@@ -118,8 +120,12 @@ impl InfLlmStore {
         let group = heads / kv_heads;
         let n = self.rows.heads[0].len();
         let chunk = n - t;
-        let middle_end = chunk.saturating_sub(window).max(sinks.min(chunk));
-        let complete = middle_end.saturating_sub(sinks) / block;
+        // Before the chunk: the sinks, the complete blocks of the middle, and the local window,
+        // which reaches back to the first token not yet in a complete block (so it holds between
+        // `window` and `window + block − 1` tokens, as InfLLM's offloading in whole blocks does).
+        let window_start = chunk.saturating_sub(window).max(sinks).min(chunk);
+        let complete = window_start.saturating_sub(sinks) / block;
+        let local_start = (sinks + complete * block).min(window_start);
         (0..kv_heads)
             .map(|g| {
                 // representatives of blocks completed since the last step
@@ -143,11 +149,11 @@ impl InfLlmStore {
                     })
                     .collect();
                 let chosen = top_with_protected(&scores, blocks, |_| false);
-                let mut rows: Vec<usize> = (0..sinks.min(n)).collect();
+                let mut rows: Vec<usize> = (0..sinks.min(local_start)).collect();
                 for (b, _) in chosen.iter().enumerate().filter(|(_, c)| **c) {
                     rows.extend(sinks + b * block..sinks + (b + 1) * block);
                 }
-                rows.extend(middle_end..n);
+                rows.extend(local_start..n);
                 rows
             })
             .collect()
@@ -228,8 +234,40 @@ mod tests {
         store.append(&[0.0; 4], &[0.0; 4], 1);
         store.attend(&[1.0; 4], 4, 1, &mut out[..4]);
         assert!(out[0] > 0.5, "token 700's value reached the output: {:?}", &out[..4]);
-        let rows_read = plan.sinks + plan.blocks * plan.block + plan.window + 1;
-        let reps = (1501 - plan.window - 1 - plan.sinks) / plan.block * REPRESENTATIVES * 4 * 2;
+        // at the decode step the window would start at 1500 − window; the local rows reach back to
+        // the end of the last complete block
+        let complete = (1500 - plan.window - plan.sinks) / plan.block;
+        let local = 1501 - (plan.sinks + complete * plan.block);
+        assert!(local > plan.window && local < plan.window + plan.block + 1);
+        let rows_read = plan.sinks + plan.blocks * plan.block + local;
+        let reps = complete * REPRESENTATIVES * 4 * 2;
         assert_eq!(store.bytes_read(), rows_read * 4 * 2 * 2 + reps);
+    }
+}
+
+#[cfg(test)]
+mod equivalence {
+    use super::*;
+    use crate::kv::methods::fp16::Fp16;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn a_budget_covering_the_prompt_reads_everything() {
+        let shape = Heads { heads: 6, kv_heads: 2, head_dim: 8 };
+        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 1000 };
+        let mut a = InfLlm { budget: Budget::Ratio(1.0) }.layer_store(&ctx);
+        let mut b = Fp16.layer_store(&ctx);
+        let mut rng = StdRng::seed_from_u64(3);
+        for t in [200, 200, 200, 200, 200, 1, 1] {
+            let k: Vec<f32> = (0..t * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let q: Vec<f32> = (0..t * 48).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let (mut oa, mut ob) = (vec![0.0; t * 48], vec![0.0; t * 48]);
+            a.append(&k, &k, t);
+            b.append(&k, &k, t);
+            a.attend(&q, 48, t, &mut oa);
+            b.attend(&q, 48, t, &mut ob);
+            let gap = oa.iter().zip(&ob).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert_eq!(gap, 0.0, "t = {t}");
+        }
     }
 }
