@@ -7,5 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod bench;
 pub mod kv;
 pub mod model;
+pub mod trace;

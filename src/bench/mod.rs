@@ -1,0 +1,3 @@
+//! The benchmark: trials of (method, task), their statistics and golden comparison.
+
+pub mod stats;
