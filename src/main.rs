@@ -203,6 +203,7 @@ fn run_compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         chunk: args.prompt.chunk,
         ignore_eos: false,
         mode: args.prompt.mode,
+        top_k: 0,
     };
     eprintln!("kvbench: {} methods on a {}-token prompt ({:?})", names.len(), prompt.ids.len(), args.prompt.mode);
     let total = names.len();
@@ -300,6 +301,7 @@ fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         chunk: args.prompt.chunk,
         ignore_eos: args.ignore_eos,
         mode: args.prompt.mode,
+        top_k: 0,
     };
     let generation = generate_prompt(&mut rt, &prompt, options)?;
     let shown: Vec<u32> = generation.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();

@@ -59,11 +59,13 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Query-aware or query-agnostic compression.
     pub mode: Mode,
+    /// Log-probs to keep per generated token (0: none).
+    pub top_k: usize,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 16, chunk: 512, ignore_eos: false, mode: Mode::QueryAware }
+        Self { max_new_tokens: 16, chunk: 512, ignore_eos: false, mode: Mode::QueryAware, top_k: 0 }
     }
 }
 
@@ -76,6 +78,8 @@ pub struct Generation {
     pub prefilled_ids: Vec<u32>,
     /// Generated ids, including a final stop token if one was produced.
     pub output_ids: Vec<u32>,
+    /// Per generated token, the top-k `(id, log-prob)` (with [`GenerateOptions::top_k`]).
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     /// Seconds spent in prefill (prompt compression's scoring included).
     pub prefill_seconds: f64,
     /// Seconds spent in decode steps (every token after the first).
@@ -210,6 +214,31 @@ pub fn generate_shared(
     options: GenerateOptions,
     shared: Option<&SharedPrefill>,
 ) -> Result<Generation, ModelError> {
+    let prefilled = start(rt, prompt, options, shared)?;
+    decode(rt, &prefilled, options)
+}
+
+/// A prompt prefilled into the runtime's cache (compressed as its method does), ready to decode.
+#[derive(Debug, Clone)]
+pub struct Prefilled {
+    /// The prompt as given.
+    pub prompt: Prompt,
+    /// The ids prefilled (after prompt compression).
+    pub ids: Vec<u32>,
+    /// Logits of the last prompt position.
+    pub logits: Vec<f32>,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// Prefill `prompt` with the runtime's method (reusing `shared` where it applies, see
+/// [`generate_shared`]) and end prefill.
+pub fn start(
+    rt: &mut Runtime,
+    prompt: &Prompt,
+    options: GenerateOptions,
+    shared: Option<&SharedPrefill>,
+) -> Result<Prefilled, ModelError> {
     let context = rt.config().context;
     if prompt.ids.is_empty() || prompt.context > prompt.ids.len() {
         return Err(ModelError::Invalid("the prompt is empty or its context longer than itself".into()));
@@ -222,7 +251,7 @@ pub fn generate_shared(
         )));
     }
     let method = lock(rt)?.method().clone();
-    let start = Instant::now();
+    let clock = Instant::now();
     let prefilled = match method.prompt_budget(prompt.context) {
         Some(budget) if method.acts() == Acts::BeforePrefill => {
             let kept = compress_prompt(rt, prompt, budget, options)?;
@@ -232,7 +261,6 @@ pub fn generate_shared(
         _ => prompt.clone(),
     };
     let compressed = compressed_len(&prefilled, options.mode);
-    let split = compressed < prefilled.ids.len();
     let reuse = shared.filter(|s| {
         method.acts() == Acts::AfterPrefill
             && s.ids == prefilled.ids
@@ -250,39 +278,81 @@ pub fn generate_shared(
         }
     };
     lock(rt)?.end_prefill();
-    if split {
+    if compressed < prefilled.ids.len() {
         logits = feed(rt, &prefilled.ids[compressed..], compressed, options.chunk)?;
     }
-    let prefill_seconds = start.elapsed().as_secs_f64();
+    Ok(Prefilled { prompt: prompt.clone(), ids: prefilled.ids, logits, seconds: clock.elapsed().as_secs_f64() })
+}
 
+/// Greedy decoding after [`start`].
+pub fn decode(rt: &mut Runtime, prefilled: &Prefilled, options: GenerateOptions) -> Result<Generation, ModelError> {
     let mut output_ids = Vec::with_capacity(options.max_new_tokens);
+    let mut top_logprobs = Vec::new();
     let mut decode_steps = 0;
-    let start = Instant::now();
+    let clock = Instant::now();
     if options.max_new_tokens > 0 {
-        let mut next = argmax(&logits);
-        output_ids.push(next);
-        while output_ids.len() < options.max_new_tokens && (options.ignore_eos || !rt.tokenizer().is_stop(next)) {
-            let position = (prefilled.ids.len() + output_ids.len() - 1) as i64;
-            let logits = rt.forward(&[next], &[position], &[0])?;
-            decode_steps += 1;
-            next = argmax(&logits);
+        let mut logits = prefilled.logits.clone();
+        loop {
+            let next = argmax(&logits);
+            if options.top_k > 0 {
+                top_logprobs.push(top_log_probs(&logits, options.top_k));
+            }
             output_ids.push(next);
+            if output_ids.len() >= options.max_new_tokens || (!options.ignore_eos && rt.tokenizer().is_stop(next)) {
+                break;
+            }
+            let position = (prefilled.ids.len() + output_ids.len() - 1) as i64;
+            logits = rt.forward(&[next], &[position], &[0])?;
+            decode_steps += 1;
         }
     }
-    let decode_seconds = start.elapsed().as_secs_f64();
+    let decode_seconds = clock.elapsed().as_secs_f64();
     let cache = lock(rt)?.stats();
-    let full_tokens = prompt.ids.len() + decode_steps;
+    let full_tokens = prefilled.prompt.ids.len() + decode_steps;
     Ok(Generation {
-        prompt_ids: prompt.ids.clone(),
-        prefilled_ids: prefilled.ids,
+        prompt_ids: prefilled.prompt.ids.clone(),
+        prefilled_ids: prefilled.ids.clone(),
         output_ids,
-        prefill_seconds,
+        top_logprobs,
+        prefill_seconds: prefilled.seconds,
         decode_seconds,
         decode_steps,
         peak_cache_bytes: cache.peak_bytes,
         cache,
         fp16_full_bytes: rt.config().fp16_kv_bytes_per_token() * full_tokens,
     })
+}
+
+/// Feed `reference` after [`start`], one token at a time; return the log-softmax of each step's
+/// logits (row `i` predicts `reference[i]`; row 0 is the prefill's).
+pub fn teacher_force(rt: &mut Runtime, prefilled: &Prefilled, reference: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+    let mut rows = Vec::with_capacity(reference.len());
+    let mut logits = prefilled.logits.clone();
+    for (i, &id) in reference.iter().enumerate() {
+        rows.push(log_softmax(&logits));
+        if i + 1 < reference.len() {
+            logits = rt.forward(&[id], &[(prefilled.ids.len() + i) as i64], &[0])?;
+        }
+    }
+    Ok(rows)
+}
+
+/// `log softmax(logits)`.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_z = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    logits.iter().map(|&x| x - log_z).collect()
+}
+
+/// The `k` most likely `(id, log-prob)`, best first (ties to the lower id).
+pub fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let lp = log_softmax(logits);
+    let mut ids: Vec<u32> = (0..lp.len() as u32).collect();
+    let k = k.min(ids.len());
+    ids.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
+    ids.truncate(k);
+    ids.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
+    ids.into_iter().map(|i| (i, lp[i as usize])).collect()
 }
 
 /// LLMLingua-style compression of the context ([`lingua`]): score each context token's
@@ -312,9 +382,7 @@ fn compress_prompt(
         let logits = rt.forward(part, &positions, &rows)?;
         for (j, row) in logits.chunks_exact(vocab).enumerate() {
             if let Some(&next) = scored.get(at + j + 1) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let log_z = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-                information[at + j + 1] = log_z - row[next as usize];
+                information[at + j + 1] = -log_softmax(row)[next as usize];
             }
         }
     }
@@ -332,6 +400,14 @@ fn compress_prompt(
 #[cfg(test)]
 mod tests {
     use super::argmax;
+
+    #[test]
+    fn top_log_probs_are_sorted_and_normalised() {
+        let top = super::top_log_probs(&[0.0, 2.0, 1.0, 2.0], 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 2]);
+        // log-sum-exp of [0, 2, 1, 2] = 2 + ln(e^-2 + 1 + e^-1 + 1) = 2 + ln 2.503214 = 2.917576
+        assert!((top[0].1 - (2.0 - 2.917576)).abs() < 1e-5, "{top:?}");
+    }
 
     #[test]
     fn argmax_takes_the_first_of_equal_maxima() {
