@@ -9,3 +9,4 @@
 pub mod assets;
 pub mod kv;
 pub mod model;
+pub mod tasks;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli_task;
+
 use clap::{Parser, Subcommand};
 use kvbench::kv::methods;
 use kvbench::model::generate::{GenerateOptions, generate};
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Greedy generation from a prompt file, through ONNX Runtime and kvbench's KV cache.
     Generate(GenerateArgs),
+    /// Task samples and their calibration (see docs/TASKS.md).
+    Task(cli_task::TaskArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
+        Command::Task(args) => cli_task::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
