@@ -69,10 +69,10 @@ struct CalibrateArgs {
     #[arg(long, default_value_t = 60)]
     samples: usize,
     /// Stop early once at least `--min-samples` ran and the full-cache half-width is at most this.
-    #[arg(long, default_value_t = 0.08)]
+    #[arg(long, default_value_t = 0.10)]
     half_width: f64,
     /// Fewest samples before stopping early.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 30)]
     min_samples: usize,
     /// First seed.
     #[arg(long, default_value_t = 0)]
@@ -185,8 +185,8 @@ fn run_calibrate(args: CalibrateArgs) -> Result<()> {
             task.name(),
             row["full_score"],
             row["no_context_score"],
-            full,
-            s.answers.first()
+            full.chars().take(80).collect::<String>(),
+            s.answers.first().map(|a| a.chars().take(60).collect::<String>())
         );
         log_line(&args.log, row.clone())?;
         rows.push(row);

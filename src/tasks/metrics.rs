@@ -152,7 +152,8 @@ pub fn classification(prediction: &str, gold: &str, classes: &[String]) -> f64 {
 /// LongBench's `retrieval_score`: `gold` holds `Paragraph N`; the share of the numbers in the
 /// prediction that equal N (0 when there are none).
 pub fn retrieval(prediction: &str, gold: &str) -> f64 {
-    let Some(id) = gold.split("Paragraph ").nth(1).map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
+    let Some(id) =
+        gold.split("Paragraph ").nth(1).map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
     else {
         return 0.0;
     };

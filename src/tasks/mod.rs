@@ -110,7 +110,7 @@ impl Task {
     pub fn default_len(self) -> usize {
         match self {
             Task::Needle | Task::Synthetic => 2048,
-            _ => 1536,
+            _ => 1024,
         }
     }
 
@@ -119,7 +119,7 @@ impl Task {
         match self {
             Task::Needle | Task::Synthetic => 24,
             Task::SingleDocQa | Task::MultiDocQa => 24,
-            Task::Summarization => 64,
+            Task::Summarization => 48,
             Task::FewShot => 8,
             Task::Code => 32,
         }
