@@ -217,9 +217,9 @@ fn matching_chars(a: &[char], b: &[char]) -> usize {
     let longest = |alo: usize, ahi: usize, blo: usize, bhi: usize| -> (usize, usize, usize) {
         let (mut besti, mut bestj, mut best) = (alo, blo, 0);
         let mut j2len: HashMap<usize, usize> = HashMap::new();
-        for i in alo..ahi {
+        for (i, c) in a.iter().enumerate().take(ahi).skip(alo) {
             let mut next: HashMap<usize, usize> = HashMap::new();
-            for &j in b2j.get(&a[i]).map(Vec::as_slice).unwrap_or(&[]) {
+            for &j in b2j.get(c).map(Vec::as_slice).unwrap_or(&[]) {
                 if j < blo {
                     continue;
                 }

@@ -35,6 +35,8 @@
 //! template and question with the document removed) and a *trivial* answer (most frequent class,
 //! empty answer, or the last line for code).
 
+#[cfg(test)]
+mod checks;
 pub mod code;
 pub mod data;
 pub mod few_shot;
