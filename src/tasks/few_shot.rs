@@ -6,7 +6,8 @@
 //! multi-label ones are ambiguous). Every fifth of those is a test item, the rest are shots; a seed
 //! draws one test item and as many random shots as fit the budget. Prompt wording: LongBench's
 //! `trec` ("Please determine the type of the question below. Here are some examples of
-//! questions."). Scored by LongBench's classification score on the first output line.
+//! questions."), with the answer prefix "Type:" opening the assistant turn. Scored by LongBench's
+//! classification score on the first output line.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -38,6 +39,10 @@ pub const CLASSES: [&str; 13] = [
     "Description",
     "Abbreviation",
 ];
+
+/// Opens the assistant turn: without it the chat model answers the question instead of typing it
+/// (calibration: 0 of 19 samples scored; docs/TASKS.md).
+const ANSWER_PREFIX: &str = "Type:";
 
 const INSTRUCTION: &str = "Please determine the type of the question below. Here are some examples of questions.\n\n";
 
@@ -92,8 +97,8 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
     let pools = pools()?;
     let test = rng.below(pools.tests.len());
     let (input, label) = &pools.tests[test];
-    let question = format!("\n{input}\nType:");
-    let budget = doc_budget(Task::FewShot, tok, target_len, INSTRUCTION, &question, "")?;
+    let question = format!("\n{input}");
+    let budget = doc_budget(Task::FewShot, tok, target_len, INSTRUCTION, &question, ANSWER_PREFIX)?;
     let mut used = 0;
     let mut chosen: Vec<usize> = Vec::new();
     let mut misses = 0;
@@ -118,7 +123,7 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
         instruction: INSTRUCTION.to_string(),
         document,
         question,
-        answer_prefix: String::new(),
+        answer_prefix: ANSWER_PREFIX.to_string(),
         answers: vec![label.clone()],
         metric: Metric::Classification { classes: CLASSES.map(String::from).to_vec() },
         trivial: pools.most_frequent.clone(),
