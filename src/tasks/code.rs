@@ -3,11 +3,18 @@
 //! Data: the `src/` trees of Debian's `librust-regex-syntax-dev`, `librust-serde-json-dev` and
 //! `librust-syn-dev` (real crates.io sources, MIT OR Apache-2.0), fetched with `apt-get download`
 //! and unpacked with `dpkg-deb -x`. Generated files (`unicode_tables/`, `gen/`) are left out. A
-//! seed draws a file and a cut line whose prefix is at least as long as the budget (or the longest
-//! one the file has); the gold answer is the next line, which must be code (not blank, not a
-//! comment, no `#` attribute or backtick, at least 8 characters). The prefix is cut to the budget
-//! by the middle-truncation rule (keeping the file's head and the lines before the cut). Prompt
-//! wording: LongBench's `lcc`. Scored by LongBench's edit similarity of the first non-comment line.
+//! seed draws a file and a cut inside a block whose prefix is at least as long as the budget (or
+//! the longest one the file has): the gold line must be code (not blank, not a comment, no `#`
+//! attribute or backtick, at least 8 characters) and indented, and so must the line before it.
+//! The prefix is cut to the budget by the middle-truncation rule (keeping the file's head and the
+//! lines before the cut). Scored by LongBench's edit similarity of the first non-comment line.
+//!
+//! The file prefix is the start of the assistant's answer ([`super::Parts::in_answer`]), and the
+//! question part is the last line before the cut: the model continues the file. Calibration
+//! (docs/TASKS.md) tried LongBench's `lcc` wording in the user turn first ("Please complete the
+//! code given below." ... "Next line of code:"): the chat model then described the code or wrote
+//! attributes, and scored no better than without the file. The no-context baseline is thus the
+//! last line alone, and the trivial one repeats it.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -20,8 +27,7 @@ use crate::model::tokenizer::Tokenizer;
 /// The pinned sources whose `src/` trees are used.
 pub const SOURCES: [&str; 3] = ["rust-regex-syntax", "rust-serde-json", "rust-syn"];
 
-const INSTRUCTION: &str = "Please complete the code given below. \n";
-const QUESTION: &str = "Next line of code:\n";
+const INSTRUCTION: &str = "Please complete the code given below.";
 
 struct File {
     name: String,
@@ -78,7 +84,9 @@ pub fn is_code_line(line: &str) -> bool {
 /// Build a code sample.
 pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts, TaskError> {
     let files = files()?;
-    let budget = doc_budget(Task::Code, tok, target_len, INSTRUCTION, QUESTION, "")?;
+    // The question part (the line before the cut) is not known yet: reserve room for a long one.
+    let (_, tail) = super::template();
+    let budget = doc_budget(Task::Code, tok, target_len, &format!("{INSTRUCTION}{tail}"), "", "")?.saturating_sub(64);
     // Rust averages a little over 3 characters per token here; want a prefix of at least the budget.
     let want_chars = budget * 3;
     let file = &files[rng.below(files.len())];
@@ -86,7 +94,8 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
     let mut candidates = Vec::new();
     let mut longest = Vec::new();
     for (i, line) in file.lines.iter().enumerate() {
-        if i >= 40 && is_code_line(line) {
+        let inside = |l: &str| l.starts_with(char::is_whitespace) && is_code_line(l);
+        if i >= 40 && inside(line) && inside(&file.lines[i - 1]) {
             if chars >= want_chars { candidates.push(i) } else { longest.push(i) }
         }
         chars += line.len() + 1;
@@ -101,20 +110,21 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
     } else {
         candidates[rng.below(candidates.len())]
     };
-    let prefix = &file.lines[..cut];
+    let prefix = &file.lines[..cut - 1];
+    let last = &file.lines[cut - 1];
     let document = format!("{}\n", prefix.join("\n"));
-    let trivial = prefix.iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).unwrap_or_default();
     let mut info = serde_json::Map::new();
     info.insert("file".into(), json!(file.name));
     info.insert("line".into(), json!(cut + 1));
     Ok(Parts {
         instruction: INSTRUCTION.to_string(),
         document,
-        question: QUESTION.to_string(),
+        question: format!("{last}\n"),
         answer_prefix: String::new(),
+        in_answer: true,
         answers: vec![file.lines[cut].trim().to_string()],
         metric: Metric::EditSim,
-        trivial,
+        trivial: last.trim().to_string(),
         source: format!("{}:{}", file.name, cut + 1),
         info,
     })

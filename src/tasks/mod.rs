@@ -18,6 +18,15 @@
 //! question = question + "<|im_end|>\n<|im_start|>assistant\n" + answer_prefix
 //! ```
 //!
+//! For `code` the document is instead the start of the assistant's answer, which the model
+//! continues (a chat model asked for "the next line" in the user turn describes the code instead;
+//! LongBench drops the chat template for code for the same reason):
+//!
+//! ```text
+//! context  = head + instruction + "<|im_end|>\n<|im_start|>assistant\n" + file prefix
+//! question = the line before the cut + "\n"
+//! ```
+//!
 //! The prompt's ids are `encode(head + instruction) ++ encode(document) ++ encode(question)`, so
 //! [`Sample::context_ids`] is exactly a prefix of [`Sample::prompt_ids`] (tokenizing the joined
 //! text in one go could merge tokens across the seams; kvbench never does). No BOS is added, as
@@ -190,6 +199,10 @@ pub struct Parts {
     pub question: String,
     /// Assistant text after the template, before the model's answer (may be empty).
     pub answer_prefix: String,
+    /// The document is the start of the assistant's answer, for the model to continue (code):
+    /// the template's tail goes before the document, and the question part is the text that
+    /// continues it (see the module doc).
+    pub in_answer: bool,
     /// Gold answers.
     pub answers: Vec<String>,
     /// How to score.
@@ -339,8 +352,11 @@ pub fn sample(task: Task, seed: u64, target_len: usize, tok: &Tokenizer) -> Resu
 pub fn assemble(task: Task, seed: u64, target_len: usize, tok: &Tokenizer, parts: Parts) -> Result<Sample, TaskError> {
     let (head, tail) = template();
     let budget = doc_budget(task, tok, target_len, &parts.instruction, &parts.question, &parts.answer_prefix)?;
-    let prefix_text = format!("{head}{}", parts.instruction);
-    let question_text = format!("{}{tail}{}", parts.question, parts.answer_prefix);
+    let (prefix_text, question_text) = if parts.in_answer {
+        (format!("{head}{}{tail}", parts.instruction), format!("{}{}", parts.question, parts.answer_prefix))
+    } else {
+        (format!("{head}{}", parts.instruction), format!("{}{tail}{}", parts.question, parts.answer_prefix))
+    };
     let prefix_ids = tok.encode(&prefix_text)?;
     let doc_ids = truncate::middle(&tok.encode(&parts.document)?, budget);
     let question_ids = tok.encode(&question_text)?;

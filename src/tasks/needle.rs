@@ -156,6 +156,7 @@ pub fn build(
         document,
         question,
         answer_prefix,
+        in_answer: false,
         answers: vec![key],
         metric: Metric::NeedleExact,
         trivial: String::new(),
