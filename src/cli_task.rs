@@ -205,7 +205,8 @@ fn scores(rows: &[serde_json::Value], key: &str) -> Vec<f64> {
 }
 
 fn table_header() -> String {
-    "| task | length | n | full cache | no context | trivial | full above no-context |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    "| task | length | n | full cache | no context | trivial | full above no-context | n for ±10 |\n\
+     | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
         .to_string()
 }
 
@@ -218,7 +219,9 @@ fn table_row(task: &str, len: usize, rows: &[serde_json::Value]) -> String {
     let (nm, nh, bare) = fmt("no_context_score");
     let (_, _, trivial) = fmt("trivial_score");
     let separated = if fm - fh > nm + nh { "yes" } else { "NO (intervals overlap)" };
-    format!("| {task} | {len} | {} | {full} | {bare} | {trivial} | {separated} |", rows.len())
+    // Samples for a half-width of 10 points at this spread: n * (h / 0.10)^2.
+    let needed = (rows.len() as f64 * (fh / 0.10).powi(2)).ceil();
+    format!("| {task} | {len} | {} | {full} | {bare} | {trivial} | {separated} | {needed} |", rows.len())
 }
 
 fn run_table(args: TableArgs) -> Result<()> {
