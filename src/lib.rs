@@ -10,4 +10,5 @@ pub mod assets;
 pub mod bench;
 pub mod kv;
 pub mod model;
+pub mod tasks;
 pub mod trace;

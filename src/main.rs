@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli_task;
+
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
@@ -29,6 +31,8 @@ enum Command {
     Compare(CompareArgs),
     /// Model-free attention fidelity of methods on queries, keys and values recorded from prompts.
     Fidelity(FidelityArgs),
+    /// Task samples and their calibration (see docs/TASKS.md).
+    Task(cli_task::TaskArgs),
 }
 
 #[derive(clap::Args)]
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => run_generate(args),
         Command::Compare(args) => run_compare(args),
         Command::Fidelity(args) => run_fidelity(args),
+        Command::Task(args) => cli_task::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
