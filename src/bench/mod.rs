@@ -1,3 +1,21 @@
-//! The benchmark: trials of (method, task), their statistics and golden comparison.
+//! The benchmark: trials of (method, task) over recorded traces, their statistics, and the
+//! comparison with golden snapshots.
 
+pub mod golden;
 pub mod stats;
+pub mod tier;
+pub mod trial;
+
+pub use tier::Tier;
+pub use trial::{PrefillCache, TrialResult};
+
+use crate::kv::methods;
+use crate::tasks::Task;
+
+/// Ratios of the budgeted methods in the trial matrix.
+pub const RATIOS: [u32; 4] = [2, 4, 6, 8];
+
+/// Every (method, task) of the matrix, method-major.
+pub fn matrix() -> Vec<(String, Task)> {
+    methods::all_at(&RATIOS).into_iter().flat_map(|m| Task::ALL.map(|t| (m.clone(), t))).collect()
+}

@@ -80,7 +80,7 @@ pub trait Method: Send + Sync + fmt::Debug {
 }
 
 /// One layer's cache for one sequence.
-pub trait LayerStore: Send + fmt::Debug {
+pub trait LayerStore: Send + Sync + fmt::Debug {
     /// Take a chunk of `t` new tokens' post-RoPE keys and values, each `[t, kv_heads · head_dim]`
     /// row-major, in position order.
     fn append(&mut self, keys: &[f32], values: &[f32], t: usize);

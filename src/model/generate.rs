@@ -15,7 +15,7 @@ use crate::kv::methods::{Full, lingua};
 use crate::kv::{Acts, CacheSnapshot, CacheStats, KvCache};
 
 /// Where a method compresses, relative to the question.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The whole prompt, question included, is prefilled before the method compresses (the

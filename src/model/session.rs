@@ -84,6 +84,7 @@ pub struct Runtime {
     config: ModelConfig,
     tokenizer: Tokenizer,
     gguf_path: PathBuf,
+    gguf_sha256: String,
 }
 
 fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
@@ -138,7 +139,7 @@ impl Runtime {
         };
         let prefill = open(&onnx_prefill, GraphKind::Prefill)?;
         let decode = open(&onnx_decode, GraphKind::Decode)?;
-        Ok(Self { prefill, decode, cache, config, tokenizer, gguf_path })
+        Ok(Self { prefill, decode, cache, config, tokenizer, gguf_path, gguf_sha256: sha })
     }
 
     /// The model's shape.
@@ -152,6 +153,11 @@ impl Runtime {
     }
 
     /// The GGUF this runtime was built from.
+    pub fn gguf_sha256(&self) -> &str {
+        &self.gguf_sha256
+    }
+
+    /// Path of the GGUF the model was loaded from.
     pub fn gguf_path(&self) -> &Path {
         &self.gguf_path
     }

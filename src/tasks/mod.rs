@@ -138,7 +138,7 @@ impl Task {
 }
 
 /// How an answer is scored (definitions in [`metrics`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
 pub enum Metric {
     /// The study's needle exact match (partial match is reported beside it).

@@ -5,5 +5,6 @@
 //! Replaying needs no dataset: everything a trial scores against is in the trace.
 
 pub mod format;
+pub mod record;
 
 pub use format::{Trace, TraceError, TraceHeader, TraceSample};

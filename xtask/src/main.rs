@@ -3,8 +3,10 @@
 //! One module per command. Commands that need llama.cpp build llama-cpp-python from source into
 //! a private virtual environment under `target/` (see [`venv`]); nothing is installed globally.
 
+mod bless;
 mod golden;
 mod perf;
+mod record;
 mod venv;
 
 use std::path::{Path, PathBuf};
@@ -24,12 +26,18 @@ enum Command {
     Golden(golden::Args),
     /// Measure prefill and decode speed and peak RSS beside llama.cpp; writes docs/perf.json.
     Perf(perf::Args),
+    /// Build task samples, run the full cache on them and write traces/<tier>/<task>.trace.zst.
+    Record(record::Args),
+    /// Accept the pending golden snapshots that failing trials left (after reviewing them).
+    Bless(bless::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Golden(args) => golden::run(args),
         Command::Perf(args) => perf::run(args),
+        Command::Record(args) => record::run(args),
+        Command::Bless(args) => bless::run(args),
     }
 }
 

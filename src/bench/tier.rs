@@ -1,0 +1,70 @@
+//! Tiers: how many samples of what length each task gets. Tiers change sample counts and
+//! lengths, never which trials exist.
+
+use std::path::PathBuf;
+
+use crate::tasks::Task;
+
+/// A tier of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// What `cargo test` and CI run: every trial, few short samples.
+    Default,
+    /// The whole grid: enough samples for 10-point intervals, the tasks' calibrated lengths.
+    Full,
+}
+
+impl Tier {
+    /// From `KVBENCH_TIER` (`default` when unset).
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("KVBENCH_TIER").as_deref() {
+            Err(_) | Ok("") | Ok("default") => Ok(Self::Default),
+            Ok("full") => Ok(Self::Full),
+            Ok(other) => Err(format!("KVBENCH_TIER={other:?}: use `default` or `full`")),
+        }
+    }
+
+    /// Name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Full => "full",
+        }
+    }
+
+    /// Samples per task.
+    pub fn samples(self, task: Task) -> usize {
+        match self {
+            Self::Default => 3,
+            Self::Full => match task {
+                // binary scores need ~96 samples for a 10-point Wilson half-width at p = 0.5
+                Task::Needle | Task::Synthetic | Task::FewShot => 100,
+                _ => 60,
+            },
+        }
+    }
+
+    /// Prompt length in tokens.
+    pub fn len(self, task: Task) -> usize {
+        match self {
+            Self::Default => 384,
+            Self::Full => task.default_len(),
+        }
+    }
+
+    /// Where this tier's traces live.
+    pub fn trace_dir(self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("traces").join(self.name())
+    }
+
+    /// The trace of `task`.
+    pub fn trace_path(self, task: Task) -> PathBuf {
+        self.trace_dir().join(format!("{}.trace.zst", task.name()))
+    }
+
+    /// Where this tier's golden snapshots live.
+    pub fn golden_dir(self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("trials").join(self.name())
+    }
+}

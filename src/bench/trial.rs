@@ -1,0 +1,213 @@
+//! One trial: a method over a task's recorded samples, scored, with its fidelity to the full
+//! cache's recorded answer and the bytes it held.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::stats::{self, Estimate};
+use crate::kv::{Acts, Method};
+use crate::model::generate::{
+    GenerateOptions, Mode, Prompt, SharedPrefill, argmax, log_softmax, shared_prefill, start,
+};
+use crate::model::session::{ModelError, Runtime};
+use crate::tasks::Metric;
+use crate::trace::{Trace, TraceSample};
+
+/// One sample's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleOutcome {
+    /// Sample id.
+    pub id: String,
+    /// Task score in [0, 1].
+    pub score: f64,
+    /// The answer.
+    pub prediction: String,
+    /// Share of the reference answer's steps where the method's top-1 (teacher-forced) agrees.
+    pub top1_agreement: f64,
+    /// Mean over reference steps of KL(reference top-k ‖ method), in nats.
+    pub kl: f64,
+    /// fp16 full-cache bytes over the peak bytes held after compression.
+    pub measured_ratio: f64,
+    /// Seconds of this sample.
+    pub seconds: f64,
+}
+
+/// A trial's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialResult {
+    /// `method::task`.
+    pub trial: String,
+    /// Method name.
+    pub method: String,
+    /// Its settings.
+    pub settings: serde_json::Value,
+    /// Task name.
+    pub task: String,
+    /// Compression mode.
+    pub mode: Mode,
+    /// Task score with its 95% interval.
+    pub score: Estimate,
+    /// Mean top-1 agreement with the full cache.
+    pub top1_agreement: f64,
+    /// Mean KL to the full cache.
+    pub kl: f64,
+    /// Nominal ratio.
+    pub nominal_ratio: Option<f64>,
+    /// Mean measured ratio.
+    pub measured_ratio: f64,
+    /// Per sample.
+    pub samples: Vec<SampleOutcome>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Full-precision prefills shared by the trials of methods acting after prefill, keyed by sample
+/// id and mode; bounded, oldest dropped first (a miss only costs a recomputation).
+#[derive(Debug, Default)]
+pub struct PrefillCache {
+    entries: Mutex<(HashMap<PrefillKey, Arc<SharedPrefill>>, Vec<PrefillKey>)>,
+}
+
+/// Sample id and mode.
+type PrefillKey = (String, Mode);
+
+/// Shared prefills kept at once.
+const PREFILLS_KEPT: usize = 48;
+
+impl PrefillCache {
+    fn get(
+        &self,
+        rt: &mut Runtime,
+        sample: &TraceSample,
+        prompt: &Prompt,
+        options: GenerateOptions,
+    ) -> Result<Arc<SharedPrefill>, ModelError> {
+        let key = (sample.meta.id.clone(), options.mode);
+        if let Some(hit) = self.entries.lock().expect("prefill cache").0.get(&key) {
+            return Ok(hit.clone());
+        }
+        let made = Arc::new(shared_prefill(rt, prompt, options)?);
+        let mut guard = self.entries.lock().expect("prefill cache");
+        let (map, order) = &mut *guard;
+        if map.insert(key.clone(), made.clone()).is_none() {
+            order.push(key);
+        }
+        while order.len() > PREFILLS_KEPT {
+            let old = order.remove(0);
+            map.remove(&old);
+        }
+        Ok(made)
+    }
+}
+
+/// Run `method` over every sample of `trace`.
+pub fn run(
+    rt: &mut Runtime,
+    method: &Arc<dyn Method>,
+    trace: &Trace,
+    mode: Mode,
+    prefills: &PrefillCache,
+) -> Result<TrialResult, ModelError> {
+    let clock = Instant::now();
+    let mut samples = Vec::with_capacity(trace.samples.len());
+    for sample in &trace.samples {
+        samples.push(run_sample(rt, method, sample, trace.header.chunk, mode, prefills)?);
+    }
+    let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
+    let mean = |f: fn(&SampleOutcome) -> f64| samples.iter().map(f).sum::<f64>() / samples.len().max(1) as f64;
+    Ok(TrialResult {
+        trial: format!("{}::{}", method.name(), trace.header.task),
+        method: method.name(),
+        settings: method.settings(),
+        task: trace.header.task.clone(),
+        mode,
+        score: stats::estimate(&scores),
+        top1_agreement: mean(|s| s.top1_agreement),
+        kl: mean(|s| s.kl),
+        nominal_ratio: method.nominal_ratio(),
+        measured_ratio: mean(|s| s.measured_ratio),
+        samples,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
+fn lock(rt: &Runtime) -> Result<std::sync::MutexGuard<'_, crate::kv::KvCache>, ModelError> {
+    crate::kv::KvCache::lock(rt.cache()).map_err(|e| ModelError::Invalid(e.to_string()))
+}
+
+fn run_sample(
+    rt: &mut Runtime,
+    method: &Arc<dyn Method>,
+    sample: &TraceSample,
+    chunk: usize,
+    mode: Mode,
+    prefills: &PrefillCache,
+) -> Result<SampleOutcome, ModelError> {
+    let clock = Instant::now();
+    let meta = &sample.meta;
+    let metric: Metric = serde_json::from_value(meta.metric.clone())
+        .map_err(|e| ModelError::Invalid(format!("sample {}: unknown metric: {e}", meta.id)))?;
+    let prompt = Prompt::split(&sample.prompt_ids[..meta.context_len], &sample.prompt_ids[meta.context_len..]);
+    let options = GenerateOptions { max_new_tokens: meta.max_new_tokens, chunk, mode, ..GenerateOptions::default() };
+    let shared =
+        if method.acts() == Acts::AfterPrefill { Some(prefills.get(rt, sample, &prompt, options)?) } else { None };
+    rt.reset(method.clone())?;
+    let prefilled = start(rt, &prompt, options, shared.as_deref())?;
+
+    // Greedy decoding, scored by the task; along the way, the method's log-probs at the
+    // reference's steps while the two agree. At the first disagreement the cache is snapshotted,
+    // so that after the greedy answer the reference can be teacher-forced from there on.
+    let reference = &sample.reference_ids;
+    let mut logits = prefilled.logits.clone();
+    let (mut output, mut forced_rows) = (Vec::new(), Vec::new());
+    let mut fork: Option<(usize, crate::kv::CacheSnapshot, Vec<f32>)> = None;
+    loop {
+        let next = argmax(&logits);
+        let i = output.len();
+        if fork.is_none() && i < reference.len() {
+            if next == reference[i] {
+                forced_rows.push(log_softmax(&logits));
+            } else {
+                fork = Some((i, lock(rt)?.snapshot(), logits.clone()));
+            }
+        }
+        output.push(next);
+        if output.len() >= options.max_new_tokens || rt.tokenizer().is_stop(next) {
+            break;
+        }
+        logits = rt.forward(&[next], &[(prefilled.ids.len() + i) as i64], &[0])?;
+    }
+    let stats = lock(rt)?.stats();
+    let fp16_full = rt.config().fp16_kv_bytes_per_token() * (prompt.ids.len() + output.len() - 1);
+    let measured_ratio = fp16_full as f64 / stats.peak_bytes_after_prefill.max(1) as f64;
+    let shown: Vec<u32> = output.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
+    let prediction = rt.tokenizer().decode(&shown)?;
+    let score = metric.score(&prediction, &meta.answers);
+    if let Some((from, snapshot, mut logits)) = fork {
+        lock(rt)?.restore(&snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        for (i, &id) in reference.iter().enumerate().skip(from) {
+            forced_rows.push(log_softmax(&logits));
+            if i + 1 < reference.len() {
+                logits = rt.forward(&[id], &[(prefilled.ids.len() + i) as i64], &[0])?;
+            }
+        }
+    }
+    let (mut agree, mut kl) = (0.0, 0.0);
+    for ((row, &id), topk) in forced_rows.iter().zip(reference).zip(&sample.reference_topk) {
+        agree += f64::from(u8::from(argmax(row) == id));
+        kl += topk.iter().map(|&(t, lp)| (lp as f64).exp() * (lp as f64 - row[t as usize] as f64)).sum::<f64>();
+    }
+    let steps = forced_rows.len().max(1) as f64;
+    Ok(SampleOutcome {
+        id: meta.id.clone(),
+        score,
+        prediction,
+        top1_agreement: if forced_rows.is_empty() { 1.0 } else { agree / steps },
+        kl: kl / steps,
+        measured_ratio,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,139 @@
+//! The benchmark as a test suite: one trial per (method, task), named `method::task`
+//! (`kivi-2bit::needle`, `h2o-4x::code`, `full::few-shot`).
+//!
+//! Each trial replays the tier's recorded traces (`traces/<tier>/<task>.trace.zst`) through the
+//! method, scores the answers with the task's metric, measures fidelity to the full cache's
+//! recorded answer and the bytes held, writes its result to
+//! `target/kvbench-results/<tier>/<trial>.json`, and holds it against its golden snapshot
+//! (`golden/trials/<tier>/`) with the statistical gate of `kvbench::bench::golden`. A trial with
+//! no snapshot, or one that changed, fails and (outside CI) leaves a `.snap.new` to review;
+//! `cargo xtask bless` accepts them.
+//!
+//! `KVBENCH_TIER=full` selects the full tier; `KVBENCH_MODE=query-agnostic` the other mode.
+//! Trials of methods that act after prefill share each sample's full-precision prefill.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use kvbench::bench::golden::{self, GoldenTrial, Verdict};
+use kvbench::bench::{PrefillCache, Tier, matrix, trial};
+use kvbench::kv::methods;
+use kvbench::model::generate::Mode;
+use kvbench::model::session::{LoadOptions, Runtime};
+use kvbench::tasks::Task;
+use kvbench::trace::Trace;
+use kvbench::trace::record::model_id;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+thread_local! {
+    /// One runtime per test thread (each owns its sessions and cache).
+    static RUNTIME: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+}
+
+struct Shared {
+    tier: Tier,
+    mode: Mode,
+    prefills: PrefillCache,
+    traces: Mutex<HashMap<Task, Arc<Trace>>>,
+    results: PathBuf,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let tier = Tier::from_env().unwrap_or_else(|e| panic!("{e}"));
+        let mode = match std::env::var("KVBENCH_MODE").as_deref() {
+            Err(_) | Ok("") | Ok("query-aware") => Mode::QueryAware,
+            Ok("query-agnostic") => Mode::QueryAgnostic,
+            Ok(other) => panic!("KVBENCH_MODE={other:?}: use query-aware or query-agnostic"),
+        };
+        let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kvbench-results").join(tier.name());
+        Shared { tier, mode, prefills: PrefillCache::default(), traces: Mutex::new(HashMap::new()), results }
+    })
+}
+
+fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed>) -> Result<R, Failed> {
+    RUNTIME.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(
+                Runtime::load(&LoadOptions { gguf: None, threads: 1 })
+                    .map_err(|e| format!("cannot load the model: {e}"))?,
+            );
+        }
+        f(slot.as_mut().expect("loaded"))
+    })
+}
+
+fn trace(task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {
+    let s = shared();
+    if let Some(t) = s.traces.lock().expect("traces").get(&task) {
+        return Ok(t.clone());
+    }
+    let path = s.tier.trace_path(task);
+    if !path.is_file() {
+        return Err(format!(
+            "no trace {}: record it with `cargo xtask record --tier {} --task {}`",
+            path.display(),
+            s.tier.name(),
+            task.name()
+        )
+        .into());
+    }
+    let t = Arc::new(Trace::read(&path, Some(&model_id(rt))).map_err(|e| e.to_string())?);
+    s.traces.lock().expect("traces").insert(task, t.clone());
+    Ok(t)
+}
+
+fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
+    let s = shared();
+    let method = methods::by_name(method).map_err(|e| e.to_string())?;
+    let result = with_runtime(|rt| {
+        let trace = trace(task, rt)?;
+        trial::run(rt, &method, &trace, s.mode, &s.prefills).map_err(|e| Failed::from(e.to_string()))
+    })?;
+    std::fs::create_dir_all(&s.results).map_err(|e| e.to_string())?;
+    let out = s.results.join(format!("{}.json", golden::file_name(&result.trial)));
+    std::fs::write(&out, serde_json::to_vec_pretty(&result).expect("results serialize")).map_err(|e| e.to_string())?;
+
+    let current = GoldenTrial::of(&result, s.tier.name());
+    let dir = s.tier.golden_dir();
+    let name = golden::file_name(&result.trial);
+    let verdict = match golden::read(&golden::path(&dir, &result.trial))? {
+        None => Verdict::Changed("no golden snapshot yet".into()),
+        Some(g) => golden::check(&current, &g),
+    };
+    if let Verdict::Changed(why) = verdict {
+        // Let insta show the diff (and, outside CI, write the .snap.new to review).
+        let shown = std::panic::catch_unwind(|| {
+            insta::with_settings!({ snapshot_path => &dir, prepend_module_to_snapshot => false, omit_expression => true }, {
+                insta::assert_json_snapshot!(name.as_str(), &current);
+            });
+        });
+        let _ = shown;
+        return Err(format!(
+            "{}: {why}; score {:.3} [{:.3}, {:.3}] over {} samples. Review with `cargo xtask bless --list`, accept \
+             with `cargo xtask bless`",
+            result.trial,
+            result.score.mean,
+            result.score.lo,
+            result.score.hi,
+            result.samples.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = matrix()
+        .into_iter()
+        .map(|(method, task)| {
+            let name = format!("{method}::{}", task.name());
+            Trial::test(name, move || run_trial(&method, task))
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
