@@ -68,8 +68,11 @@ pub struct TrialResult {
 /// id and mode; bounded, oldest dropped first (a miss only costs a recomputation).
 #[derive(Debug, Default)]
 pub struct PrefillCache {
-    entries: Mutex<(HashMap<PrefillKey, Arc<SharedPrefill>>, Vec<PrefillKey>)>,
+    entries: Mutex<Entries>,
 }
+
+/// The prefills by key, and the keys oldest first.
+type Entries = (HashMap<PrefillKey, Arc<SharedPrefill>>, Vec<PrefillKey>);
 
 /// Sample id and mode.
 type PrefillKey = (String, Mode);
