@@ -168,7 +168,7 @@ fn log_line(log: &Option<PathBuf>, value: serde_json::Value) -> Result<()> {
 fn run_calibrate(args: CalibrateArgs) -> Result<()> {
     let task = Task::from_name(&args.task)?;
     let len = args.len.unwrap_or(task.default_len());
-    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads })?;
+    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
     let tok = rt.tokenizer().clone();
     let mut rows = Vec::new();
     for seed in args.first_seed..args.first_seed + args.samples as u64 {

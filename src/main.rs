@@ -184,7 +184,7 @@ fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn std:
             context.rfind(marker.as_str()).ok_or_else(|| format!("the prompt file does not contain {marker:?}"))?;
         question = context.split_off(at);
     }
-    let rt = Runtime::load(&LoadOptions { gguf: args.gguf.clone(), threads: args.threads })?;
+    let rt = Runtime::load(&LoadOptions { gguf: args.gguf.clone(), threads: args.threads, kernel_threads: None })?;
     let prompt = match ids {
         Some(ids) => SplitPrompt::whole(&ids),
         None => {
@@ -234,7 +234,7 @@ fn run_compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
     let names = method_names(&args.methods, &args.ratios)?;
-    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads })?;
+    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
     let mut recordings = Vec::new();
     for path in &args.prompt_files {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

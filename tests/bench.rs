@@ -57,10 +57,11 @@ fn shared() -> &'static Shared {
 fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed>) -> Result<R, Failed> {
     RUNTIME.with_borrow_mut(|slot| {
         if slot.is_none() {
-            *slot = Some(
-                Runtime::load(&LoadOptions { gguf: None, threads: 1 })
-                    .map_err(|e| format!("cannot load the model: {e}"))?,
-            );
+            // ONNX Runtime on this test thread alone; kvbench's kernels on a pool shared by every
+            // test thread, as large as the machine
+            let kernel_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let options = LoadOptions { gguf: None, threads: 1, kernel_threads: Some(kernel_threads) };
+            *slot = Some(Runtime::load(&options).map_err(|e| format!("cannot load the model: {e}"))?);
         }
         f(slot.as_mut().expect("loaded"))
     })

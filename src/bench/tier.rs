@@ -48,7 +48,7 @@ impl Tier {
     /// Prompt length in tokens.
     pub fn len(self, task: Task) -> usize {
         match self {
-            Self::Default => 384,
+            Self::Default => 256,
             Self::Full => task.default_len(),
         }
     }

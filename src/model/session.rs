@@ -66,11 +66,15 @@ pub struct LoadOptions {
     pub gguf: Option<PathBuf>,
     /// Threads for ONNX Runtime's matrix products and for the attention kernel.
     pub threads: usize,
+    /// Threads of the pool that kvbench's own kernels (attention, decode products) share, if
+    /// not `threads`: several runtimes in one process (the benchmark's test threads) each run
+    /// ONNX Runtime on one thread but share this pool. The first runtime loaded sizes it.
+    pub kernel_threads: Option<usize>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { gguf: None, threads: 2 }
+        Self { gguf: None, threads: 2, kernel_threads: None }
     }
 }
 
@@ -119,7 +123,8 @@ impl Runtime {
 
         let threads = options.threads.max(1);
         // One global pool for the attention kernel; the first caller's size wins.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        let kernel_threads = options.kernel_threads.unwrap_or(threads).max(1);
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(kernel_threads).build_global();
         let shape = Heads { heads: config.heads, kv_heads: config.kv_heads, head_dim: config.head_dim };
         let cache = KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers).into_handle();
         let open = |onnx: &Path, kind: GraphKind| -> Result<Session, ModelError> {

@@ -3,6 +3,7 @@
 //! One module per command. Commands that need llama.cpp build llama-cpp-python from source into
 //! a private virtual environment under `target/` (see [`venv`]); nothing is installed globally.
 
+mod bench;
 mod bless;
 mod golden;
 mod perf;
@@ -30,6 +31,10 @@ enum Command {
     Record(record::Args),
     /// Accept the pending golden snapshots that failing trials left (after reviewing them).
     Bless(bless::Args),
+    /// The main job: run every trial of a tier and write the report.
+    Bench(bench::Args),
+    /// Render the report of a tier's results again.
+    Report(bench::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +43,8 @@ fn main() -> anyhow::Result<()> {
         Command::Perf(args) => perf::run(args),
         Command::Record(args) => record::run(args),
         Command::Bless(args) => bless::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Report(args) => bench::report(args),
     }
 }
 
