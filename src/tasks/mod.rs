@@ -11,7 +11,7 @@
 //! KV-cache methods run *query-aware* (the whole prompt is prefilled, then compressed) or
 //! *query-agnostic* (the context is prefilled and compressed before the question is known), so
 //! every sample carries its prompt in two parts, joined by one fixed template, SmolLM2's ChatML
-//! (the text [`chatml`] renders, with the model's default system prompt):
+//! (the text [`chatml`](crate::model::tokenizer::chatml) renders, with the model's default system prompt):
 //!
 //! ```text
 //! context  = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n" + instruction + document
@@ -52,6 +52,8 @@ pub mod few_shot;
 pub mod metrics;
 pub mod multi_doc_qa;
 pub mod needle;
+mod prompt;
+mod rng;
 pub mod single_doc_qa;
 pub mod summarization;
 pub mod synthetic;
@@ -62,7 +64,9 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 pub use self::data::DataError;
-use crate::model::tokenizer::{Tokenizer, TokenizerError, chatml};
+pub use self::prompt::{assemble, doc_budget, template};
+pub use self::rng::Rng;
+use crate::model::tokenizer::{Tokenizer, TokenizerError};
 
 /// A task category.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -299,40 +303,6 @@ pub enum TaskError {
     },
 }
 
-/// The two fixed halves of the template around the user's text.
-pub fn template() -> (&'static str, &'static str) {
-    static PARTS: OnceLock<(String, String)> = OnceLock::new();
-    let (head, tail) = PARTS.get_or_init(|| {
-        let marker = "\u{1}USER\u{1}";
-        let full = chatml(None, marker);
-        let (head, tail) = full.split_once(marker).expect("chatml contains the user text");
-        (head.to_string(), tail.to_string())
-    });
-    (head, tail)
-}
-
-/// Tokens left for the document once template, instruction, question and answer prefix are counted.
-pub fn doc_budget(
-    task: Task,
-    tok: &Tokenizer,
-    target_len: usize,
-    instruction: &str,
-    question: &str,
-    answer_prefix: &str,
-) -> Result<usize, TaskError> {
-    let (head, tail) = template();
-    let fixed = tok.encode(&format!("{head}{instruction}"))?.len()
-        + tok.encode(&format!("{question}{tail}{answer_prefix}"))?.len();
-    if fixed + 64 > target_len {
-        return Err(TaskError::TooShort {
-            task: task.name(),
-            len: target_len,
-            why: format!("template, instruction and question take {fixed} tokens"),
-        });
-    }
-    Ok(target_len - fixed)
-}
-
 /// Build the sample of `task` for `seed` with a prompt of at most `target_len` tokens.
 pub fn sample(task: Task, seed: u64, target_len: usize, tok: &Tokenizer) -> Result<Sample, TaskError> {
     let mut rng = Rng::new(task, seed);
@@ -346,84 +316,6 @@ pub fn sample(task: Task, seed: u64, target_len: usize, tok: &Tokenizer) -> Resu
         Task::Code => code::build(&mut rng, target_len, tok)?,
     };
     assemble(task, seed, target_len, tok, parts)
-}
-
-/// Put `parts` into the template and fit the document to `target_len` (middle truncation).
-pub fn assemble(task: Task, seed: u64, target_len: usize, tok: &Tokenizer, parts: Parts) -> Result<Sample, TaskError> {
-    let (head, tail) = template();
-    let budget = doc_budget(task, tok, target_len, &parts.instruction, &parts.question, &parts.answer_prefix)?;
-    let (prefix_text, question_text) = if parts.in_answer {
-        (format!("{head}{}{tail}", parts.instruction), format!("{}{}", parts.question, parts.answer_prefix))
-    } else {
-        (format!("{head}{}", parts.instruction), format!("{}{tail}{}", parts.question, parts.answer_prefix))
-    };
-    let prefix_ids = tok.encode(&prefix_text)?;
-    let doc_ids = truncate::middle(&tok.encode(&parts.document)?, budget);
-    let question_ids = tok.encode(&question_text)?;
-    let context_text = format!("{prefix_text}{}", tok.decode(&doc_ids)?);
-    let no_context_ids = [prefix_ids.as_slice(), question_ids.as_slice()].concat();
-    let context_ids = [prefix_ids, doc_ids].concat();
-    Ok(Sample {
-        task,
-        id: format!("{}/s{seed}/n{target_len}/{}", task.name(), parts.source),
-        seed,
-        target_len,
-        context_text,
-        question_text,
-        context_ids,
-        question_ids,
-        no_context_ids,
-        answers: parts.answers,
-        metric: parts.metric,
-        max_new_tokens: task.max_new_tokens(),
-        trivial_answer: parts.trivial,
-        info: parts.info,
-    })
-}
-
-/// SplitMix64, seeded from the task's name and the seed: the only source of randomness.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `(task, seed)`.
-    pub fn new(task: Task, seed: u64) -> Self {
-        // FNV-1a of the name, so that tasks with the same seed draw differently.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in task.name().bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        Rng(h ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform integer in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        assert!(n > 0, "Rng::below(0)");
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
-        for i in (1..xs.len()).rev() {
-            let j = self.below(i + 1);
-            xs.swap(i, j);
-        }
-    }
-
-    /// A random `digits`-digit number without a leading zero, as text.
-    pub fn number(&mut self, digits: u32) -> String {
-        let low = 10u64.pow(digits - 1);
-        (low + self.below((9 * low) as usize) as u64).to_string()
-    }
 }
 
 /// Get `cell`'s value, computing it with `init` on first use (errors are not cached).
@@ -452,26 +344,6 @@ mod tests {
         }
         let err = Task::from_name("trec").unwrap_err().to_string();
         assert!(err.contains("\"trec\"") && err.contains("few-shot"), "{err}");
-    }
-
-    #[test]
-    fn rng_is_deterministic_and_task_dependent() {
-        let draw = |t, s| {
-            let mut r = Rng::new(t, s);
-            (0..4).map(|_| r.below(1000)).collect::<Vec<_>>()
-        };
-        assert_eq!(draw(Task::Code, 7), draw(Task::Code, 7));
-        assert_ne!(draw(Task::Code, 7), draw(Task::Code, 8));
-        assert_ne!(draw(Task::Code, 7), draw(Task::Needle, 7));
-        let mut r = Rng::new(Task::Needle, 1);
-        assert!((0..1000).all(|_| r.number(7).len() == 7));
-    }
-
-    #[test]
-    fn template_halves_rejoin_to_chatml() {
-        let (head, tail) = template();
-        assert_eq!(format!("{head}Hi{tail}"), chatml(None, "Hi"));
-        assert!(head.ends_with("<|im_start|>user\n") && tail == "<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]

@@ -1,0 +1,86 @@
+//! Parts -> sample: the ChatML template around the user's text, the document's token budget, and
+//! the assembly of context and question ids (the layout is described in the [`super`] module doc).
+
+use std::sync::OnceLock;
+
+use super::{Parts, Sample, Task, TaskError, truncate};
+use crate::model::tokenizer::{Tokenizer, chatml};
+
+/// The two fixed halves of the template around the user's text.
+pub fn template() -> (&'static str, &'static str) {
+    static PARTS: OnceLock<(String, String)> = OnceLock::new();
+    let (head, tail) = PARTS.get_or_init(|| {
+        let marker = "\u{1}USER\u{1}";
+        let full = chatml(None, marker);
+        let (head, tail) = full.split_once(marker).expect("chatml contains the user text");
+        (head.to_string(), tail.to_string())
+    });
+    (head, tail)
+}
+
+/// Tokens left for the document once template, instruction, question and answer prefix are counted.
+pub fn doc_budget(
+    task: Task,
+    tok: &Tokenizer,
+    target_len: usize,
+    instruction: &str,
+    question: &str,
+    answer_prefix: &str,
+) -> Result<usize, TaskError> {
+    let (head, tail) = template();
+    let fixed = tok.encode(&format!("{head}{instruction}"))?.len()
+        + tok.encode(&format!("{question}{tail}{answer_prefix}"))?.len();
+    if fixed + 64 > target_len {
+        return Err(TaskError::TooShort {
+            task: task.name(),
+            len: target_len,
+            why: format!("template, instruction and question take {fixed} tokens"),
+        });
+    }
+    Ok(target_len - fixed)
+}
+
+/// Put `parts` into the template and fit the document to `target_len` (middle truncation).
+pub fn assemble(task: Task, seed: u64, target_len: usize, tok: &Tokenizer, parts: Parts) -> Result<Sample, TaskError> {
+    let (head, tail) = template();
+    let budget = doc_budget(task, tok, target_len, &parts.instruction, &parts.question, &parts.answer_prefix)?;
+    let (prefix_text, question_text) = if parts.in_answer {
+        (format!("{head}{}{tail}", parts.instruction), format!("{}{}", parts.question, parts.answer_prefix))
+    } else {
+        (format!("{head}{}", parts.instruction), format!("{}{tail}{}", parts.question, parts.answer_prefix))
+    };
+    let prefix_ids = tok.encode(&prefix_text)?;
+    let doc_ids = truncate::middle(&tok.encode(&parts.document)?, budget);
+    let question_ids = tok.encode(&question_text)?;
+    let context_text = format!("{prefix_text}{}", tok.decode(&doc_ids)?);
+    let no_context_ids = [prefix_ids.as_slice(), question_ids.as_slice()].concat();
+    let context_ids = [prefix_ids, doc_ids].concat();
+    Ok(Sample {
+        task,
+        id: format!("{}/s{seed}/n{target_len}/{}", task.name(), parts.source),
+        seed,
+        target_len,
+        context_text,
+        question_text,
+        context_ids,
+        question_ids,
+        no_context_ids,
+        answers: parts.answers,
+        metric: parts.metric,
+        max_new_tokens: task.max_new_tokens(),
+        trivial_answer: parts.trivial,
+        info: parts.info,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_halves_rejoin_to_chatml() {
+        let (head, tail) = template();
+        assert_eq!(format!("{head}Hi{tail}"), chatml(None, "Hi"));
+        assert!(head.ends_with("<|im_start|>user\n") && tail == "<|im_end|>\n<|im_start|>assistant\n");
+    }
+}
