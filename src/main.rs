@@ -166,7 +166,7 @@ fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn std:
     let read = |path: &PathBuf, what: &str| {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
     };
-    let question = args.question_file.as_ref().map(|p| read(p, "question file")).transpose()?.unwrap_or_default();
+    let mut question = args.question_file.as_ref().map(|p| read(p, "question file")).transpose()?.unwrap_or_default();
     let ids: Option<Vec<u32>> = match &args.prompt_ids {
         Some(path) => Some(
             serde_json::from_str(&read(path, "prompt ids")?)
@@ -178,7 +178,6 @@ fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn std:
         Some(path) => read(path, "prompt file")?,
         None => String::new(),
     };
-    let mut question = question;
     if let Some(marker) = &args.question_at {
         let at =
             context.rfind(marker.as_str()).ok_or_else(|| format!("the prompt file does not contain {marker:?}"))?;

@@ -107,12 +107,12 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     };
     if let Verdict::Changed(why) = verdict {
         // Let insta show the diff (and, outside CI, write the .snap.new to review).
-        let shown = std::panic::catch_unwind(|| {
+        // (insta panics on a difference; the trial's own failure below says why)
+        let _ = std::panic::catch_unwind(|| {
             insta::with_settings!({ snapshot_path => &dir, prepend_module_to_snapshot => false, omit_expression => true }, {
                 insta::assert_json_snapshot!(name.as_str(), &current);
             });
         });
-        let _ = shown;
         return Err(format!(
             "{}: {why}; score {:.3} [{:.3}, {:.3}] over {} samples. Review with `cargo xtask bless --list`, accept \
              with `cargo xtask bless`",

@@ -137,10 +137,6 @@ pub fn run(
     })
 }
 
-fn lock(rt: &Runtime) -> Result<std::sync::MutexGuard<'_, crate::kv::KvCache>, ModelError> {
-    crate::kv::KvCache::lock(rt.cache()).map_err(|e| ModelError::Invalid(e.to_string()))
-}
-
 fn run_sample(
     rt: &mut Runtime,
     method: &Arc<dyn Method>,
@@ -174,7 +170,7 @@ fn run_sample(
             if next == reference[i] {
                 forced_rows.push(log_softmax(&logits));
             } else {
-                fork = Some((i, lock(rt)?.snapshot(), logits.clone()));
+                fork = Some((i, rt.lock_cache()?.snapshot(), logits.clone()));
             }
         }
         output.push(next);
@@ -183,14 +179,14 @@ fn run_sample(
         }
         logits = rt.forward(&[next], &[(prefilled.ids.len() + i) as i64], &[0])?;
     }
-    let stats = lock(rt)?.stats();
+    let stats = rt.lock_cache()?.stats();
     let fp16_full = rt.config().fp16_kv_bytes_per_token() * (prompt.ids.len() + output.len() - 1);
     let measured_ratio = fp16_full as f64 / stats.peak_bytes_after_prefill.max(1) as f64;
     let shown: Vec<u32> = output.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
     let prediction = rt.tokenizer().decode(&shown)?;
     let score = metric.score(&prediction, &meta.answers);
     if let Some((from, snapshot, mut logits)) = fork {
-        lock(rt)?.restore(&snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        rt.lock_cache()?.restore(&snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
         for (i, &id) in reference.iter().enumerate().skip(from) {
             forced_rows.push(log_softmax(&logits));
             if i + 1 < reference.len() {

@@ -93,8 +93,9 @@ impl KvCache {
     /// Start the sequence: empty stores sized for a method budget relative to `compressed_tokens`
     /// (the prompt, or the context alone when the question comes after compression).
     pub fn begin(&mut self, compressed_tokens: usize) {
-        *self = Self::new(self.method.clone(), self.shape, self.n_layers);
         self.compressed_tokens = compressed_tokens;
+        self.prefilled = false;
+        self.stats = CacheStats::default();
         self.layers = (0..self.n_layers).map(|l| self.method.layer_store(&self.context(l))).collect();
     }
 

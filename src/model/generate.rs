@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::session::{ModelError, Runtime};
 use crate::kv::methods::{Full, lingua};
-use crate::kv::{Acts, CacheSnapshot, CacheStats, KvCache};
+use crate::kv::{Acts, CacheSnapshot, CacheStats};
 
 /// Where a method compresses, relative to the question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, clap::ValueEnum)]
@@ -127,10 +127,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-fn lock(rt: &Runtime) -> Result<std::sync::MutexGuard<'_, KvCache>, ModelError> {
-    KvCache::lock(rt.cache()).map_err(|e| ModelError::Invalid(e.to_string()))
-}
-
 /// Feed `ids` at positions from `start` in chunks; return the last row's logits.
 pub fn feed(rt: &mut Runtime, ids: &[u32], start: usize, chunk: usize) -> Result<Vec<f32>, ModelError> {
     let chunk = chunk.max(1);
@@ -148,9 +144,9 @@ pub fn prefill(rt: &mut Runtime, prompt_ids: &[u32], chunk: usize) -> Result<Vec
     if prompt_ids.is_empty() {
         return Err(ModelError::Invalid("the prompt is empty".into()));
     }
-    lock(rt)?.begin(prompt_ids.len());
+    rt.lock_cache()?.begin(prompt_ids.len());
     let logits = feed(rt, prompt_ids, 0, chunk)?;
-    lock(rt)?.end_prefill();
+    rt.lock_cache()?.end_prefill();
     Ok(logits)
 }
 
@@ -183,9 +179,9 @@ pub fn shared_prefill(
     let start = Instant::now();
     rt.reset(Arc::new(Full))?;
     let compressed = compressed_len(prompt, options.mode);
-    lock(rt)?.begin(compressed);
+    rt.lock_cache()?.begin(compressed);
     let logits = feed(rt, &prompt.ids[..compressed], 0, options.chunk)?;
-    let snapshot = lock(rt)?.snapshot();
+    let snapshot = rt.lock_cache()?.snapshot();
     Ok(SharedPrefill {
         snapshot,
         logits,
@@ -250,7 +246,7 @@ pub fn start(
             options.max_new_tokens
         )));
     }
-    let method = lock(rt)?.method().clone();
+    let method = rt.lock_cache()?.method().clone();
     let clock = Instant::now();
     let prefilled = match method.prompt_budget(prompt.context) {
         Some(budget) if method.acts() == Acts::BeforePrefill => {
@@ -269,15 +265,15 @@ pub fn start(
     });
     let mut logits = match reuse {
         Some(s) => {
-            lock(rt)?.restore(&s.snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
+            rt.lock_cache()?.restore(&s.snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
             s.logits.clone()
         }
         None => {
-            lock(rt)?.begin(compressed);
+            rt.lock_cache()?.begin(compressed);
             feed(rt, &prefilled.ids[..compressed], 0, options.chunk)?
         }
     };
-    lock(rt)?.end_prefill();
+    rt.lock_cache()?.end_prefill();
     if compressed < prefilled.ids.len() {
         logits = feed(rt, &prefilled.ids[compressed..], compressed, options.chunk)?;
     }
@@ -307,7 +303,7 @@ pub fn decode(rt: &mut Runtime, prefilled: &Prefilled, options: GenerateOptions)
         }
     }
     let decode_seconds = clock.elapsed().as_secs_f64();
-    let cache = lock(rt)?.stats();
+    let cache = rt.lock_cache()?.stats();
     let full_tokens = prefilled.prompt.ids.len() + decode_steps;
     Ok(Generation {
         prompt_ids: prefilled.prompt.ids.clone(),
@@ -370,7 +366,7 @@ fn compress_prompt(
     let conditioning: &[u32] = if options.mode == Mode::QueryAware { question } else { &[] };
     let scored: Vec<u32> = [conditioning, context].concat();
     rt.reset(Arc::new(Full))?;
-    lock(rt)?.begin(scored.len());
+    rt.lock_cache()?.begin(scored.len());
     let vocab = rt.config().vocab;
     // information[i]: −log p(scored[i] | scored[..i]); the first token has no prediction
     let mut information = vec![f32::INFINITY; scored.len()];

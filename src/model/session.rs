@@ -172,9 +172,14 @@ impl Runtime {
         &self.cache
     }
 
+    /// Lock the running sequence's cache.
+    pub fn lock_cache(&self) -> Result<std::sync::MutexGuard<'_, KvCache>, ModelError> {
+        KvCache::lock(&self.cache).map_err(|e| ModelError::Invalid(e.to_string()))
+    }
+
     /// Empty the cache and use `method` for the next sequence.
     pub fn reset(&mut self, method: Arc<dyn Method>) -> Result<(), ModelError> {
-        KvCache::lock(&self.cache).map_err(|e| ModelError::Invalid(e.to_string()))?.reset(method);
+        self.lock_cache()?.reset(method);
         Ok(())
     }
 
@@ -204,7 +209,7 @@ impl Runtime {
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
         let logits = logits.to_vec();
         drop(outputs);
-        KvCache::lock(&self.cache).map_err(|e| ModelError::Invalid(e.to_string()))?.note_step(t);
+        self.lock_cache()?.note_step(t);
         Ok(logits)
     }
 }

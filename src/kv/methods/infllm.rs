@@ -238,8 +238,13 @@ mod tests {
         // the end of the last complete block
         let complete = (1500 - plan.window - plan.sinks) / plan.block;
         let local = 1501 - (plan.sinks + complete * plan.block);
-        assert!(local > plan.window && local < plan.window + plan.block + 1);
         let rows_read = plan.sinks + plan.blocks * plan.block + local;
+        // what the store says it read: the sinks, block 5 (token 700's), and the local rows
+        let read = store.visible(0).unwrap();
+        let block5 = plan.sinks + 5 * plan.block;
+        let want: Vec<u32> =
+            (0..plan.sinks).chain(block5..block5 + plan.block).chain(1501 - local..1501).map(|i| i as u32).collect();
+        assert_eq!(read, want);
         let reps = complete * REPRESENTATIVES * 4 * 2;
         assert_eq!(store.bytes_read(), rows_read * 4 * 2 * 2 + reps);
     }
