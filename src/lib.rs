@@ -8,6 +8,7 @@
 
 pub mod assets;
 pub mod bench;
+pub mod codec;
 pub mod kv;
 pub mod model;
 pub mod tasks;

@@ -10,7 +10,9 @@
 //! `cargo xtask bless` accepts them.
 //!
 //! `KVBENCH_TIER=full` selects the full tier; `KVBENCH_MODE=query-agnostic` the other mode.
-//! Trials of methods that act after prefill share each sample's full-precision prefill.
+//! Trials of methods that act after prefill share each sample's full-precision prefill, in memory
+//! and on disk under `target/kvbench-prefill` (`kvbench::bench::prefill_disk`), so that separate
+//! processes (`cargo nextest`, shards) and later runs share it too.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
-use kvbench::bench::{PrefillCache, Tier, matrix, trial};
+use kvbench::bench::{DiskPrefills, PrefillCache, Tier, matrix, trial};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
@@ -50,7 +52,11 @@ fn shared() -> &'static Shared {
             Ok(other) => panic!("KVBENCH_MODE={other:?}: use query-aware or query-agnostic"),
         };
         let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kvbench-results").join(tier.name());
-        Shared { tier, mode, prefills: PrefillCache::default(), traces: Mutex::new(HashMap::new()), results }
+        let prefills = match DiskPrefills::from_env().unwrap_or_else(|e| panic!("{e}")) {
+            Some(disk) => PrefillCache::with_disk(disk),
+            None => PrefillCache::default(),
+        };
+        Shared { tier, mode, prefills, traces: Mutex::new(HashMap::new()), results }
     })
 }
 

@@ -1,7 +1,9 @@
 //! The methods through the model, on the 3,712-token needle prompt (`golden/prompts/08`):
 //! the full cache and `q8_0` retrieve the hidden number, and a method that acts after prefill
-//! gives the same answer and bytes whether its prefill is recomputed or shared.
+//! gives the same answer and bytes whether its prefill is recomputed, shared, or read back from
+//! the prefill cache on disk.
 
+use kvbench::bench::prefill_disk::{DiskPrefills, PrefillInputs};
 use kvbench::kv::methods;
 use kvbench::model::generate::{GenerateOptions, Prompt, generate_prompt, generate_shared, shared_prefill};
 use kvbench::model::session::{LoadOptions, Runtime};
@@ -46,4 +48,29 @@ fn full_and_q8_0_retrieve_the_needle_and_shared_prefill_changes_nothing() {
     assert_eq!(alone.output_ids, replayed.output_ids);
     assert_eq!(alone.cache.peak_bytes_after_prefill, replayed.cache.peak_bytes_after_prefill);
     assert!(replayed.prefill_seconds < alone.prefill_seconds / 5.0, "the shared prefill was not reused");
+
+    // Through the prefill cache on disk: bit-exact, observations included (SnapKV reads the
+    // accumulated mass and the last queries).
+    let dir = std::env::temp_dir().join(format!("kvbench-prefill-test-{}", std::process::id()));
+    let disk = DiskPrefills::new(dir.clone(), 1 << 30, "test build".into());
+    let model = rt.gguf_sha256().to_string();
+    let inputs = PrefillInputs {
+        model: &model,
+        ids: &prompt.ids,
+        context: prompt.context,
+        mode: options.mode,
+        chunk: options.chunk,
+    };
+    assert!(disk.load(&inputs).is_none());
+    disk.store(&inputs, &shared);
+    let loaded = disk.load(&inputs).expect("stored prefill");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let snapkv = methods::by_name("snapkv-4x").unwrap();
+    let mut outputs = Vec::new();
+    for prefill in [&shared, &loaded] {
+        rt.reset(snapkv.clone()).unwrap();
+        let g = generate_shared(&mut rt, &prompt, options, Some(prefill)).unwrap();
+        outputs.push((g.output_ids, g.cache.peak_bytes_after_prefill));
+    }
+    assert_eq!(outputs[0], outputs[1]);
 }

@@ -2,12 +2,14 @@
 //! comparison with golden snapshots.
 
 pub mod golden;
+pub mod prefill_disk;
 pub mod stats;
 pub mod tier;
 pub mod trial;
 
+pub use prefill_disk::DiskPrefills;
 pub use tier::Tier;
-pub use trial::{PrefillCache, TrialResult};
+pub use trial::{PrefillCache, PrefillCounts, TrialResult};
 
 use crate::kv::methods;
 use crate::tasks::Task;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use crate::tasks::Task;
 
+/// The full tier's needle lengths (the longest leaves room for the answer in 8,192 tokens).
+pub const NEEDLE_GRID_LENS: [usize; 4] = [1024, 2048, 4096, 8000];
+
 /// A tier of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -45,11 +48,14 @@ impl Tier {
         }
     }
 
-    /// Prompt length in tokens.
-    pub fn len(self, task: Task) -> usize {
-        match self {
-            Self::Default => 256,
-            Self::Full => task.default_len(),
+    /// Prompt lengths in tokens; sample `i` is recorded at `lens[i % lens.len()]`. The full
+    /// tier's needle spans the depth × length grid up to the model's 8k context (depths come
+    /// from the seed).
+    pub fn lens(self, task: Task) -> Vec<usize> {
+        match (self, task) {
+            (Self::Default, _) => vec![256],
+            (Self::Full, Task::Needle) => NEEDLE_GRID_LENS.to_vec(),
+            (Self::Full, _) => vec![task.default_len()],
         }
     }
 

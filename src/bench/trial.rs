@@ -2,11 +2,13 @@
 //! cache's recorded answer and the bytes it held.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
 
+use super::prefill_disk::{DiskPrefills, PrefillInputs};
 use super::stats::{self, Estimate};
 use crate::kv::{Acts, Method};
 use crate::model::generate::{
@@ -21,6 +23,11 @@ use crate::trace::{Trace, TraceSample};
 pub struct SampleOutcome {
     /// Sample id.
     pub id: String,
+    /// Prompt tokens.
+    pub prompt_len: usize,
+    /// Needle depth in [0, 1] (needle samples only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<f64>,
     /// Task score in [0, 1].
     pub score: f64,
     /// The answer.
@@ -64,35 +71,81 @@ pub struct TrialResult {
     pub seconds: f64,
 }
 
-/// Full-precision prefills shared by the trials of methods acting after prefill, keyed by sample
-/// id and mode; bounded, oldest dropped first (a miss only costs a recomputation).
+/// Full-precision prefills shared by the trials of methods acting after prefill: in memory
+/// (bounded, oldest dropped first) and, when given one, on disk ([`DiskPrefills`]). A miss only
+/// costs a recomputation.
 #[derive(Debug, Default)]
 pub struct PrefillCache {
     entries: Mutex<Entries>,
+    disk: Option<DiskPrefills>,
+    counts: [AtomicUsize; 3],
 }
 
 /// The prefills by key, and the keys oldest first.
 type Entries = (HashMap<PrefillKey, Arc<SharedPrefill>>, Vec<PrefillKey>);
 
-/// Sample id and mode.
-type PrefillKey = (String, Mode);
+/// Prompt ids, context length and mode: what a prefill depends on within one runtime.
+type PrefillKey = (Vec<u32>, usize, Mode);
 
-/// Shared prefills kept at once.
+/// Shared prefills kept in memory at once.
 const PREFILLS_KEPT: usize = 48;
 
+/// How the prefills a [`PrefillCache`] handed out were obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PrefillCounts {
+    /// Computed here.
+    pub computed: usize,
+    /// Found in memory.
+    pub memory: usize,
+    /// Read from disk.
+    pub disk: usize,
+}
+
 impl PrefillCache {
+    /// A cache in memory and in `disk`.
+    pub fn with_disk(disk: DiskPrefills) -> Self {
+        Self { disk: Some(disk), ..Self::default() }
+    }
+
+    /// How the prefills handed out so far were obtained.
+    pub fn counts(&self) -> PrefillCounts {
+        let [computed, memory, disk] = self.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        PrefillCounts { computed, memory, disk }
+    }
+
     fn get(
         &self,
         rt: &mut Runtime,
-        sample: &TraceSample,
         prompt: &Prompt,
         options: GenerateOptions,
     ) -> Result<Arc<SharedPrefill>, ModelError> {
-        let key = (sample.meta.id.clone(), options.mode);
+        let key = (prompt.ids.clone(), prompt.context, options.mode);
         if let Some(hit) = self.entries.lock().expect("prefill cache").0.get(&key) {
+            self.counts[1].fetch_add(1, Ordering::Relaxed);
             return Ok(hit.clone());
         }
-        let made = Arc::new(shared_prefill(rt, prompt, options)?);
+        let model = rt.gguf_sha256().to_string();
+        let inputs = PrefillInputs {
+            model: &model,
+            ids: &prompt.ids,
+            context: prompt.context,
+            mode: options.mode,
+            chunk: options.chunk,
+        };
+        let made = match self.disk.as_ref().and_then(|d| d.load(&inputs)) {
+            Some(found) => {
+                self.counts[2].fetch_add(1, Ordering::Relaxed);
+                Arc::new(found)
+            }
+            None => {
+                let made = Arc::new(shared_prefill(rt, prompt, options)?);
+                self.counts[0].fetch_add(1, Ordering::Relaxed);
+                if let Some(disk) = &self.disk {
+                    disk.store(&inputs, &made);
+                }
+                made
+            }
+        };
         let mut guard = self.entries.lock().expect("prefill cache");
         let (map, order) = &mut *guard;
         if map.insert(key.clone(), made.clone()).is_none() {
@@ -151,8 +204,7 @@ fn run_sample(
         .map_err(|e| ModelError::Invalid(format!("sample {}: unknown metric: {e}", meta.id)))?;
     let prompt = Prompt::split(&sample.prompt_ids[..meta.context_len], &sample.prompt_ids[meta.context_len..]);
     let options = GenerateOptions { max_new_tokens: meta.max_new_tokens, chunk, mode, ..GenerateOptions::default() };
-    let shared =
-        if method.acts() == Acts::AfterPrefill { Some(prefills.get(rt, sample, &prompt, options)?) } else { None };
+    let shared = if method.acts() == Acts::AfterPrefill { Some(prefills.get(rt, &prompt, options)?) } else { None };
     rt.reset(method.clone())?;
     let prefilled = start(rt, &prompt, options, shared.as_deref())?;
 
@@ -202,6 +254,8 @@ fn run_sample(
     let steps = forced_rows.len().max(1) as f64;
     Ok(SampleOutcome {
         id: meta.id.clone(),
+        prompt_len: meta.prompt_len,
+        depth: meta.info.get("depth").and_then(serde_json::Value::as_f64),
         score,
         prediction,
         top1_agreement: if forced_rows.is_empty() { 1.0 } else { agree / steps },

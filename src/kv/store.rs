@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use super::method::{Acts, StoreContext};
+use super::methods::Full;
+use super::methods::full::FullStore;
 use super::{Heads, LayerStore, Method};
+use crate::codec;
 
 /// Shared handle to the running sequence's cache.
 pub type CacheHandle = Arc<Mutex<KvCache>>;
@@ -221,6 +224,34 @@ impl CacheSnapshot {
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|s| s.bytes()).sum()
     }
+
+    /// Encode a snapshot of a full-precision prefill (every layer a [`FullStore`]), bit-exact;
+    /// `None` for any other snapshot.
+    pub fn encode_prefill(&self, out: &mut Vec<u8>) -> Option<()> {
+        let stores: Vec<&FullStore> = self.layers.iter().map(|l| l.as_prefill()).collect::<Option<_>>()?;
+        let shape = stores.first()?.shape();
+        for x in [shape.heads, shape.kv_heads, shape.head_dim, stores.len(), self.compressed_tokens] {
+            codec::put_u64(out, x as u64);
+        }
+        codec::put_u64(out, u64::from(self.prefilled));
+        stores.iter().for_each(|s| s.encode(out));
+        Some(())
+    }
+
+    /// A snapshot [`Self::encode_prefill`] wrote; `None` if the bytes do not hold one.
+    pub fn decode_prefill(input: &mut &[u8]) -> Option<Self> {
+        let mut next = || codec::take_usize(input);
+        let shape = Heads { heads: next()?, kv_heads: next()?, head_dim: next()? };
+        let (n_layers, compressed_tokens, prefilled) = (next()?, next()?, next()?);
+        if shape.kv_heads == 0 || shape.head_dim == 0 || !shape.heads.is_multiple_of(shape.kv_heads) || prefilled > 1 {
+            return None;
+        }
+        let mut layers: Vec<Box<dyn LayerStore>> = Vec::with_capacity(n_layers.min(1024));
+        for _ in 0..n_layers {
+            layers.push(Box::new(FullStore::decode(shape, input)?));
+        }
+        Some(Self { method: Full.name(), layers, compressed_tokens, prefilled: prefilled == 1 })
+    }
 }
 
 /// A kernel panicked while holding the cache.
@@ -239,7 +270,6 @@ pub struct SnapshotMismatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::methods::Full;
 
     #[test]
     fn snapshot_restore_round_trips_and_bytes_follow() {

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::session::{ModelError, Runtime};
+use crate::codec;
 use crate::kv::methods::{Full, lingua};
 use crate::kv::{Acts, CacheSnapshot, CacheStats};
 
@@ -190,6 +191,47 @@ pub fn shared_prefill(
         mode: options.mode,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+impl SharedPrefill {
+    /// Encode bit-exactly (for the prefill cache on disk, [`crate::bench::prefill_disk`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.snapshot.bytes() * 11 / 10 + 4 * self.logits.len());
+        codec::put_u64(&mut out, self.compressed as u64);
+        codec::put_u64(&mut out, u64::from(self.mode == Mode::QueryAgnostic));
+        codec::put_u64(&mut out, self.seconds.to_bits());
+        codec::put_u32s(&mut out, &self.ids);
+        codec::put_f32s(&mut out, &self.logits);
+        self.snapshot.encode_prefill(&mut out).expect("a shared prefill snapshots full stores");
+        out
+    }
+
+    /// What [`Self::encode`] wrote; `None` if the bytes do not hold it.
+    pub fn decode(mut input: &[u8]) -> Option<Self> {
+        let compressed = codec::take_usize(&mut input)?;
+        let mode = match codec::take_u64(&mut input)? {
+            0 => Mode::QueryAware,
+            1 => Mode::QueryAgnostic,
+            _ => return None,
+        };
+        let seconds = f64::from_bits(codec::take_u64(&mut input)?);
+        let ids = codec::take_u32s(&mut input)?;
+        let logits = codec::take_f32s(&mut input)?;
+        let snapshot = CacheSnapshot::decode_prefill(&mut input)?;
+        (input.is_empty() && compressed <= ids.len()).then_some(Self {
+            snapshot,
+            logits,
+            ids,
+            compressed,
+            mode,
+            seconds,
+        })
+    }
+
+    /// The prompt ids it was made for.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
 }
 
 fn compressed_len(prompt: &Prompt, mode: Mode) -> usize {

@@ -29,18 +29,22 @@ pub fn model_id(rt: &Runtime) -> ModelId {
     ModelId { name: "SmolLM2-135M-Instruct Q4_1".into(), gguf_sha256: rt.gguf_sha256().to_string() }
 }
 
-/// Record `samples` samples (seeds `0..samples`) of `task` at `len` tokens for `tier`; call
-/// `progress(done, total, outcome)` after each.
+/// Record `samples` samples (seeds `0..samples`) of `task` for `tier`, sample `i` at
+/// `lens[i % lens.len()]` tokens; call `progress(done, total, outcome)` after each.
 pub fn record(
     rt: &mut Runtime,
     task: Task,
     samples: usize,
-    len: usize,
+    lens: &[usize],
     tier: &str,
     mut progress: impl FnMut(usize, usize, &TraceSample),
 ) -> Result<Trace, RecordError> {
+    if lens.is_empty() {
+        return Err(ModelError::Invalid("no sample length to record at".into()).into());
+    }
     let mut out = Vec::with_capacity(samples);
     for seed in 0..samples as u64 {
+        let len = lens[seed as usize % lens.len()];
         let sample = tasks::sample(task, seed, len, rt.tokenizer())?;
         let prompt = Prompt::split(&sample.context_ids, &sample.question_ids);
         rt.reset(Arc::new(Full))?;
@@ -76,7 +80,7 @@ pub fn record(
             model: model_id(rt),
             task: task.name().to_string(),
             tier: tier.to_string(),
-            target_len: len,
+            target_len: lens.iter().copied().max().unwrap_or(0),
             chunk: CHUNK,
             top_k: TOP_K,
             recorded_by: format!("kvbench {}", env!("CARGO_PKG_VERSION")),

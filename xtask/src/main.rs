@@ -8,6 +8,7 @@ mod bless;
 mod golden;
 mod perf;
 mod record;
+mod report;
 mod venv;
 
 use std::path::{Path, PathBuf};
@@ -33,8 +34,8 @@ enum Command {
     Bless(bless::Args),
     /// The main job: run every trial of a tier and write the report.
     Bench(bench::Args),
-    /// Render the report of a tier's results again.
-    Report(bench::ReportArgs),
+    /// Render the report of a tier's results again (merging shards' results with --merge).
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Record(args) => record::run(args),
         Command::Bless(args) => bless::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Report(args) => bench::report(args),
+        Command::Report(args) => report::report(args),
     }
 }
 

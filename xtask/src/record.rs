@@ -37,10 +37,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut rt = Runtime::load(&LoadOptions::default()).context("loading the model")?;
     for task in tasks {
-        let (samples, len) = (args.samples.unwrap_or(tier.samples(task)), args.len.unwrap_or(tier.len(task)));
+        let samples = args.samples.unwrap_or(tier.samples(task));
+        let lens = args.len.map_or_else(|| tier.lens(task), |l| vec![l]);
         let clock = Instant::now();
-        eprintln!("record {}: {samples} samples of {len} tokens ({} tier)", task.name(), tier.name());
-        let trace = record::record(&mut rt, task, samples, len, tier.name(), |done, total, s| {
+        eprintln!("record {}: {samples} samples of {lens:?} tokens ({} tier)", task.name(), tier.name());
+        let trace = record::record(&mut rt, task, samples, &lens, tier.name(), |done, total, s| {
             eprintln!(
                 "  [{done}/{total}] {} ({} tokens): {:?} score {:.2} ({:.0} s so far)",
                 s.meta.id,

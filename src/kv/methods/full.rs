@@ -11,6 +11,7 @@
 //! (SnapKV's observation window). Those observations are bookkeeping for the methods, not part
 //! of the cache, and are not counted in [`LayerStore::bytes`].
 
+use crate::codec;
 use crate::kv::attention::{self, Heads, KvView};
 use crate::kv::method::Acts;
 use crate::kv::{LayerStore, Method};
@@ -131,6 +132,34 @@ impl FullStore {
     pub fn recent_queries(&self) -> &[f32] {
         &self.recent_queries
     }
+
+    /// Append the whole state (keys, values and observations) to `out`, bit-exact.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_u64(out, self.query_limit as u64);
+        for g in 0..self.shape.kv_heads {
+            codec::put_f32s(out, &self.keys[g]);
+            codec::put_f32s(out, &self.values[g]);
+            codec::put_f32s(out, &self.mass[g]);
+        }
+        codec::put_f32s(out, &self.recent_queries);
+    }
+
+    /// The state [`Self::encode`] wrote for `shape`; `None` if the bytes do not hold one.
+    pub fn decode(shape: Heads, input: &mut &[u8]) -> Option<Self> {
+        let query_limit = codec::take_usize(input)?;
+        let (mut keys, mut values, mut mass) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..shape.kv_heads {
+            keys.push(codec::take_f32s(input)?);
+            values.push(codec::take_f32s(input)?);
+            mass.push(codec::take_f32s(input)?);
+        }
+        let recent_queries = codec::take_f32s(input)?;
+        let tokens = keys[0].len() / shape.head_dim.max(1);
+        let consistent = keys.iter().chain(&values).all(|h| h.len() == tokens * shape.head_dim)
+            && mass.iter().all(|m| m.len() == tokens)
+            && recent_queries.len() % (shape.heads * shape.head_dim).max(1) == 0;
+        consistent.then_some(Self { shape, keys, values, mass, recent_queries, query_limit })
+    }
 }
 
 impl LayerStore for FullStore {
@@ -196,6 +225,25 @@ mod tests {
         assert_eq!(store.keys[1], [3.0, 4.0, 7.0, 8.0]);
         assert_eq!(store.tokens(), 2);
         assert_eq!(store.bytes(), 2 * 8 * 4);
+    }
+
+    #[test]
+    fn encodes_bit_exactly_and_refuses_inconsistent_bytes() {
+        let shape = Heads { heads: 4, kv_heads: 2, head_dim: 2 };
+        let mut store = FullStore::new(shape);
+        let rows: Vec<f32> = (0..24).map(|i| i as f32 * 0.37 - 3.0).collect();
+        store.append(&rows[..12], &rows[12..], 3);
+        let q: Vec<f32> = (0..24).map(|i| (i as f32).sin()).collect();
+        let mut out = vec![0.0; 24];
+        store.attend(&q, 8, 3, &mut out);
+        let mut bytes = Vec::new();
+        store.encode(&mut bytes);
+        let back = FullStore::decode(shape, &mut &bytes[..]).unwrap();
+        assert_eq!((back.keys, back.values, back.mass), (store.keys.clone(), store.values.clone(), store.mass.clone()));
+        assert_eq!(back.recent_queries, store.recent_queries);
+        // a shape the bytes were not written for
+        assert!(FullStore::decode(Heads { heads: 4, kv_heads: 2, head_dim: 4 }, &mut &bytes[..]).is_none());
+        assert!(FullStore::decode(shape, &mut &bytes[..bytes.len() - 1]).is_none());
     }
 
     #[test]

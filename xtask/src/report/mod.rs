@@ -1,0 +1,81 @@
+//! `cargo xtask report`: merge per-trial results (this machine's, or several shards'), then render
+//! the markdown table, the score-versus-ratio plots and the needle heatmaps.
+
+mod merge;
+mod plots;
+mod table;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub use merge::merge;
+
+/// Arguments of `report`.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Tier whose results to render.
+    #[arg(long, default_value = "default")]
+    pub tier: String,
+    /// First merge the trial results in these folders (other shards' `target/kvbench-results/<tier>`,
+    /// copied here) into this tier's results. Repeatable.
+    #[arg(long = "merge", value_name = "DIR")]
+    pub merge: Vec<PathBuf>,
+    /// Where to write report.md and the plots (default: the results folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Where a tier's per-trial results are written.
+pub fn results_dir(tier: &str) -> PathBuf {
+    crate::project_root().join("target/kvbench-results").join(tier)
+}
+
+/// Trial results in `dir` (every `*.json` but the merged `results.json`), sorted by trial name.
+pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("no results in {}: run `cargo xtask bench` (or pass --merge)", dir.display()))?;
+    let mut trials: Vec<Value> = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") && path.file_name().is_some_and(|n| n != "results.json") {
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}", path.display()))?;
+            if !v["trial"].is_string() {
+                bail!("{} is not a trial result (no \"trial\" field)", path.display());
+            }
+            trials.push(v);
+        }
+    }
+    trials.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
+    Ok(trials)
+}
+
+pub fn report(args: ReportArgs) -> anyhow::Result<()> {
+    if !matches!(args.tier.as_str(), "default" | "full") {
+        bail!("unknown tier {:?}: use `default` or `full`", args.tier);
+    }
+    let dir = results_dir(&args.tier);
+    if !args.merge.is_empty() {
+        let n = merge(&args.merge, &dir)?;
+        eprintln!("merged {n} trial results from {} folder(s) into {}", args.merge.len(), dir.display());
+    }
+    let trials = load(&dir)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&trials)?)?;
+    let out = args.out.unwrap_or_else(|| dir.clone());
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let md = table::markdown(&args.tier, &trials);
+    plots::score_vs_ratio(&trials, &out.join("score-vs-ratio"))?;
+    plots::needle_heatmaps(&trials, &out.join("needle-heatmap"))?;
+    std::fs::write(out.join("report.md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "report: {} with score-vs-ratio.{{svg,png}} and needle-heatmap.{{svg,png}} ({} trials); merged results: {}",
+        out.join("report.md").display(),
+        trials.len(),
+        dir.join("results.json").display()
+    );
+    Ok(())
+}
