@@ -9,7 +9,8 @@
 //! no snapshot, or one that changed, fails and (outside CI) leaves a `.snap.new` to review;
 //! `cargo xtask bless` accepts them.
 //!
-//! `KVBENCH_TIER=full` selects the full tier; `KVBENCH_MODE=query-agnostic` the other mode.
+//! `KVBENCH_TIER=full` selects the full tier; `KVBENCH_MODE=query-agnostic` the other mode;
+//! `KVBENCH_RESULTS=DIR` writes the results there (a shard's, say).
 //! Trials of methods that act after prefill share each sample's full-precision prefill, in memory
 //! and on disk under `target/kvbench-prefill` (`kvbench::bench::prefill_disk`), so that separate
 //! processes (`cargo nextest`, shards) and later runs share it too.
@@ -51,7 +52,10 @@ fn shared() -> &'static Shared {
             Ok("query-agnostic") => Mode::QueryAgnostic,
             Ok(other) => panic!("KVBENCH_MODE={other:?}: use query-aware or query-agnostic"),
         };
-        let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kvbench-results").join(tier.name());
+        let results = match std::env::var_os("KVBENCH_RESULTS") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kvbench-results").join(tier.name()),
+        };
         let prefills = match DiskPrefills::from_env().unwrap_or_else(|e| panic!("{e}")) {
             Some(disk) => PrefillCache::with_disk(disk),
             None => PrefillCache::default(),

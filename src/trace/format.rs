@@ -130,6 +130,18 @@ pub enum TraceError {
 impl Trace {
     /// Encode to bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let payload = self.to_payload();
+        let mut out = Vec::with_capacity(payload.len() / 3);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&Sha256::digest(&payload));
+        out.extend_from_slice(&zstd::encode_all(&payload[..], 19).expect("in-memory zstd"));
+        out
+    }
+
+    /// The payload [`Self::to_bytes`] compresses (seeds for the payload fuzz target).
+    pub fn to_payload(&self) -> Vec<u8> {
         let mut header = self.header.clone();
         header.samples = self.samples.iter().map(|s| s.meta.clone()).collect();
         let json = serde_json::to_vec(&header).expect("headers serialize");
@@ -145,13 +157,7 @@ impl Trace {
                 }
             }
         }
-        let mut out = Vec::with_capacity(payload.len() / 3);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&Sha256::digest(&payload));
-        out.extend_from_slice(&zstd::encode_all(&payload[..], 19).expect("in-memory zstd"));
-        out
+        payload
     }
 
     /// Decode bytes read from `path` (named in errors).
@@ -183,7 +189,14 @@ impl Trace {
         if Sha256::digest(&payload)[..] != bytes[20..52] {
             return Err(bad("checksum mismatch: the file is corrupt".into()));
         }
-        let mut cur = Cursor { data: &payload, at: 0 };
+        Self::from_payload(&payload, path)
+    }
+
+    /// Decode a decompressed, checksummed payload read from `path` (named in errors). Public so
+    /// that the fuzz target can reach the section parser past the checksum.
+    pub fn from_payload(payload: &[u8], path: &Path) -> Result<Self, TraceError> {
+        let bad = |what: String| TraceError::Invalid { path: path.to_path_buf(), what };
+        let mut cur = Cursor { data: payload, at: 0 };
         let json_len = cur.u32().ok_or_else(|| bad("payload ends before the header".into()))? as usize;
         let json = cur.take(json_len).ok_or_else(|| bad("payload ends inside the header".into()))?;
         let header: TraceHeader = serde_json::from_slice(json).map_err(|e| bad(format!("header: {e}")))?;

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bless;
+mod fuzz;
 mod golden;
 mod perf;
 mod record;
@@ -32,6 +33,8 @@ enum Command {
     Record(record::Args),
     /// Accept the pending golden snapshots that failing trials left (after reviewing them).
     Bless(bless::Args),
+    /// Fuzz the trace reader (seeds from traces/; needs nightly and cargo-fuzz).
+    Fuzz(fuzz::Args),
     /// The main job: run every trial of a tier and write the report.
     Bench(bench::Args),
     /// Render the report of a tier's results again (merging shards' results with --merge).
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Record(args) => record::run(args),
         Command::Bless(args) => bless::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::Report(args) => report::report(args),
     }
 }

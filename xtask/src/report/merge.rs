@@ -2,15 +2,15 @@
 //! another) writes one JSON per trial; copying those folders together is a merge, checked here.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Copy the trial results of every folder in `sources` into `into`. A trial found twice must be
+/// The trial results of every folder in `sources`, by trial name. A trial found twice must be
 /// identical both times (shards are disjoint; the same shard copied twice is harmless); a
-/// `results.json` (a shard's merged array) counts as its trials. Returns the trials merged.
-pub fn merge(sources: &[PathBuf], into: &Path) -> anyhow::Result<usize> {
+/// `results.json` (a shard's merged array) counts as its trials.
+pub fn merge(sources: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
     let mut seen: BTreeMap<String, (PathBuf, Value)> = BTreeMap::new();
     for dir in sources {
         let entries = std::fs::read_dir(dir).with_context(|| format!("reading shard results {}", dir.display()))?;
@@ -42,18 +42,14 @@ pub fn merge(sources: &[PathBuf], into: &Path) -> anyhow::Result<usize> {
             }
         }
     }
-    std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
-    for (name, (_, t)) in &seen {
-        let path = into.join(format!("{}.json", kvbench::bench::golden::file_name(name)));
-        std::fs::write(&path, serde_json::to_vec_pretty(t)?).with_context(|| format!("{}", path.display()))?;
-    }
-    Ok(seen.len())
+    Ok(seen.into_values().map(|(_, t)| t).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("kvbench-merge-{}-{name}", std::process::id()));
@@ -69,34 +65,33 @@ mod tests {
 
     #[test]
     fn disjoint_shards_merge_into_their_union() {
-        let (a, b, into) = (dir("a"), dir("b"), dir("into"));
+        let (a, b) = (dir("a"), dir("b"));
         put(&a, "full::needle", 1.0);
         put(&a, "h2o-4x::code", 0.2);
         put(&b, "kivi-2bit::needle", 0.5);
         // a shard's merged array counts too, and a trial copied twice unchanged is fine
         let arr = json!([{ "trial": "tova-2x::few-shot", "score": { "mean": 0.1 } }, { "trial": "full::needle", "score": { "mean": 1.0 } }]);
         std::fs::write(b.join("results.json"), arr.to_string()).unwrap();
-        assert_eq!(merge(&[a.clone(), b.clone()], &into).unwrap(), 4);
-        let merged = crate::report::load(&into).unwrap();
+        let merged = merge(&[a.clone(), b.clone()]).unwrap();
         let names: Vec<&str> = merged.iter().map(|t| t["trial"].as_str().unwrap()).collect();
         assert_eq!(names, ["full::needle", "h2o-4x::code", "kivi-2bit::needle", "tova-2x::few-shot"]);
-        for d in [a, b, into] {
+        for d in [a, b] {
             std::fs::remove_dir_all(d).unwrap();
         }
     }
 
     #[test]
     fn a_trial_in_two_shards_with_different_results_is_an_error() {
-        let (a, b, into) = (dir("c"), dir("d"), dir("into2"));
+        let (a, b) = (dir("c"), dir("d"));
         put(&a, "full::needle", 1.0);
         put(&b, "full::needle", 0.0);
-        let e = merge(&[a.clone(), b.clone()], &into).unwrap_err().to_string();
+        let e = merge(&[a.clone(), b.clone()]).unwrap_err().to_string();
         assert!(e.contains("full::needle") && e.contains("different results"), "{e}");
         std::fs::write(b.join("junk.json"), "{\"x\": 1}").unwrap();
         std::fs::remove_file(b.join(format!("{}.json", kvbench::bench::golden::file_name("full::needle")))).unwrap();
-        let e = merge(&[a.clone(), b.clone()], &into).unwrap_err().to_string();
+        let e = merge(&[a.clone(), b.clone()]).unwrap_err().to_string();
         assert!(e.contains("junk.json"), "{e}");
-        for d in [a, b, into] {
+        for d in [a, b] {
             std::fs::remove_dir_all(d).unwrap();
         }
     }

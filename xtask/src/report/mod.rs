@@ -18,18 +18,22 @@ pub struct ReportArgs {
     /// Tier whose results to render.
     #[arg(long, default_value = "default")]
     pub tier: String,
-    /// First merge the trial results in these folders (other shards' `target/kvbench-results/<tier>`,
-    /// copied here) into this tier's results. Repeatable.
+    /// Report the trial results of these folders instead (shards' `target/kvbench-results/<tier>`,
+    /// or `KVBENCH_RESULTS` folders, copied here), merged. Repeatable.
     #[arg(long = "merge", value_name = "DIR")]
     pub merge: Vec<PathBuf>,
-    /// Where to write report.md and the plots (default: the results folder).
+    /// Where to write report.md, the plots and results.json (default: the results folder, or
+    /// `target/kvbench-results/<tier>-merged` with --merge).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
 
-/// Where a tier's per-trial results are written.
+/// Where a tier's per-trial results are written (`$KVBENCH_RESULTS`, as for the trials).
 pub fn results_dir(tier: &str) -> PathBuf {
-    crate::project_root().join("target/kvbench-results").join(tier)
+    match std::env::var_os("KVBENCH_RESULTS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => crate::project_root().join("target/kvbench-results").join(tier),
+    }
 }
 
 /// Trial results in `dir` (every `*.json` but the merged `results.json`), sorted by trial name.
@@ -56,15 +60,17 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     if !matches!(args.tier.as_str(), "default" | "full") {
         bail!("unknown tier {:?}: use `default` or `full`", args.tier);
     }
-    let dir = results_dir(&args.tier);
-    if !args.merge.is_empty() {
-        let n = merge(&args.merge, &dir)?;
-        eprintln!("merged {n} trial results from {} folder(s) into {}", args.merge.len(), dir.display());
-    }
-    let trials = load(&dir)?;
-    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&trials)?)?;
-    let out = args.out.unwrap_or_else(|| dir.clone());
+    let (trials, out) = if args.merge.is_empty() {
+        let dir = results_dir(&args.tier);
+        (load(&dir)?, args.out.unwrap_or(dir))
+    } else {
+        let trials = merge(&args.merge)?;
+        eprintln!("merged {} trial results from {} folders", trials.len(), args.merge.len());
+        let merged = crate::project_root().join("target/kvbench-results").join(format!("{}-merged", args.tier));
+        (trials, args.out.unwrap_or(merged))
+    };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&trials)?)?;
 
     let md = table::markdown(&args.tier, &trials);
     plots::score_vs_ratio(&trials, &out.join("score-vs-ratio"))?;
@@ -72,10 +78,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("report.md"), &md)?;
     println!("{md}");
     eprintln!(
-        "report: {} with score-vs-ratio.{{svg,png}} and needle-heatmap.{{svg,png}} ({} trials); merged results: {}",
+        "report: {} with score-vs-ratio.{{svg,png}}, needle-heatmap.{{svg,png}} and results.json ({} trials)",
         out.join("report.md").display(),
         trials.len(),
-        dir.join("results.json").display()
     );
     Ok(())
 }
