@@ -31,8 +31,11 @@ use kvbench::trace::record::model_id;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 thread_local! {
-    /// One runtime per test thread (each owns its sessions and cache).
+    /// One runtime per kernel pool's thread (each owns its sessions and cache).
     static RUNTIME: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+    /// One single-thread kernel pool per test thread.
+    static KERNELS: rayon::ThreadPool =
+        rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
 }
 
 struct Shared {
@@ -64,16 +67,20 @@ fn shared() -> &'static Shared {
     })
 }
 
-fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed>) -> Result<R, Failed> {
-    RUNTIME.with_borrow_mut(|slot| {
-        if slot.is_none() {
-            // ONNX Runtime on this test thread alone; kvbench's kernels on a pool shared by every
-            // test thread, as large as the machine
-            let kernel_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let options = LoadOptions { gguf: None, threads: 1, kernel_threads: Some(kernel_threads) };
-            *slot = Some(Runtime::load(&options).map_err(|e| format!("cannot load the model: {e}"))?);
-        }
-        f(slot.as_mut().expect("loaded"))
+fn with_runtime<R: Send>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed> + Send) -> Result<R, Failed> {
+    // Each test thread runs its trials on a one-thread kernel pool of its own, and ONNX Runtime
+    // on one thread: the trials run side by side, one per core, with no hand-offs between
+    // threads inside a trial (measured faster than one pool shared by the test threads).
+    KERNELS.with(|pool| {
+        pool.install(|| {
+            RUNTIME.with_borrow_mut(|slot| {
+                if slot.is_none() {
+                    let options = LoadOptions { gguf: None, threads: 1, kernel_threads: Some(1) };
+                    *slot = Some(Runtime::load(&options).map_err(|e| format!("cannot load the model: {e}"))?);
+                }
+                f(slot.as_mut().expect("loaded"))
+            })
+        })
     })
 }
 
