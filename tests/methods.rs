@@ -54,13 +54,7 @@ fn full_and_q8_0_retrieve_the_needle_and_shared_prefill_changes_nothing() {
     let dir = std::env::temp_dir().join(format!("kvbench-prefill-test-{}", std::process::id()));
     let disk = DiskPrefills::new(dir.clone(), 1 << 30, "test build".into());
     let model = rt.gguf_sha256().to_string();
-    let inputs = PrefillInputs {
-        model: &model,
-        ids: &prompt.ids,
-        context: prompt.context,
-        mode: options.mode,
-        chunk: options.chunk,
-    };
+    let inputs = PrefillInputs::of(&model, &prompt, &options);
     assert!(disk.load(&inputs).is_none());
     disk.store(&inputs, &shared);
     let loaded = disk.load(&inputs).expect("stored prefill");

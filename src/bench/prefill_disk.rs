@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use crate::assets::{hex, write_atomic};
-use crate::model::generate::{Mode, SharedPrefill};
+use crate::model::generate::{GenerateOptions, Mode, Prompt, SharedPrefill};
 
 const MAGIC: &[u8; 8] = b"KVBPFILL";
 const VERSION: u32 = 1;
@@ -50,6 +50,13 @@ pub struct PrefillInputs<'a> {
     pub mode: Mode,
     /// Prefill chunk.
     pub chunk: usize,
+}
+
+impl<'a> PrefillInputs<'a> {
+    /// What prefilling `prompt` with `options` on the model of GGUF hash `model` depends on.
+    pub fn of(model: &'a str, prompt: &'a Prompt, options: &GenerateOptions) -> Self {
+        Self { model, ids: &prompt.ids, context: prompt.context, mode: options.mode, chunk: options.chunk }
+    }
 }
 
 impl DiskPrefills {

@@ -125,13 +125,7 @@ impl PrefillCache {
             return Ok(hit.clone());
         }
         let model = rt.gguf_sha256().to_string();
-        let inputs = PrefillInputs {
-            model: &model,
-            ids: &prompt.ids,
-            context: prompt.context,
-            mode: options.mode,
-            chunk: options.chunk,
-        };
+        let inputs = PrefillInputs::of(&model, prompt, &options);
         let made = match self.disk.as_ref().and_then(|d| d.load(&inputs)) {
             Some(found) => {
                 self.counts[2].fetch_add(1, Ordering::Relaxed);
