@@ -58,6 +58,20 @@ fn full_and_q8_0_retrieve_the_needle_and_shared_prefill_changes_nothing() {
     assert!(disk.load(&inputs).is_none());
     disk.store(&inputs, &shared);
     let loaded = disk.load(&inputs).expect("stored prefill");
+    // a corrupted entry is a miss, and is deleted
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|build| std::fs::read_dir(build.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "prefill"))
+        .unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&entry, bytes).unwrap();
+    assert!(disk.load(&inputs).is_none());
+    assert!(!entry.exists());
     std::fs::remove_dir_all(&dir).unwrap();
     let snapkv = methods::by_name("snapkv-4x").unwrap();
     let mut outputs = Vec::new();

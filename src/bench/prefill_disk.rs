@@ -11,7 +11,12 @@
 //! ```
 //! Entries are written to a temporary file and renamed into place, so concurrent writers of one
 //! entry are harmless. A file that fails its checksum is deleted and recomputed (a warning says
-//! so). The directory is kept under a size limit by deleting the least recently used entries.
+//! so). The directory is kept under a size limit: each build's entries sit in a folder of their
+//! own; other builds' folders go first, and when this build's entries fill the limit, new ones
+//! are not admitted (see [`DiskPrefills::store`]). The full tier's prefills take about 42 GB
+//! (46 KB per prompt token): raise the limit to share all of them. Entries are valid only for
+//! the machine type that made them if a cache folder is shared between machines (kernels are
+//! chosen by CPU features at run time); keep one per machine.
 //!
 //! Location: `$KVBENCH_PREFILL_CACHE`, else `target/kvbench-prefill`; `KVBENCH_PREFILL_CACHE=off`
 //! turns it off. Limit: `$KVBENCH_PREFILL_CACHE_GB` gibibytes (default 4).
@@ -99,20 +104,21 @@ impl DiskPrefills {
             h.update((x as u64).to_le_bytes());
         }
         inputs.ids.iter().for_each(|id| h.update(id.to_le_bytes()));
-        self.dir.join(format!("{}.prefill", hex(&h.finalize())))
+        self.build_dir().join(format!("{}.prefill", hex(&h.finalize())))
+    }
+
+    /// This build's entries live in a folder of their own, so that other builds' entries (of no
+    /// use to this one) can be dropped whole.
+    fn build_dir(&self) -> PathBuf {
+        self.dir.join(format!("build-{}", &self.build[..16.min(self.build.len())]))
     }
 
     /// The stored prefill for `inputs`, if any. A corrupt entry is deleted and reported.
     pub fn load(&self, inputs: &PrefillInputs) -> Option<SharedPrefill> {
         let path = self.path(inputs);
         let bytes = std::fs::read(&path).ok()?;
-        match decode(&bytes).filter(|p| p.ids() == inputs.ids) {
-            Some(p) => {
-                // mark it recently used (eviction goes by modification time)
-                let _ =
-                    std::fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
-                Some(p)
-            }
+        match decode(&bytes).filter(|p| p.ids() == inputs.ids && p.mode() == inputs.mode) {
+            Some(p) => Some(p),
             None => {
                 eprintln!("kvbench: prefill cache entry {} is corrupt; deleting it and recomputing", path.display());
                 let _ = std::fs::remove_file(&path);
@@ -121,11 +127,16 @@ impl DiskPrefills {
         }
     }
 
-    /// Store `prefill` for `inputs`, then keep the directory under its limit. Failing to store
-    /// only costs a recomputation later, so errors are reported, not returned.
+    /// Store `prefill` for `inputs` if it fits under the limit. When it does not, other builds'
+    /// entries are dropped first; if this build's entries alone fill the limit, the new one is
+    /// not admitted, so that the entries already held keep serving (a trial cycles through its
+    /// task's samples in order, which an evict-oldest cache smaller than the cycle would turn
+    /// into all misses). Failing to store only costs a recomputation later, so errors are
+    /// reported, not returned.
     pub fn store(&self, inputs: &PrefillInputs, prefill: &SharedPrefill) {
         let payload = prefill.encode();
-        if payload.len() as u64 > self.limit_bytes {
+        let size = (PREAMBLE + payload.len()) as u64;
+        if self.make_room(size).is_none() {
             return;
         }
         let mut bytes = Vec::with_capacity(PREAMBLE + payload.len());
@@ -135,32 +146,43 @@ impl DiskPrefills {
         bytes.extend_from_slice(&payload);
         if let Err(e) = write_atomic(&self.path(inputs), &bytes) {
             eprintln!("kvbench: cannot store a prefill in {}: {e}", self.dir.display());
-            return;
         }
-        self.evict();
     }
 
-    /// Delete least recently used entries until the directory is under its limit.
-    fn evict(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "prefill"))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len(), e.path()))
-            })
-            .collect();
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        files.sort();
-        for (_, len, path) in files {
-            if total <= self.limit_bytes {
-                break;
-            }
-            if std::fs::remove_file(&path).is_ok() {
-                total -= len;
+    /// `Some` if `size` more bytes fit under the limit, after dropping other builds' folders
+    /// and temporary files left by killed writers (older than an hour) if need be.
+    fn make_room(&self, size: u64) -> Option<()> {
+        let mine = self.build_dir();
+        let folders: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        let used = |dir: &Path| -> u64 {
+            std::fs::read_dir(dir)
+                .map(|r| r.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                .unwrap_or(0)
+        };
+        let mut total: u64 = folders.iter().map(|d| used(d)).sum();
+        if total + size <= self.limit_bytes {
+            return Some(());
+        }
+        for dir in folders.iter().filter(|d| **d != mine) {
+            let freed = used(dir);
+            if std::fs::remove_dir_all(dir).is_ok() {
+                total -= freed;
             }
         }
+        let stale = SystemTime::now() - std::time::Duration::from_secs(3600);
+        for entry in std::fs::read_dir(&mine).into_iter().flatten().flatten() {
+            let tmp = entry.file_name().to_string_lossy().ends_with(".tmp");
+            if let Ok(m) = entry.metadata()
+                && tmp
+                && m.modified().is_ok_and(|t| t < stale)
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                total -= m.len();
+            }
+        }
+        (total + size <= self.limit_bytes).then_some(())
     }
 }
 
@@ -216,8 +238,24 @@ mod tests {
         bytes.extend_from_slice(&Sha256::digest(b"junk"));
         bytes.extend_from_slice(b"junk");
         assert!(decode(&bytes).is_none(), "a checksummed payload that is not a prefill");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        assert!(decode(&bytes).is_none(), "checksum mismatch");
+        // (that a flipped bit in a real entry's floats is caught by the checksum alone is checked
+        // in tests/methods.rs, which has a model to make one)
+    }
+
+    #[test]
+    fn other_builds_go_first_and_a_full_cache_admits_nothing() {
+        let dir = std::env::temp_dir().join(format!("kvbench-prefill-room-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = DiskPrefills::new(dir.clone(), 120, "0123456789abcdef-this-build".into());
+        let other = dir.join("build-fedcba9876543210");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::create_dir_all(cache.build_dir()).unwrap();
+        std::fs::write(other.join("a.prefill"), [0u8; 100]).unwrap();
+        std::fs::write(cache.build_dir().join("b.prefill"), [0u8; 50]).unwrap();
+        assert_eq!(cache.make_room(30), Some(()), "150 + 30 > 120: the other build's 100 bytes go");
+        assert!(!other.exists() && cache.build_dir().join("b.prefill").exists());
+        assert_eq!(cache.make_room(100), None, "50 + 100 > 120 with nothing else to drop");
+        assert!(cache.build_dir().join("b.prefill").exists(), "held entries are kept");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

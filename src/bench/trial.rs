@@ -72,7 +72,7 @@ pub struct TrialResult {
 }
 
 /// Full-precision prefills shared by the trials of methods acting after prefill: in memory
-/// (bounded, oldest dropped first) and, when given one, on disk ([`DiskPrefills`]). A miss only
+/// (up to [`MEMORY_LIMIT`] bytes) and, when given one, on disk ([`DiskPrefills`]). A miss only
 /// costs a recomputation.
 #[derive(Debug, Default)]
 pub struct PrefillCache {
@@ -81,14 +81,16 @@ pub struct PrefillCache {
     counts: [AtomicUsize; 3],
 }
 
-/// The prefills by key, and the keys oldest first.
-type Entries = (HashMap<PrefillKey, Arc<SharedPrefill>>, Vec<PrefillKey>);
+/// The prefills by key, and the bytes they hold.
+type Entries = (HashMap<PrefillKey, Arc<SharedPrefill>>, usize);
 
-/// Prompt ids, context length and mode: what a prefill depends on within one runtime.
-type PrefillKey = (Vec<u32>, usize, Mode);
+/// Prompt ids, context length, mode and chunk: what a prefill depends on within one runtime.
+type PrefillKey = (Vec<u32>, usize, Mode, usize);
 
-/// Shared prefills kept in memory at once.
-const PREFILLS_KEPT: usize = 48;
+/// Bytes of shared prefills kept in memory (about 40 prefills of 1,024 tokens). Once full, new
+/// prefills are used but not kept: a trial cycles through its task's samples in order, which an
+/// evict-oldest cache smaller than the cycle would turn into all misses.
+const MEMORY_LIMIT: usize = 2 << 30;
 
 /// How the prefills a [`PrefillCache`] handed out were obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,7 +121,7 @@ impl PrefillCache {
         prompt: &Prompt,
         options: GenerateOptions,
     ) -> Result<Arc<SharedPrefill>, ModelError> {
-        let key = (prompt.ids.clone(), prompt.context, options.mode);
+        let key = (prompt.ids.clone(), prompt.context, options.mode, options.chunk);
         if let Some(hit) = self.entries.lock().expect("prefill cache").0.get(&key) {
             self.counts[1].fetch_add(1, Ordering::Relaxed);
             return Ok(hit.clone());
@@ -141,13 +143,9 @@ impl PrefillCache {
             }
         };
         let mut guard = self.entries.lock().expect("prefill cache");
-        let (map, order) = &mut *guard;
-        if map.insert(key.clone(), made.clone()).is_none() {
-            order.push(key);
-        }
-        while order.len() > PREFILLS_KEPT {
-            let old = order.remove(0);
-            map.remove(&old);
+        let (map, held) = &mut *guard;
+        if *held + made.bytes() <= MEMORY_LIMIT && map.insert(key, made.clone()).is_none() {
+            *held += made.bytes();
         }
         Ok(made)
     }

@@ -238,6 +238,15 @@ impl CacheSnapshot {
         Some(())
     }
 
+    /// Whether this is a full-precision prefill of `tokens` tokens not yet ended (what a shared
+    /// prefill snapshots): every layer a [`FullStore`] of that many tokens.
+    pub fn is_shared_prefill_of(&self, tokens: usize) -> bool {
+        !self.prefilled
+            && self.compressed_tokens == tokens
+            && !self.layers.is_empty()
+            && self.layers.iter().all(|l| l.as_prefill().is_some_and(|f| f.tokens() == tokens))
+    }
+
     /// A snapshot [`Self::encode_prefill`] wrote; `None` if the bytes do not hold one.
     pub fn decode_prefill(input: &mut &[u8]) -> Option<Self> {
         let mut next = || codec::take_usize(input);

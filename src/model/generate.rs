@@ -218,19 +218,26 @@ impl SharedPrefill {
         let ids = codec::take_u32s(&mut input)?;
         let logits = codec::take_f32s(&mut input)?;
         let snapshot = CacheSnapshot::decode_prefill(&mut input)?;
-        (input.is_empty() && compressed <= ids.len()).then_some(Self {
-            snapshot,
-            logits,
-            ids,
-            compressed,
-            mode,
-            seconds,
-        })
+        let consistent = input.is_empty()
+            && compressed <= ids.len()
+            && !logits.is_empty()
+            && snapshot.is_shared_prefill_of(compressed);
+        consistent.then_some(Self { snapshot, logits, ids, compressed, mode, seconds })
     }
 
     /// The prompt ids it was made for.
     pub fn ids(&self) -> &[u32] {
         &self.ids
+    }
+
+    /// The mode it was made for.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Bytes it holds (keys, values and logits).
+    pub fn bytes(&self) -> usize {
+        self.snapshot.bytes() + 4 * self.logits.len()
     }
 }
 

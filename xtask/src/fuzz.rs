@@ -54,7 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .status()
         .context("running `cargo +nightly fuzz` (install it with `cargo install cargo-fuzz`)")?;
     if !status.success() {
-        bail!("the fuzzer stopped with {status}: a crash input is under fuzz/artifacts/{}", args.target);
+        bail!(
+            "cargo fuzz stopped with {status}: if libFuzzer found a crash, its input is under fuzz/artifacts/{} \
+             (otherwise see the error above: nightly toolchain? cargo-fuzz installed?)",
+            args.target
+        );
     }
     Ok(())
 }

@@ -146,6 +146,9 @@ impl FullStore {
 
     /// The state [`Self::encode`] wrote for `shape`; `None` if the bytes do not hold one.
     pub fn decode(shape: Heads, input: &mut &[u8]) -> Option<Self> {
+        if shape.kv_heads == 0 || shape.head_dim == 0 {
+            return None;
+        }
         let query_limit = codec::take_usize(input)?;
         let (mut keys, mut values, mut mass) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shape.kv_heads {

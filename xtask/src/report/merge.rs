@@ -7,37 +7,46 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// The trial results of every folder in `sources`, by trial name. A trial found twice must be
-/// identical both times (shards are disjoint; the same shard copied twice is harmless); a
-/// `results.json` (a shard's merged array) counts as its trials.
+/// The trial results of every folder in `sources` (each trial's JSON; a merged `results.json`
+/// is skipped, as it repeats them), by trial name. A trial found twice must be identical both
+/// times (shards are disjoint; the same shard copied twice is harmless); every trial must have
+/// run in the same mode.
 pub fn merge(sources: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
     let mut seen: BTreeMap<String, (PathBuf, Value)> = BTreeMap::new();
     for dir in sources {
         let entries = std::fs::read_dir(dir).with_context(|| format!("reading shard results {}", dir.display()))?;
         let mut paths: Vec<PathBuf> = entries.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
         paths.sort();
-        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
-            let v: Value =
+        let is_trial = |p: &PathBuf| {
+            p.extension().is_some_and(|e| e == "json") && p.file_name().is_some_and(|n| n != "results.json")
+        };
+        for path in paths.into_iter().filter(is_trial) {
+            let t: Value =
                 serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}", path.display()))?;
-            let trials = match v {
-                Value::Array(items) => items,
-                one => vec![one],
+            let Some(name) = t["trial"].as_str().map(str::to_string) else {
+                bail!("{} holds something that is not a trial result (no \"trial\" field)", path.display());
             };
-            for t in trials {
-                let Some(name) = t["trial"].as_str().map(str::to_string) else {
-                    bail!("{} holds something that is not a trial result (no \"trial\" field)", path.display());
-                };
-                match seen.get(&name) {
-                    Some((first, prev)) if *prev != t => bail!(
-                        "trial {name} is in {} and in {} with different results: shards must be disjoint \
-                         (run each `--partition hash:K/N` once)",
-                        first.display(),
-                        path.display()
-                    ),
-                    Some(_) => {}
-                    None => {
-                        seen.insert(name, (path.clone(), t));
-                    }
+            if let Some((first, prev)) = seen.values().next()
+                && prev["mode"] != t["mode"]
+            {
+                bail!(
+                    "{} ran in mode {} but {} in mode {}: merge shards of one mode",
+                    first.display(),
+                    prev["mode"],
+                    path.display(),
+                    t["mode"]
+                );
+            }
+            match seen.get(&name) {
+                Some((first, prev)) if *prev != t => bail!(
+                    "trial {name} is in {} and in {} with different results: shards must be disjoint \
+                     (run each `--partition hash:K/N` once)",
+                    first.display(),
+                    path.display()
+                ),
+                Some(_) => {}
+                None => {
+                    seen.insert(name, (path.clone(), t));
                 }
             }
         }
@@ -69,9 +78,14 @@ mod tests {
         put(&a, "full::needle", 1.0);
         put(&a, "h2o-4x::code", 0.2);
         put(&b, "kivi-2bit::needle", 0.5);
-        // a shard's merged array counts too, and a trial copied twice unchanged is fine
-        let arr = json!([{ "trial": "tova-2x::few-shot", "score": { "mean": 0.1 } }, { "trial": "full::needle", "score": { "mean": 1.0 } }]);
-        std::fs::write(b.join("results.json"), arr.to_string()).unwrap();
+        // a trial copied twice unchanged is fine; a merged results.json (stale or not) is skipped
+        put(&b, "tova-2x::few-shot", 0.1);
+        put(&b, "full::needle", 1.0);
+        std::fs::write(
+            b.join("results.json"),
+            json!([{ "trial": "full::needle", "score": { "mean": 0.0 } }]).to_string(),
+        )
+        .unwrap();
         let merged = merge(&[a.clone(), b.clone()]).unwrap();
         let names: Vec<&str> = merged.iter().map(|t| t["trial"].as_str().unwrap()).collect();
         assert_eq!(names, ["full::needle", "h2o-4x::code", "kivi-2bit::needle", "tova-2x::few-shot"]);
@@ -91,6 +105,11 @@ mod tests {
         std::fs::remove_file(b.join(format!("{}.json", kvbench::bench::golden::file_name("full::needle")))).unwrap();
         let e = merge(&[a.clone(), b.clone()]).unwrap_err().to_string();
         assert!(e.contains("junk.json"), "{e}");
+        std::fs::remove_file(b.join("junk.json")).unwrap();
+        let other_mode = json!({ "trial": "h2o-2x::code", "mode": "query-agnostic", "score": { "mean": 0.0 } });
+        std::fs::write(b.join("h2o-2x__code.json"), other_mode.to_string()).unwrap();
+        let e = merge(&[a.clone(), b.clone()]).unwrap_err().to_string();
+        assert!(e.contains("mode"), "{e}");
         for d in [a, b] {
             std::fs::remove_dir_all(d).unwrap();
         }

@@ -73,14 +73,21 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&trials)?)?;
 
     let md = table::markdown(&args.tier, &trials);
-    plots::score_vs_ratio(&trials, &out.join("score-vs-ratio"))?;
-    plots::needle_heatmaps(&trials, &out.join("needle-heatmap"))?;
     std::fs::write(out.join("report.md"), &md)?;
+    // the table stands without the plots (which need the font fetched): a plot that cannot be
+    // drawn is reported, and the command fails at the end
+    let plotted = [
+        plots::score_vs_ratio(&trials, &out.join("score-vs-ratio")),
+        plots::needle_heatmaps(&trials, &out.join("needle-heatmap")),
+    ];
     println!("{md}");
     eprintln!(
         "report: {} with score-vs-ratio.{{svg,png}}, needle-heatmap.{{svg,png}} and results.json ({} trials)",
         out.join("report.md").display(),
         trials.len(),
     );
+    for result in plotted {
+        result.context("report.md is written, but a plot could not be drawn")?;
+    }
     Ok(())
 }

@@ -247,6 +247,40 @@ mod tests {
     }
 
     #[test]
+    fn plots_are_drawn_as_svg_and_png() {
+        let trial = |method: &str, task: &str, ratio: f64, score: f64| {
+            serde_json::json!({
+                "trial": format!("{method}::{task}"), "method": method, "task": task,
+                "measured_ratio": ratio, "score": { "mean": score },
+                "samples": [
+                    { "id": "needle/s0/n1024/pg-essays/d0", "prompt_len": 1024, "depth": 0.0, "score": 1.0 },
+                    { "id": "needle/s1/n2048/pg-essays/d50", "prompt_len": 2048, "depth": 0.5, "score": 0.0 },
+                ],
+            })
+        };
+        let trials = vec![
+            trial("full", "needle", 0.5, 1.0),
+            trial("h2o-2x", "needle", 2.1, 0.5),
+            trial("h2o-4x", "code", 4.2, 0.1),
+        ];
+        let dir = std::env::temp_dir().join(format!("kvbench-plots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        score_vs_ratio(&trials, &dir.join("s")).unwrap();
+        needle_heatmaps(&trials, &dir.join("n")).unwrap();
+        for stem in ["s", "n"] {
+            let svg = std::fs::read_to_string(dir.join(stem).with_extension("svg")).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("<text"), "{stem}.svg");
+            let png = std::fs::read(dir.join(stem).with_extension("png")).unwrap();
+            assert_eq!(&png[1..4], b"PNG", "{stem}.png");
+        }
+        let cells = needle_cells(&trials);
+        assert_eq!(cells.len(), 2, "full and h2o-2x have needle results");
+        assert_eq!(cells[0].1[&(1024, 0)], (1.0, 1));
+        assert_eq!(cells[0].1[&(2048, 50)], (0.0, 1));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn needle_lengths_come_from_ids() {
         assert_eq!(target_len("needle/s0/n2048/pg-essays/d20"), Some(2048));
         assert_eq!(target_len("needle/s0/pg-essays"), None);
