@@ -312,7 +312,9 @@ pub enum TaskError {
 pub fn sample(task: Task, seed: u64, target_len: usize, tok: &Tokenizer) -> Result<Sample, TaskError> {
     let mut rng = Rng::new(task, seed);
     let parts = match task {
-        Task::Needle => needle::build(&mut rng, target_len, tok, needle::Phrasing::Ruler, None)?,
+        Task::Needle => {
+            needle::build(&mut rng, target_len, tok, needle::Phrasing::Ruler, Some(needle::depth_of_seed(seed)))?
+        }
         Task::Synthetic => synthetic::build(&mut rng, target_len, tok)?,
         Task::SingleDocQa => single_doc_qa::build(&mut rng, target_len, tok)?,
         Task::MultiDocQa => multi_doc_qa::build(&mut rng, target_len, tok)?,

@@ -114,6 +114,13 @@ pub fn insert(sentences: &[String], needles: &[(f64, String)]) -> String {
     pieces.join(" ")
 }
 
+/// The depth a benchmark sample of `seed` puts its needle at: `(seed mod 11) × 10%`. With the
+/// full tier's lengths assigned by `seed mod 4` (`bench::Tier::lens`), every 44 consecutive
+/// seeds cover the whole depth × length grid once (4 and 11 are coprime).
+pub fn depth_of_seed(seed: u64) -> f64 {
+    (seed % 11) as f64 / 10.0
+}
+
 /// Build a needle sample; `depth` in [0, 1], drawn from {0, 0.1, ..., 1} when `None`.
 pub fn build(
     rng: &mut Rng,
