@@ -55,10 +55,7 @@ fn shared() -> &'static Shared {
             Ok("query-agnostic") => Mode::QueryAgnostic,
             Ok(other) => panic!("KVBENCH_MODE={other:?}: use query-aware or query-agnostic"),
         };
-        let results = match std::env::var_os("KVBENCH_RESULTS") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kvbench-results").join(tier.name()),
-        };
+        let results = tier.results_dir();
         let prefills = match DiskPrefills::from_env().unwrap_or_else(|e| panic!("{e}")) {
             Some(disk) => PrefillCache::with_disk(disk),
             None => PrefillCache::default(),

@@ -226,7 +226,7 @@ mod tests {
             assert_ne!(c.path(&changed), p);
         }
         assert_ne!(DiskPrefills::new(PathBuf::from("/x"), 1, "other".into()).path(&base), p);
-        assert_eq!(c.path(&base), p);
+        assert!(p.starts_with(c.build_dir()), "entries live in their build's folder");
     }
 
     #[test]

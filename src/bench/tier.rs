@@ -22,9 +22,17 @@ impl Tier {
     /// From `KVBENCH_TIER` (`default` when unset).
     pub fn from_env() -> Result<Self, String> {
         match std::env::var("KVBENCH_TIER").as_deref() {
-            Err(_) | Ok("") | Ok("default") => Ok(Self::Default),
-            Ok("full") => Ok(Self::Full),
-            Ok(other) => Err(format!("KVBENCH_TIER={other:?}: use `default` or `full`")),
+            Err(_) | Ok("") => Ok(Self::Default),
+            Ok(name) => Self::from_name(name).map_err(|e| format!("KVBENCH_TIER: {e}")),
+        }
+    }
+
+    /// The tier called `name`.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name {
+            "default" => Ok(Self::Default),
+            "full" => Ok(Self::Full),
+            other => Err(format!("unknown tier {other:?}: use `default` or `full`")),
         }
     }
 
@@ -67,6 +75,15 @@ impl Tier {
     /// The trace of `task`.
     pub fn trace_path(self, task: Task) -> PathBuf {
         self.trace_dir().join(format!("{}.trace.zst", task.name()))
+    }
+
+    /// Where this tier's per-trial results are written: `$KVBENCH_RESULTS`, else
+    /// `target/kvbench-results/<tier>`.
+    pub fn results_dir(self) -> PathBuf {
+        match std::env::var_os("KVBENCH_RESULTS") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kvbench-results").join(self.name()),
+        }
     }
 
     /// Where this tier's golden snapshots live.

@@ -23,9 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !matches!(args.tier.as_str(), "default" | "full") {
-        bail!("unknown tier {:?}: use `default` or `full`", args.tier);
-    }
+    kvbench::bench::Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
     let status = Command::new(env!("CARGO"))
         .current_dir(crate::project_root())
         .args(["test", "--test", "bench", "--"])

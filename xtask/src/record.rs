@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kvbench::bench::Tier;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
@@ -26,11 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let tier = match args.tier.as_str() {
-        "default" => Tier::Default,
-        "full" => Tier::Full,
-        other => bail!("unknown tier {other:?}: use `default` or `full`"),
-    };
+    let tier = Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
     let tasks = match &args.task {
         Some(name) => vec![Task::from_name(name)?],
         None => Task::ALL.to_vec(),

@@ -8,6 +8,7 @@ mod table;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use kvbench::bench::Tier;
 use serde_json::Value;
 
 pub use merge::merge;
@@ -26,14 +27,6 @@ pub struct ReportArgs {
     /// `target/kvbench-results/<tier>-merged` with --merge).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-}
-
-/// Where a tier's per-trial results are written (`$KVBENCH_RESULTS`, as for the trials).
-pub fn results_dir(tier: &str) -> PathBuf {
-    match std::env::var_os("KVBENCH_RESULTS") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => crate::project_root().join("target/kvbench-results").join(tier),
-    }
 }
 
 /// Trial results in `dir` (every `*.json` but the merged `results.json`), sorted by trial name.
@@ -57,11 +50,9 @@ pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
-    if !matches!(args.tier.as_str(), "default" | "full") {
-        bail!("unknown tier {:?}: use `default` or `full`", args.tier);
-    }
+    Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
     let (trials, out) = if args.merge.is_empty() {
-        let dir = results_dir(&args.tier);
+        let dir = Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?.results_dir();
         (load(&dir)?, args.out.unwrap_or(dir))
     } else {
         let trials = merge(&args.merge)?;
