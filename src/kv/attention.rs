@@ -14,6 +14,9 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// Shape of the attention problem.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
@@ -67,28 +70,16 @@ pub fn attend_observed(
     }
 
     if t <= FEW_ROWS && d % LANES == 0 && group <= MAX_GROUP {
-        // One task per (kv head, query row): the group's query heads share each key/value read.
-        let tasks: Vec<(usize, usize)> = (0..kv_heads).flat_map(|g| (0..t).map(move |j| (g, j))).collect();
-        let rows: Vec<(Vec<f32>, Vec<f32>)> = tasks
-            .par_iter()
-            .map(|&(g, j)| {
-                let visible = n - t + j + 1;
-                let first = j * q_stride + g * group * d;
-                let mut o = vec![0.0f32; group * d];
-                let mut scores = vec![0.0f32; group * visible];
-                grouped_row(&q[first..first + group * d], d, kv[g], scale, &mut scores, &mut o);
-                (o, scores)
-            })
-            .collect();
-        for (&(g, j), (o, scores)) in tasks.iter().zip(&rows) {
-            out[j * heads * d + g * group * d..][..group * d].copy_from_slice(o);
-            if let Some(mass) = mass.as_deref_mut() {
-                for row in scores.chunks_exact(n - t + j + 1) {
-                    mass[g].iter_mut().zip(row).for_each(|(m, p)| *m += p);
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        if d == avx2::HEAD_DIM
+            && group <= avx2::MAX_GROUP
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { avx2::attend_rows(shape, q, q_stride, t, kv, out, mass) };
         }
-        return;
+        return attend_rows(shape, q, q_stride, t, kv, out, mass);
     }
 
     let observe = mass.is_some();
@@ -158,6 +149,41 @@ pub fn attend_observed(
         }
         if let (Some(mass), Some(sums)) = (mass.as_deref_mut(), column_sums) {
             mass[h / group].iter_mut().zip(sums).for_each(|(m, p)| *m += p);
+        }
+    }
+}
+
+/// The streaming path for a few query rows: one task per (kv head, query row), so that the
+/// group's query heads share each key and value read.
+fn attend_rows(
+    shape: Heads,
+    q: &[f32],
+    q_stride: usize,
+    t: usize,
+    kv: &[KvView<'_>],
+    out: &mut [f32],
+    mut mass: Option<&mut [Vec<f32>]>,
+) {
+    let Heads { heads, kv_heads, head_dim: d } = shape;
+    let (n, group, scale) = (kv[0].keys.len() / d, heads / kv_heads, 1.0 / (d as f32).sqrt());
+    let tasks: Vec<(usize, usize)> = (0..kv_heads).flat_map(|g| (0..t).map(move |j| (g, j))).collect();
+    let rows: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(g, j)| {
+            let visible = n - t + j + 1;
+            let first = j * q_stride + g * group * d;
+            let mut o = vec![0.0f32; group * d];
+            let mut scores = vec![0.0f32; group * visible];
+            grouped_row(&q[first..first + group * d], d, kv[g], scale, &mut scores, &mut o);
+            (o, scores)
+        })
+        .collect();
+    for (&(g, j), (o, scores)) in tasks.iter().zip(&rows) {
+        out[j * heads * d + g * group * d..][..group * d].copy_from_slice(o);
+        if let Some(mass) = mass.as_deref_mut() {
+            for row in scores.chunks_exact(n - t + j + 1) {
+                mass[g].iter_mut().zip(row).for_each(|(m, p)| *m += p);
+            }
         }
     }
 }
@@ -266,7 +292,15 @@ unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
 fn softmax_prefix_generic(row: &mut [f32], visible: usize) {
     let (live, masked) = row.split_at_mut(visible);
     masked.fill(0.0);
-    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // eight running maxima, so that the loop vectorises (max is exact: any order gives the same)
+    let mut maxima = [f32::NEG_INFINITY; LANES];
+    let mut chunks = live.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            maxima[l] = maxima[l].max(c[l]);
+        }
+    }
+    let max = maxima.iter().chain(chunks.remainder()).copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sums = [0.0f32; LANES];
     let mut chunks = live.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -300,7 +334,11 @@ fn exp_nonpositive(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 0.5);
     let er = (p * r).mul_add(r, r) + 1.0;
-    er * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    // 2^k from exponent bits. `k` is a whole number in [-126, 0], so `k + 127 + 2^23` is exact
+    // and its low mantissa bits are `k + 127`: the same bits as `((k as i32 + 127) as u32) << 23`
+    // without a float-to-int conversion, whose saturating semantics keep the loop from
+    // vectorising.
+    er * f32::from_bits((k + (127.0 + 8_388_608.0)).to_bits() << 23)
 }
 
 /// Straightforward f64 attention, the reference the kernel is tested against.
@@ -370,6 +408,16 @@ mod tests {
             let x = -87.0 * i as f32 / 200_000.0;
             let (got, want) = (exp_nonpositive(x), x.exp());
             assert!((got - want).abs() <= 2.5e-7 * want, "exp({x}) = {got}, std {want}");
+        }
+    }
+
+    #[test]
+    fn exponent_bits_match_the_integer_conversion() {
+        for i in 0..=2_000_000 {
+            let x = -87.0 * i as f32 / 2_000_000.0;
+            let k = (x * std::f32::consts::LOG2_E).round();
+            let by_int = ((k as i32 + 127) as u32) << 23;
+            assert_eq!((k + (127.0 + 8_388_608.0)).to_bits() << 23, by_int, "k = {k}");
         }
     }
 

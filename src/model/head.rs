@@ -67,21 +67,96 @@ impl Kernel for Q8LinearKernel {
         }
         let mut out = ctx.output(0, [n as i64, v as i64])?.ok_or_else(|| ort::Error::new("Q8Linear: no output"))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        super::rowwise::by_weight_rows(
-            v,
-            n,
-            ROWS_PER_TASK,
-            out,
-            || vec![0.0f32; k],
-            |w, r, dots| {
-                dequantize_row(&codes[r * k..][..k], &scales[r * k / BLOCK..][..k / BLOCK], w);
-                for (dot_j, xr) in dots.iter_mut().zip(x.chunks_exact(k)) {
-                    *dot_j = dot(w, xr);
-                }
-            },
-        );
+        q8_matmul(x, k, codes, scales, out);
         Ok(())
     }
+}
+
+/// `out[M, V] = x[M, K] · Wᵀ` for the Q8_0 matrix `W` given as `codes [V, K]` and `scales
+/// [V, K/32]` (shapes checked by the caller), weight rows split across rayon's pool.
+///
+/// One input row (a decode step) streams four weight rows at a time through [`dot4`]; more input
+/// rows dequantize each weight row once and dot it with all of them. Both paths round the same
+/// products in the same order, so they agree bit for bit.
+pub fn q8_matmul(x: &[f32], k: usize, codes: &[i8], scales: &[f32], out: &mut [f32]) {
+    let (n, v) = (x.len() / k, codes.len() / k);
+    if n == 1 {
+        super::rowwise::by_weight_row_blocks(v, 1, ROWS_PER_TASK, out, |rows, tile| {
+            let (codes, scales) =
+                (&codes[rows.start * k..rows.end * k], &scales[rows.start * k / BLOCK..][..tile.len() * k / BLOCK]);
+            let (quads, rest) = tile.split_at_mut(tile.len() / 4 * 4);
+            for (i, dots) in quads.chunks_exact_mut(4).enumerate() {
+                let rows = |j: usize| (&codes[(4 * i + j) * k..][..k], &scales[(4 * i + j) * k / BLOCK..][..k / BLOCK]);
+                dots.copy_from_slice(&dot4([rows(0), rows(1), rows(2), rows(3)], x));
+            }
+            let mut w = vec![0.0f32; k];
+            for (j, dot_r) in rest.iter_mut().enumerate() {
+                let r = quads.len() + j;
+                dequantize_row(&codes[r * k..][..k], &scales[r * k / BLOCK..][..k / BLOCK], &mut w);
+                *dot_r = dot(&w, x);
+            }
+        });
+        return;
+    }
+    super::rowwise::by_weight_rows(
+        v,
+        n,
+        ROWS_PER_TASK,
+        out,
+        || vec![0.0f32; k],
+        |w, r, dots| {
+            dequantize_row(&codes[r * k..][..k], &scales[r * k / BLOCK..][..k / BLOCK], w);
+            for (dot_j, xr) in dots.iter_mut().zip(x.chunks_exact(k)) {
+                *dot_j = dot(w, xr);
+            }
+        },
+    );
+}
+
+/// Four weight rows (`(codes, scales)`) dotted with `x`: `dot(dequantize_row(row), x)` for each,
+/// fused so that no row is written out and the four accumulation chains run side by side.
+fn dot4(rows: [(&[i8], &[f32]); 4], x: &[f32]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { dot4_avx2(rows, x) };
+    }
+    let mut w = vec![0.0f32; x.len()];
+    rows.map(|(codes, scales)| {
+        dequantize_row(codes, scales, &mut w);
+        dot(&w, x)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot4_avx2(rows: [(&[i8], &[f32]); 4], x: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    assert!(rows.iter().all(|(c, s)| c.len() == k && s.len() * BLOCK == k));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
+        for (r, (codes, scales)) in rows.iter().enumerate() {
+            let d = _mm256_set1_ps(scales[b]);
+            let cb = &codes[b * BLOCK..][..BLOCK];
+            for (c, xc) in cb.chunks_exact(LANES).zip(xb.chunks_exact(LANES)) {
+                // SAFETY: `c` holds 8 bytes and `xc` 8 floats (chunks_exact).
+                let (q, xv) = unsafe {
+                    (
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(c.as_ptr().cast()))),
+                        _mm256_loadu_ps(xc.as_ptr()),
+                    )
+                };
+                acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, q), xv, acc[r]);
+            }
+        }
+    }
+    acc.map(|a| {
+        let mut lanes = [0.0f32; LANES];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+        lanes.iter().sum()
+    })
 }
 
 fn dequantize_row(codes: &[i8], scales: &[f32], w: &mut [f32]) {
@@ -121,6 +196,29 @@ fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_four_row_dot_is_bit_identical_to_dequantize_then_dot() {
+        let k = 576;
+        let codes: Vec<i8> = (0..5 * k).map(|i| ((i * 37 + i / 7) % 255) as i8).collect();
+        let scales: Vec<f32> = (0..5 * k / BLOCK).map(|i| 0.003 * (i as f32 * 0.7).cos()).collect();
+        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.3).sin() * 3.0).collect();
+        let row = |r: usize| (&codes[r * k..][..k], &scales[r * k / BLOCK..][..k / BLOCK]);
+        let fused = dot4([row(0), row(1), row(2), row(3)], &x);
+        let mut w = vec![0.0; k];
+        for (r, got) in fused.iter().enumerate() {
+            dequantize_row(row(r).0, row(r).1, &mut w);
+            assert_eq!(got.to_bits(), dot(&w, &x).to_bits(), "row {r}");
+        }
+        // through the public entry (four fused rows and a remainder row), one input row gives
+        // what the dequantizing path for several input rows gives
+        let mut out = vec![0.0; 5];
+        q8_matmul(&x, k, &codes, &scales, &mut out);
+        let mut out2 = vec![0.0; 10];
+        q8_matmul(&[x.clone(), x.clone()].concat(), k, &codes, &scales, &mut out2);
+        assert_eq!(out, out2[..5], "one input row and two input rows agree");
+        assert_eq!(out[..4], fused);
+    }
 
     #[test]
     fn dequantized_dot_matches_f64_reference() {

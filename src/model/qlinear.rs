@@ -69,26 +69,97 @@ impl Kernel for Q4LinearKernel {
         if !k.is_multiple_of(BLOCK) || c_shape[1] as usize != k / 2 || d.len() != n * blocks || m.len() != n * blocks {
             return Err(ort::Error::new(format!("Q4Linear: x {x_shape:?} does not fit codes {c_shape:?}")));
         }
-        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
         let mut out =
             ctx.output(0, [rows_x as i64, n as i64])?.ok_or_else(|| ort::Error::new("Q4Linear: no output"))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        super::rowwise::by_weight_rows(
-            n,
-            rows_x,
-            ROWS_PER_TASK,
-            out,
-            || (),
-            |_, r, dots| {
-                let (c, dr, mr) =
-                    (&codes[r * k / 2..][..k / 2], &d[r * blocks..][..blocks], &m[r * blocks..][..blocks]);
-                for ((dot_j, xr), sr) in dots.iter_mut().zip(x.chunks_exact(k)).zip(sums.chunks_exact(blocks)) {
-                    *dot_j = row_dot(c, dr, mr, xr, sr);
-                }
-            },
-        );
+        q4_matmul(x, k, codes, d, m, out);
         Ok(())
     }
+}
+
+/// `out[M, N] = x[M, K] · Wᵀ` for the Q4_1 matrix `W` given as `codes [N, K/2]`, `d [N, K/32]`
+/// and `m [N, K/32]` (shapes checked by the caller), weight rows split across rayon's pool.
+pub fn q4_matmul(x: &[f32], k: usize, codes: &[u8], d: &[f32], m: &[f32], out: &mut [f32]) {
+    let (rows_x, blocks) = (x.len() / k, k / BLOCK);
+    let n = d.len() / blocks;
+    let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
+    super::rowwise::by_weight_row_blocks(n, rows_x, ROWS_PER_TASK, out, |rows, tile| {
+        let (first, count) = (rows.start, rows.len());
+        let (c, dr, mr) = (
+            &codes[first * k / 2..][..count * k / 2],
+            &d[first * blocks..][..count * blocks],
+            &m[first * blocks..][..count * blocks],
+        );
+        for (j, (xr, sr)) in x.chunks_exact(k).zip(sums.chunks_exact(blocks)).enumerate() {
+            let quads = count / 4;
+            for i in 0..quads {
+                let dots = rows_dot4(
+                    &c[i * 2 * k..][..2 * k],
+                    &dr[i * 4 * blocks..][..4 * blocks],
+                    &mr[i * 4 * blocks..][..4 * blocks],
+                    xr,
+                    sr,
+                );
+                for (r, dot) in dots.into_iter().enumerate() {
+                    tile[(4 * i + r) * rows_x + j] = dot;
+                }
+            }
+            for r in 4 * quads..count {
+                let (cr, drr, mrr) =
+                    (&c[r * k / 2..][..k / 2], &dr[r * blocks..][..blocks], &mr[r * blocks..][..blocks]);
+                tile[r * rows_x + j] = row_dot(cr, drr, mrr, xr, sr);
+            }
+        }
+    });
+}
+
+/// Four consecutive weight rows (`codes`, `d`, `m` each holding four rows) dotted with `x`:
+/// [`row_dot`] of each, bit for bit, with the four rows' chains interleaved and `x` read once.
+fn rows_dot4(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -> [f32; 4] {
+    let (half, blocks) = (codes.len() / 4, d.len() / 4);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { rows_dot4_avx2(codes, d, m, x, sums) };
+    }
+    std::array::from_fn(|r| {
+        row_dot_generic(&codes[r * half..][..half], &d[r * blocks..][..blocks], &m[r * blocks..][..blocks], x, sums)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn rows_dot4_avx2(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let blocks = sums.len();
+    assert!(codes.len() == 4 * blocks * 16 && d.len() == 4 * blocks && m.len() == 4 * blocks);
+    assert!(x.len() == blocks * BLOCK);
+    let low = _mm_set1_epi8(0x0f);
+    let zero = _mm256_setzero_ps();
+    let mut total = [zero; 4];
+    let mut offset = [0.0f32; 4];
+    for (b, (xb, &sb)) in x.chunks_exact(BLOCK).zip(sums).enumerate() {
+        // SAFETY: `xb` holds 32 floats (chunks_exact).
+        let [x0, x1, x2, x3] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
+        for r in 0..4 {
+            let at = r * blocks + b;
+            // SAFETY: block `b` of row `r` is 16 bytes inside `codes` (length asserted above).
+            let q = unsafe { _mm_loadu_si128(codes.as_ptr().add(at * 16).cast()) };
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+            let widen = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+            let lo_sum = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), x1, _mm256_fmadd_ps(widen(lo), x0, zero));
+            let hi_sum = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), x3, _mm256_fmadd_ps(widen(hi), x2, zero));
+            total[r] = _mm256_fmadd_ps(_mm256_set1_ps(d[at]), _mm256_add_ps(lo_sum, hi_sum), total[r]);
+            offset[r] = m[at].mul_add(sb, offset[r]);
+        }
+    }
+    std::array::from_fn(|r| {
+        let mut lanes = [0.0f32; LANES];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total[r]) };
+        lanes.iter().sum::<f32>() + offset[r]
+    })
 }
 
 /// One weight row dotted with `x`, whose block sums are `sums`.
@@ -101,10 +172,45 @@ fn row_dot(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -> f32 {
     row_dot_generic(codes, d, m, x, sums)
 }
 
+/// [`row_dot_generic`] written out in AVX2: the same products rounded in the same order (so
+/// the result is bit-identical), without the bounds checks and lane shuffles the compiler left
+/// in the generic loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_dot_avx2(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -> f32 {
-    row_dot_generic(codes, d, m, x, sums)
+fn row_dot_avx2(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let blocks = d.len();
+    assert!(codes.len() == blocks * 16 && m.len() == blocks && x.len() == blocks * BLOCK && sums.len() == blocks);
+    let low = _mm_set1_epi8(0x0f);
+    let zero = _mm256_setzero_ps();
+    let mut total = zero;
+    let mut offset = 0.0f32;
+    for (((qs, xb), &db), (&mb, &sb)) in
+        codes.chunks_exact(16).zip(x.chunks_exact(BLOCK)).zip(d).zip(m.iter().zip(sums))
+    {
+        // SAFETY: `qs` holds 16 bytes and `xb` 32 floats (chunks_exact).
+        let (q, x0, x1, x2, x3) = unsafe {
+            let p = xb.as_ptr();
+            (
+                _mm_loadu_si128(qs.as_ptr().cast()),
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            )
+        };
+        let lo = _mm_and_si128(q, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+        let widen = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+        let lo_sum = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), x1, _mm256_fmadd_ps(widen(lo), x0, zero));
+        let hi_sum = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), x3, _mm256_fmadd_ps(widen(hi), x2, zero));
+        total = _mm256_fmadd_ps(_mm256_set1_ps(db), _mm256_add_ps(lo_sum, hi_sum), total);
+        offset = mb.mul_add(sb, offset);
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
+    lanes.iter().sum::<f32>() + offset
 }
 
 #[inline(always)]
@@ -157,7 +263,8 @@ mod tests {
         let mut deq = vec![0.0f32; 96];
         dequantize_q4_1(&raw, &mut deq);
         let want: f64 = deq.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let got = row_dot(&codes, &ds, &ms, &x, &sums) as f64;
-        assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+        let got = row_dot(&codes, &ds, &ms, &x, &sums);
+        assert!((got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+        assert_eq!(got.to_bits(), row_dot_generic(&codes, &ds, &ms, &x, &sums).to_bits(), "SIMD and generic agree");
     }
 }

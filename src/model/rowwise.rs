@@ -17,15 +17,30 @@ pub fn by_weight_rows<S>(
     init: impl Fn() -> S + Sync,
     row: impl Fn(&mut S, usize, &mut [f32]) + Sync,
 ) {
+    by_weight_row_blocks(n, m, rows_per_task, out, |rows, tile| {
+        let mut scratch = init();
+        for (dots, r) in tile.chunks_exact_mut(m).zip(rows) {
+            row(&mut scratch, r, dots);
+        }
+    })
+}
+
+/// [`by_weight_rows`] for kernels that take several weight rows at once: `block(rows, tile)`
+/// writes the `m` dot products of each weight row in `rows` into consecutive `m`-value runs of
+/// `tile`.
+pub fn by_weight_row_blocks(
+    n: usize,
+    m: usize,
+    rows_per_task: usize,
+    out: &mut [f32],
+    block: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
     let tiles: Vec<Vec<f32>> = (0..n.div_ceil(rows_per_task))
         .into_par_iter()
         .map(|task| {
             let rows = task * rows_per_task..((task + 1) * rows_per_task).min(n);
             let mut tile = vec![0.0f32; rows.len() * m];
-            let mut scratch = init();
-            for (dots, r) in tile.chunks_exact_mut(m).zip(rows) {
-                row(&mut scratch, r, dots);
-            }
+            block(rows, &mut tile);
             tile
         })
         .collect();

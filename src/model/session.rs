@@ -201,14 +201,20 @@ impl Runtime {
         let t = ids.len();
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let session = if t <= DECODE_ROWS { &mut self.decode } else { &mut self.prefill };
-        let outputs = session.run(ort::inputs![
-            "input_ids" => Tensor::from_array(([t], ids))?,
-            "positions" => Tensor::from_array(([t], positions.to_vec()))?,
-            "logit_rows" => Tensor::from_array(([logit_rows.len()], logit_rows.to_vec()))?,
-        ])?;
-        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
-        let logits = logits.to_vec();
-        drop(outputs);
+        let run = || -> Result<Vec<f32>, ModelError> {
+            let outputs = session.run(ort::inputs![
+                "input_ids" => Tensor::from_array(([t], ids))?,
+                "positions" => Tensor::from_array(([t], positions.to_vec()))?,
+                "logit_rows" => Tensor::from_array(([logit_rows.len()], logit_rows.to_vec()))?,
+            ])?;
+            let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
+            Ok(logits.to_vec())
+        };
+        // Run the graph on a rayon worker (the current one, or one of the global pool's), so
+        // that kvbench's kernels, which split their work on rayon, start it on their own thread
+        // instead of handing it to a sleeping pool and blocking: two thread wake-ups per kernel,
+        // ~150 kernels per decode step (docs/PERF.md).
+        let logits = rayon::scope(|_| run())?;
         self.lock_cache()?.note_step(t);
         Ok(logits)
     }

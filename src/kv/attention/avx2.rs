@@ -1,0 +1,220 @@
+//! The decode-step attention row ([`super::grouped_row_generic`]) written out in AVX2 for
+//! 64-dimensional heads and GQA groups of up to four query heads (SmolLM2: three).
+//!
+//! Every product is rounded in the order the generic kernel rounds it, so the two agree bit for
+//! bit (tested below); what changes is the schedule:
+//! - **Scores, eight keys at a time per query head**: eight independent 8-lane FMA chains, then
+//!   an 8×8 transpose so that each key's lanes are added in the generic kernel's order (lane 0,
+//!   then 1, …) with eight keys per vector add, instead of a store and eight scalar adds per key.
+//! - **Weighted values, half or a quarter of a row at a time**: the `G` query heads' outputs for
+//!   those dimensions are `4·G` (`G ≤ 3`) or `2·G` accumulators that stay in registers across
+//!   all keys, instead of being loaded and stored for every key; value rows are read from cache
+//!   once per pass.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::{Heads, KvView, LANES, softmax_prefix_generic};
+
+/// Head dimension this kernel is written for.
+pub const HEAD_DIM: usize = 64;
+/// Largest group it handles.
+pub const MAX_GROUP: usize = 4;
+/// 8-lane chunks per head row.
+const CHUNKS: usize = HEAD_DIM / LANES;
+/// Keys scored per step (one register each).
+const KEYS: usize = 8;
+/// 8-lane chunks of the output per weighing task (`2·G` accumulators in registers).
+const PART: usize = 2;
+
+/// Same contract as [`super::attend_rows`] with `d = 64` and groups of at most four, and the
+/// same bits, in two parallel phases so that two threads share the work evenly whatever the
+/// number of kv heads: first one task per query head and row (scores, softmax), then one per kv
+/// head, row and quarter of the output dimensions (the probability-weighted values).
+#[target_feature(enable = "avx2,fma")]
+pub fn attend_rows(
+    shape: Heads,
+    q: &[f32],
+    q_stride: usize,
+    t: usize,
+    kv: &[KvView<'_>],
+    out: &mut [f32],
+    mass: Option<&mut [Vec<f32>]>,
+) {
+    let Heads { heads, kv_heads, head_dim: d } = shape;
+    let (n, group, scale) = (kv[0].keys.len() / d, heads / kv_heads, 1.0 / (d as f32).sqrt());
+    assert!(d == HEAD_DIM && (1..=MAX_GROUP).contains(&group));
+    // row (g, j, r): query head g·group + r of query row j, over the first n − t + j + 1 keys
+    let rows: Vec<(usize, usize, usize)> =
+        (0..kv_heads).flat_map(|g| (0..t).flat_map(move |j| (0..group).map(move |r| (g, j, r)))).collect();
+    let probs: Vec<Vec<f32>> = rows
+        .par_iter()
+        .map(|&(g, j, r)| {
+            let mut row = vec![0.0f32; n - t + j + 1];
+            let qh = &q[j * q_stride + (g * group + r) * d..][..d];
+            score_row(qh, kv[g].keys, scale, &mut row);
+            let visible = row.len();
+            softmax_prefix_generic(&mut row, visible);
+            row
+        })
+        .collect();
+    let at = |g: usize, j: usize| &probs[(g * t + j) * group..][..group];
+    let parts: Vec<(usize, usize, usize)> =
+        (0..kv_heads).flat_map(|g| (0..t).flat_map(move |j| (0..CHUNKS / PART).map(move |p| (g, j, p)))).collect();
+    let weighed: Vec<Vec<f32>> = parts
+        .par_iter()
+        .map(|&(g, j, part)| {
+            let mut o = vec![0.0f32; group * PART * LANES];
+            match group {
+                1 => weigh_part::<1>(at(g, j), kv[g].values, part, &mut o),
+                2 => weigh_part::<2>(at(g, j), kv[g].values, part, &mut o),
+                3 => weigh_part::<3>(at(g, j), kv[g].values, part, &mut o),
+                _ => weigh_part::<4>(at(g, j), kv[g].values, part, &mut o),
+            }
+            o
+        })
+        .collect();
+    for (&(g, j, part), o) in parts.iter().zip(&weighed) {
+        for (r, chunk) in o.chunks_exact(PART * LANES).enumerate() {
+            out[j * heads * d + (g * group + r) * d + part * PART * LANES..][..PART * LANES].copy_from_slice(chunk);
+        }
+    }
+    if let Some(mass) = mass {
+        for (g, mass_g) in mass.iter_mut().enumerate() {
+            for j in 0..t {
+                for row in at(g, j) {
+                    mass_g.iter_mut().zip(row).for_each(|(m, p)| *m += p);
+                }
+            }
+        }
+    }
+}
+
+/// `row[i] = scale · Σ_lanes (q ⊙ k_i)`, each key's eight lane partials added in lane order.
+#[target_feature(enable = "avx2,fma")]
+fn score_row(q: &[f32], keys: &[f32], scale: f32, row: &mut [f32]) {
+    // SAFETY (all loads and stores): offsets are inside `q` (64 values), `keys` (64 per row of
+    // `row`) and `row`, as the loops bound them.
+    let load = |s: &[f32], at: usize| unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) };
+    let q: [__m256; CHUNKS] = std::array::from_fn(|c| load(q, c * LANES));
+    let dot = |i: usize| {
+        let mut a = _mm256_setzero_ps();
+        for (c, &qc) in q.iter().enumerate() {
+            a = _mm256_fmadd_ps(qc, load(keys, i * HEAD_DIM + c * LANES), a);
+        }
+        a
+    };
+    // what `[f32]::iter().sum()` starts from, so that the vector sums below match it exactly
+    let start = _mm256_set1_ps(std::iter::empty::<f32>().sum());
+    let whole = row.len() / KEYS * KEYS;
+    let scale_v = _mm256_set1_ps(scale);
+    for first in (0..whole).step_by(KEYS) {
+        let acc: [__m256; KEYS] = std::array::from_fn(|u| dot(first + u));
+        let lanes = transpose8(acc);
+        let sum = lanes.iter().fold(start, |s, &l| _mm256_add_ps(s, l));
+        unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(first), _mm256_mul_ps(sum, scale_v)) };
+    }
+    for (i, score) in row.iter_mut().enumerate().skip(whole) {
+        let mut lanes = [0.0f32; LANES];
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), dot(i)) };
+        *score = lanes.iter().sum::<f32>() * scale;
+    }
+}
+
+/// Rows to columns: lane `l` of output `j` is lane `j` of input `l`.
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// `out[r][c] = Σ_i probs[r][i] · v_i[c]` for the `PART` 8-lane chunks `c` of part `part`,
+/// each value accumulated over `i` in order from zero, the `G` heads' `2·G` accumulators in
+/// registers.
+#[target_feature(enable = "avx2,fma")]
+fn weigh_part<const G: usize>(probs: &[Vec<f32>], values: &[f32], part: usize, out: &mut [f32]) {
+    let visible = probs[0].len();
+    assert!(probs.len() == G && probs.iter().all(|p| p.len() == visible) && out.len() == G * PART * LANES);
+    assert!(values.len() >= visible * HEAD_DIM);
+    let probs: [&[f32]; G] = std::array::from_fn(|r| &probs[r][..visible]);
+    let mut acc = [[_mm256_setzero_ps(); PART]; G];
+    for i in 0..visible {
+        // SAFETY: row `i`'s part lies inside `values` (length asserted above).
+        let row = unsafe { values.as_ptr().add(i * HEAD_DIM + part * PART * LANES) };
+        for (acc_r, p) in acc.iter_mut().zip(&probs) {
+            let p = _mm256_set1_ps(p[i]);
+            for (c, a) in acc_r.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(p, unsafe { _mm256_loadu_ps(row.add(c * LANES)) }, *a);
+            }
+        }
+    }
+    for (chunk, a) in out.chunks_exact_mut(LANES).zip(acc.iter().flatten()) {
+        // SAFETY: `chunk` holds 8 floats.
+        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), *a) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(seed: u32, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|i| ((i as f32 * 0.618 + seed as f32 * 1.7).sin() * 43_758.547).fract() * scale).collect()
+    }
+
+    fn check(heads: usize, kv_heads: usize) {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let shape = Heads { heads, kv_heads, head_dim: HEAD_DIM };
+        for (t, n) in [(1usize, 1usize), (1, 3), (1, 8), (1, 9), (2, 130), (4, 1031)] {
+            let stride = heads * HEAD_DIM + 7;
+            let q = noise(1, t * stride, 2.0);
+            let (keys, values): (Vec<_>, Vec<_>) = (0..kv_heads)
+                .map(|g| (noise(2 + g as u32, n * HEAD_DIM, 2.0), noise(9 + g as u32, n * HEAD_DIM, 1.0)))
+                .unzip();
+            let kv: Vec<KvView> = keys.iter().zip(&values).map(|(k, v)| KvView { keys: k, values: v }).collect();
+            let (mut o1, mut o2) = (vec![0.0; t * heads * HEAD_DIM], vec![1.0; t * heads * HEAD_DIM]);
+            let (mut m1, mut m2) = (vec![noise(5, n, 1.0); kv_heads], vec![noise(5, n, 1.0); kv_heads]);
+            super::super::attend_rows(shape, &q, stride, t, &kv, &mut o1, Some(&mut m1));
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            unsafe { attend_rows(shape, &q, stride, t, &kv, &mut o2, Some(&mut m2)) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&o1), bits(&o2), "outputs, {heads}/{kv_heads} heads, t = {t}, n = {n}");
+            assert_eq!(bits(&m1.concat()), bits(&m2.concat()), "mass, {heads}/{kv_heads} heads, t = {t}, n = {n}");
+        }
+    }
+
+    #[test]
+    fn bit_identical_to_the_generic_kernel() {
+        check(2, 2);
+        check(4, 2);
+        check(9, 3);
+        check(8, 2);
+    }
+}
