@@ -17,6 +17,7 @@
 
 use std::time::Instant;
 
+use half::f16;
 use kvbench::kv::Heads;
 use kvbench::kv::attention::{KvView, attend_observed};
 use kvbench::model::head::q8_matmul;
@@ -50,8 +51,8 @@ impl Noise {
 struct Q4 {
     k: usize,
     codes: Vec<u8>,
-    d: Vec<f32>,
-    m: Vec<f32>,
+    d: Vec<f16>,
+    m: Vec<f16>,
     out: Vec<f32>,
 }
 
@@ -61,14 +62,18 @@ impl Q4 {
         Self {
             k,
             codes: noise.bytes(n * k / 2),
-            d: noise.f32s(blocks, 0.02),
-            m: noise.f32s(blocks, 0.1),
+            d: halves(noise.f32s(blocks, 0.02)),
+            m: halves(noise.f32s(blocks, 0.1)),
             out: vec![0.0; n],
         }
     }
     fn run(&mut self, x: &[f32]) {
         q4_matmul(&x[..self.k], self.k, &self.codes, &self.d, &self.m, &mut self.out);
     }
+}
+
+fn halves(v: Vec<f32>) -> Vec<f16> {
+    v.into_iter().map(f16::from_f32).collect()
 }
 
 fn best_ms(rounds: usize, mut step: impl FnMut()) -> f64 {
@@ -121,7 +126,7 @@ fn main() {
     row("Q4Linear ×120 (30 layers × 4 products, 106 M weights)", q4);
     let mut gate_up = Q4::new(&mut noise, 2 * FFN, HIDDEN);
     let q4_cached = pools.each_ref().map(|p| p.install(|| best_ms(rounds, || (0..60).for_each(|_| gate_up.run(&x)))));
-    row("… the same work in cache (one gate|up product ×60)", q4_cached);
+    row("… the same work in cache (one gate+up product ×60)", q4_cached);
 
     let head = pools.each_ref().map(|p| {
         p.install(|| best_ms(rounds, || q8_matmul(&x[..HIDDEN], HIDDEN, &head_codes, &head_scales, &mut logits)))

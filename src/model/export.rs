@@ -32,12 +32,12 @@
 use super::ModelConfig;
 use super::gguf::{GgmlType, GgufError, GgufFile};
 use super::head::Q8_LINEAR_OP;
-use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT8, INT64, UINT8};
+use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT8, INT64, UINT8, UINT16};
 use super::qlinear::Q4_LINEAR_OP;
 use super::quant::{BLOCK, NBits};
 
 /// Bump when the graph changes: cached exports are keyed by it.
-pub const EXPORTER_VERSION: u32 = 4;
+pub const EXPORTER_VERSION: u32 = 5;
 /// Domain of kvbench's custom operators.
 pub const DOMAIN: &str = "kvbench";
 /// Which of the two graphs: they compute the same function with different kernels.
@@ -158,17 +158,16 @@ fn linear(
     }
     let raw: Vec<&[u8]> = names.iter().map(|n| gguf.tensor_data(n)).collect::<Result<_, _>>()?;
     if kind == GraphKind::Decode {
-        // GGUF's own nibbles, with d and m widened to f32 (see `super::qlinear`)
+        // GGUF's own nibbles and f16 d and m, as they are in the file (see `super::qlinear`)
         let blocks: Vec<&[u8]> = raw.iter().flat_map(|r| r.chunks_exact(20)).collect();
         let rows = (blocks.len() / (input / BLOCK)) as i64;
         let codes: Vec<u8> = blocks.iter().flat_map(|b| b[4..20].iter().copied()).collect();
-        let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
-        let d: Vec<f32> = blocks.iter().map(|b| f16_at(b, 0)).collect();
-        let m: Vec<f32> = blocks.iter().map(|b| f16_at(b, 2)).collect();
+        let d: Vec<u8> = blocks.iter().flat_map(|b| [b[0], b[1]]).collect();
+        let m: Vec<u8> = blocks.iter().flat_map(|b| [b[2], b[3]]).collect();
         let per_row = (input / BLOCK) as i64;
         let codes = g.init_bytes(&format!("{out}_codes"), UINT8, &[rows, input as i64 / 2], codes);
-        let d = g.init_f32(&format!("{out}_d"), &[rows, per_row], &d);
-        let m = g.init_f32(&format!("{out}_m"), &[rows, per_row], &m);
+        let d = g.init_bytes(&format!("{out}_d"), UINT16, &[rows, per_row], d);
+        let m = g.init_bytes(&format!("{out}_m"), UINT16, &[rows, per_row], m);
         g.node_in(DOMAIN, Q4_LINEAR_OP, &[x, &codes, &d, &m], &[out], vec![]);
         return Ok(out.to_string());
     }

@@ -15,6 +15,8 @@ pub const FLOAT: i32 = 1;
 pub const UINT8: i32 = 2;
 /// `TensorProto.DataType.INT8`.
 pub const INT8: i32 = 3;
+/// `TensorProto.DataType.UINT16`.
+pub const UINT16: i32 = 4;
 /// `TensorProto.DataType.INT64`.
 pub const INT64: i32 = 7;
 
@@ -242,9 +244,15 @@ impl GraphBuilder {
         name.to_string()
     }
 
-    /// Add a byte initializer of element type `UINT8` or `INT8` (given as its raw bytes).
+    /// Add an initializer of element type `UINT8`, `INT8` or `UINT16` given as its raw
+    /// little-endian bytes.
     pub fn init_bytes(&mut self, name: &str, data_type: i32, dims: &[i64], data: Vec<u8>) -> String {
-        assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "initializer {name}: shape and data disagree");
+        let width = if data_type == UINT16 { 2 } else { 1 };
+        assert_eq!(
+            dims.iter().product::<i64>() as usize * width,
+            data.len(),
+            "initializer {name}: shape and data disagree"
+        );
         self.graph.initializer.push(TensorProto { dims: dims.to_vec(), data_type, name: name.into(), raw_data: data });
         name.to_string()
     }

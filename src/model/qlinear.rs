@@ -3,16 +3,20 @@
 //! A decode step reads every weight once, so its cost is the bytes read and the work per byte.
 //! ONNX Runtime's `MatMulNBits` with fp32 activations is built for many rows; on one row it took
 //! about as long as llama.cpp's whole step (docs/PERF.md). This kernel streams the GGUF's own
-//! nibbles (16 bytes per block of 32, element `i` low and `i + 16` high) with per-block `d` and
-//! `m` widened to f32 at export, and uses `Σ (d·q_i + m)·x_i = d·Σ q_i·x_i + m·Σ x_i`, the block
-//! sums of `x` computed once per call. Nibbles are widened to f32 in 8-lane groups with two
-//! independent fused multiply-add chains, compiled for AVX2+FMA when the CPU has them; weight
-//! rows are split across rayon's threads.
+//! nibbles (16 bytes per block of 32, element `i` low and `i + 16` high) and per-block `d` and
+//! `m` in half precision (as in the file: 20 bytes per 32 weights, like llama.cpp), and uses
+//! `Σ (d·q_i + m)·x_i = d·Σ q_i·x_i + m·Σ x_i`, the block sums of `x` computed once per call.
+//! Nibbles are widened to f32 in 8-lane groups with two independent fused multiply-add chains,
+//! four weight rows at a time, compiled for AVX2+FMA when the CPU has them; weight rows are split
+//! across rayon's threads.
 //!
-//! Inputs: `x [M, K]` f32, `codes [N, K/2]` uint8, `d [N, K/32]` f32, `m [N, K/32]` f32.
+//! Inputs: `x [M, K]` f32, `codes [N, K/2]` uint8, `d [N, K/32]` and `m [N, K/32]` f16 bits
+//! (uint16).
 //! Output: `[M, N]`. The prefill graph keeps `MatMulNBits`, whose blocked kernels win for many
 //! rows.
 
+use half::f16;
+use half::slice::HalfBitsSliceExt;
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
@@ -37,8 +41,8 @@ impl Operator for Q4LinearOp {
         [
             OperatorInput::required(TensorElementType::Float32),
             OperatorInput::required(TensorElementType::Uint8),
-            OperatorInput::required(TensorElementType::Float32),
-            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Uint16),
+            OperatorInput::required(TensorElementType::Uint16),
         ]
     }
 
@@ -62,8 +66,9 @@ impl Kernel for Q4LinearKernel {
         let (x, codes, d, m) = (input(0, "x")?, input(1, "codes")?, input(2, "d")?, input(3, "m")?);
         let (x_shape, x) = x.try_extract_tensor::<f32>()?;
         let (c_shape, codes) = codes.try_extract_tensor::<u8>()?;
-        let (_, d) = d.try_extract_tensor::<f32>()?;
-        let (_, m) = m.try_extract_tensor::<f32>()?;
+        let (_, d) = d.try_extract_tensor::<u16>()?;
+        let (_, m) = m.try_extract_tensor::<u16>()?;
+        let (d, m) = (d.reinterpret_cast(), m.reinterpret_cast());
         let (rows_x, k, n) = (x_shape[0] as usize, x_shape[1] as usize, c_shape[0] as usize);
         let blocks = k / BLOCK;
         if !k.is_multiple_of(BLOCK) || c_shape[1] as usize != k / 2 || d.len() != n * blocks || m.len() != n * blocks {
@@ -78,18 +83,21 @@ impl Kernel for Q4LinearKernel {
 }
 
 /// `out[M, N] = x[M, K] · Wᵀ` for the Q4_1 matrix `W` given as `codes [N, K/2]`, `d [N, K/32]`
-/// and `m [N, K/32]` (shapes checked by the caller), weight rows split across rayon's pool.
-pub fn q4_matmul(x: &[f32], k: usize, codes: &[u8], d: &[f32], m: &[f32], out: &mut [f32]) {
+/// and `m [N, K/32]` (half precision, as GGUF stores them; shapes checked by the caller), weight
+/// rows split across rayon's pool. Each task widens its rows' `d` and `m` to f32 first (exact).
+pub fn q4_matmul(x: &[f32], k: usize, codes: &[u8], d: &[f16], m: &[f16], out: &mut [f32]) {
     let (rows_x, blocks) = (x.len() / k, k / BLOCK);
     let n = d.len() / blocks;
     let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
     super::rowwise::by_weight_row_blocks(n, rows_x, ROWS_PER_TASK, out, |rows, tile| {
         let (first, count) = (rows.start, rows.len());
-        let (c, dr, mr) = (
-            &codes[first * k / 2..][..count * k / 2],
-            &d[first * blocks..][..count * blocks],
-            &m[first * blocks..][..count * blocks],
-        );
+        let c = &codes[first * k / 2..][..count * k / 2];
+        let widen = |h: &[f16]| {
+            let mut f = vec![0.0f32; count * blocks];
+            widen_halves(&h[first * blocks..][..count * blocks], &mut f);
+            f
+        };
+        let (dr, mr) = (&widen(d)[..], &widen(m)[..]);
         for (j, (xr, sr)) in x.chunks_exact(k).zip(sums.chunks_exact(blocks)).enumerate() {
             let quads = count / 4;
             for i in 0..quads {
@@ -113,6 +121,28 @@ pub fn q4_matmul(x: &[f32], k: usize, codes: &[u8], d: &[f32], m: &[f32], out: &
     });
 }
 
+/// `out[i] = f32(h[i])` (exact), eight at a time with F16C where the CPU has it.
+fn widen_halves(h: &[f16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU supports the feature the function is compiled for.
+        return unsafe { widen_halves_f16c(h, out) };
+    }
+    out.iter_mut().zip(h).for_each(|(o, h)| *o = h.to_f32());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "f16c,avx")]
+fn widen_halves_f16c(h: &[f16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (mut hs, mut os) = (h.chunks_exact(8), out.chunks_exact_mut(8));
+    for (h8, o8) in (&mut hs).zip(&mut os) {
+        // SAFETY: both chunks hold eight values (chunks_exact); f16 is 16 bits (repr transparent).
+        unsafe { _mm256_storeu_ps(o8.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(h8.as_ptr().cast()))) };
+    }
+    os.into_remainder().iter_mut().zip(hs.remainder()).for_each(|(o, h)| *o = h.to_f32());
+}
+
 /// Four consecutive weight rows (`codes`, `d`, `m` each holding four rows) dotted with `x`:
 /// [`row_dot`] of each, bit for bit, with the four rows' chains interleaved and `x` read once.
 fn rows_dot4(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -> [f32; 4] {
@@ -134,7 +164,7 @@ fn rows_dot4_avx2(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -
     let blocks = sums.len();
     assert!(codes.len() == 4 * blocks * 16 && d.len() == 4 * blocks && m.len() == 4 * blocks);
     assert!(x.len() == blocks * BLOCK);
-    let low = _mm_set1_epi8(0x0f);
+    let low = _mm256_set1_epi32(0x0f);
     let zero = _mm256_setzero_ps();
     let mut total = [zero; 4];
     let mut offset = [0.0f32; 4];
@@ -143,13 +173,27 @@ fn rows_dot4_avx2(codes: &[u8], d: &[f32], m: &[f32], x: &[f32], sums: &[f32]) -
         let [x0, x1, x2, x3] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
         for r in 0..4 {
             let at = r * blocks + b;
+            // Bytes 0–7 and 8–15 of the block widened to 32-bit lanes straight from memory; a
+            // byte's low nibble is element i, its high nibble element i + 16.
             // SAFETY: block `b` of row `r` is 16 bytes inside `codes` (length asserted above).
-            let q = unsafe { _mm_loadu_si128(codes.as_ptr().add(at * 16).cast()) };
-            let lo = _mm_and_si128(q, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            let widen = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-            let lo_sum = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), x1, _mm256_fmadd_ps(widen(lo), x0, zero));
-            let hi_sum = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), x3, _mm256_fmadd_ps(widen(hi), x2, zero));
+            let (q0, q1) = unsafe {
+                let p = codes.as_ptr().add(at * 16);
+                (
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())),
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8).cast())),
+                )
+            };
+            let f = _mm256_cvtepi32_ps;
+            let lo_sum = _mm256_fmadd_ps(
+                f(_mm256_and_si256(q1, low)),
+                x1,
+                _mm256_fmadd_ps(f(_mm256_and_si256(q0, low)), x0, zero),
+            );
+            let hi_sum = _mm256_fmadd_ps(
+                f(_mm256_srli_epi32(q1, 4)),
+                x3,
+                _mm256_fmadd_ps(f(_mm256_srli_epi32(q0, 4)), x2, zero),
+            );
             total[r] = _mm256_fmadd_ps(_mm256_set1_ps(d[at]), _mm256_add_ps(lo_sum, hi_sum), total[r]);
             offset[r] = m[at].mul_add(sb, offset[r]);
         }
@@ -244,6 +288,45 @@ mod tests {
     use super::*;
     use crate::model::gguf::dequantize_q4_1;
     use half::f16;
+
+    #[test]
+    fn four_row_kernel_and_public_entry_are_bit_identical_to_the_generic_row() {
+        let (k, n) = (576, 7);
+        let blocks = k / BLOCK;
+        let codes: Vec<u8> = (0..n * k / 2).map(|i| (i * 151 + i / 5) as u8).collect();
+        let d16: Vec<f16> = (0..n * blocks).map(|i| f16::from_f32(0.01 * (i as f32 * 0.9).sin())).collect();
+        let m16: Vec<f16> = (0..n * blocks).map(|i| f16::from_f32(-0.08 * (i as f32 * 0.4).cos())).collect();
+        let (d, m): (Vec<f32>, Vec<f32>) =
+            (d16.iter().map(|h| h.to_f32()).collect(), m16.iter().map(|h| h.to_f32()).collect());
+        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin() * 2.0).collect();
+        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
+        let generic: Vec<f32> = (0..n)
+            .map(|r| {
+                row_dot_generic(
+                    &codes[r * k / 2..][..k / 2],
+                    &d[r * blocks..][..blocks],
+                    &m[r * blocks..][..blocks],
+                    &x,
+                    &sums,
+                )
+            })
+            .collect();
+        let four = rows_dot4(&codes[..2 * k], &d[..4 * blocks], &m[..4 * blocks], &x, &sums);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&four), bits(&generic[..4]));
+        // seven rows: one group of four and three single rows; two input rows
+        let mut out = vec![0.0; 2 * n];
+        q4_matmul(&[x.clone(), x.clone()].concat(), k, &codes, &d16, &m16, &mut out);
+        assert_eq!(bits(&out), bits(&[generic.clone(), generic].concat()));
+    }
+
+    #[test]
+    fn widening_halves_is_exact() {
+        let h: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).filter(|h| !h.is_nan()).collect();
+        let mut out = vec![0.0f32; h.len()];
+        widen_halves(&h, &mut out);
+        assert!(h.iter().zip(&out).all(|(h, f)| h.to_f32().to_bits() == f.to_bits()));
+    }
 
     #[test]
     fn fused_dot_matches_dequantize_then_dot() {

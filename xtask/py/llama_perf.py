@@ -8,8 +8,9 @@ the same GGUF file and thread count. It is invoked by `cargo xtask`.
 For n in (1024, 4096): a fixed-seed prompt of n ordinary token ids is
 evaluated in one llm.eval() call (chunked by n_batch=512 inside llama.cpp);
 prefill tok/s = n / seconds. Then 64 greedy tokens are decoded one by one;
-decode tok/s = 64 / seconds. Each is repeated 3 times with a cleared KV
-cache; the median is reported. Flash attention is off by default, as in
+decode tok/s = 64 / seconds. Each is repeated --repeats times (default 3)
+with a cleared KV cache; the median is reported, and every run under
+"runs". Flash attention is off by default, as in
 llama-cpp-python (llama.cpp's own CLI default is "auto"); --flash-attn turns
 it on.
 """
@@ -25,7 +26,6 @@ import numpy as np
 import llama_cpp
 
 N_DECODE = 64
-REPEATS = 3
 
 
 def clear(llm):
@@ -58,6 +58,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--flash-attn", action="store_true")
     ap.add_argument("--json", action="store_true", help="one-line JSON on stdout (default: indented)")
     args = ap.parse_args()
@@ -78,15 +79,18 @@ def main():
     run_once(llm, [rng.randrange(lo, hi) for _ in range(64)])  # warm-up
     for label, n in (("1k", 1024), ("4k", 4096)):
         prompt = [rng.randrange(lo, hi) for _ in range(n)]
-        runs = [run_once(llm, prompt) for _ in range(REPEATS)]
+        runs = [run_once(llm, prompt) for _ in range(args.repeats)]
         for i, (p, d) in enumerate(runs):
             print(f"{label} run {i}: prefill {p:.1f} tok/s, decode {d:.1f} tok/s",
                   file=sys.stderr, flush=True)
         result[f"prefill_{label}"] = round(statistics.median(r[0] for r in runs), 2)
         result[f"decode_{label}"] = round(statistics.median(r[1] for r in runs), 2)
+        result[f"prefill_{label}_runs"] = [round(r[0], 2) for r in runs]
+        result[f"decode_{label}_runs"] = [round(r[1], 2) for r in runs]
 
     order = ["engine", "version", "threads", "flash_attn", "n_batch",
-             "prefill_1k", "prefill_4k", "decode_1k", "decode_4k"]
+             "prefill_1k", "prefill_4k", "decode_1k", "decode_4k",
+             "prefill_1k_runs", "prefill_4k_runs", "decode_1k_runs", "decode_4k_runs"]
     out = {k: result[k] for k in order}
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

@@ -4,10 +4,13 @@
 //! kvbench is measured through its release binary (`kvbench generate --prompt-ids … --json`),
 //! so the figures are what a user gets; llama.cpp through `xtask/py/llama_perf.py`. Prompts are
 //! fixed-seed ordinary token ids of 1,024 and 4,096 tokens; decode is timed over 64 steps after
-//! the prompt; each figure is the median of three runs. Peak RSS is the kernel's high-water mark
+//! the prompt. Rounds (default 5) alternate the engines, each figure is the median over rounds,
+//! and the ratio is the median of each round's kvbench / llama.cpp, so that a slow spell of a
+//! shared machine does not land on one engine only. Peak RSS is the kernel's high-water mark
 //! (`VmHWM`) of the 4k-token generation process. Results go to `docs/perf.json` and a markdown
 //! table on stdout, for `docs/PERF.md`.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -21,8 +24,8 @@ pub struct Args {
     /// Threads for both engines.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Runs per figure (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds (each runs both engines once; medians are reported).
+    #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Skip llama.cpp (no reference column).
     #[arg(long)]
@@ -31,6 +34,9 @@ pub struct Args {
 
 const DECODE_STEPS: usize = 64;
 
+/// The four speed figures, as both engines name them.
+const FIGURES: [&str; 4] = ["prefill_1k", "prefill_4k", "decode_1k", "decode_4k"];
+
 /// Measure and report.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = project_root();
@@ -38,15 +44,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let kvbench = root.join("target/release/kvbench");
     let dir = root.join("target/perf");
     std::fs::create_dir_all(&dir)?;
+    let llama_python = if args.no_llama { None } else { Some(venv::llama_python()?) };
+    let gguf = kvbench::assets::smollm2_gguf()?;
 
-    let mut ours = serde_json::Map::new();
-    for (label, n) in [("1k", 1024usize), ("4k", 4096)] {
-        let ids_path = dir.join(format!("prompt-{n}.json"));
-        std::fs::write(&ids_path, serde_json::to_string(&prompt_ids(n, 0x6b76_6265_6e63_6800 + n as u64))?)?;
-        let mut prefill = Vec::new();
-        let mut decode = Vec::new();
-        let mut rss = Vec::new();
-        for r in 0..args.repeats {
+    // Rounds alternate the engines, so that a slow spell of a shared machine touches both; each
+    // round's ratio compares neighbours in time.
+    let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut theirs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for round in 0..args.repeats {
+        for (label, n) in [("1k", 1024usize), ("4k", 4096)] {
+            let ids_path = dir.join(format!("prompt-{n}.json"));
+            std::fs::write(&ids_path, serde_json::to_string(&prompt_ids(n, 0x6b76_6265_6e63_6800 + n as u64))?)?;
             let out = Command::new(&kvbench)
                 .args(["generate", "--json", "--ignore-eos", "--threads", &args.threads.to_string()])
                 .args(["--max-new-tokens", &(DECODE_STEPS + 1).to_string(), "--prompt-ids"])
@@ -59,51 +67,67 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let v: Value = serde_json::from_slice(&out.stdout).context("kvbench printed no JSON")?;
             let (p, d) =
                 (v["prefill_tokens_per_s"].as_f64().unwrap_or(0.0), v["decode_tokens_per_s"].as_f64().unwrap_or(0.0));
-            eprintln!("kvbench {label} run {r}: prefill {p:.1} tok/s, decode {d:.1} tok/s");
-            prefill.push(p);
-            decode.push(d);
-            rss.push(v["peak_rss_bytes"].as_f64().unwrap_or(0.0));
+            eprintln!("round {round}: kvbench {label}: prefill {p:.1} tok/s, decode {d:.1} tok/s");
+            ours.entry(format!("prefill_{label}")).or_default().push(p);
+            ours.entry(format!("decode_{label}")).or_default().push(d);
+            let rss = v["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64;
+            ours.entry(format!("peak_rss_mib_{label}")).or_default().push(rss);
         }
-        // the spread shows whether the machine was quiet: with 2 threads on 2 cores, any other
-        // job halves a figure
-        ours.insert(format!("prefill_{label}_runs"), json!(prefill.clone()));
-        ours.insert(format!("decode_{label}_runs"), json!(decode.clone()));
-        ours.insert(format!("prefill_{label}"), json!(median(&mut prefill)));
-        ours.insert(format!("decode_{label}"), json!(median(&mut decode)));
-        ours.insert(format!("peak_rss_mib_{label}"), json!(median(&mut rss) / (1 << 20) as f64));
+        if let Some(python) = &llama_python {
+            let out = Command::new(python)
+                .arg(root.join("xtask/py/llama_perf.py"))
+                .arg("--gguf")
+                .arg(&gguf)
+                .args(["--threads", &args.threads.to_string(), "--repeats", "1", "--json"])
+                .output()?;
+            if !out.status.success() {
+                bail!("llama_perf.py failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let v: Value = serde_json::from_slice(&out.stdout).context("llama_perf.py printed no JSON")?;
+            for key in FIGURES {
+                theirs.entry(key.to_string()).or_default().push(v[key].as_f64().unwrap_or(f64::NAN));
+            }
+            eprintln!(
+                "round {round}: llama.cpp: prefill {} / {} tok/s, decode {} / {} tok/s (1k / 4k)",
+                v["prefill_1k"], v["prefill_4k"], v["decode_1k"], v["decode_4k"]
+            );
+        }
     }
 
-    let llama = if args.no_llama {
-        Value::Null
-    } else {
-        let python = venv::llama_python()?;
-        let out = Command::new(python)
-            .arg(root.join("xtask/py/llama_perf.py"))
-            .arg("--gguf")
-            .arg(kvbench::assets::smollm2_gguf()?)
-            .args(["--threads", &args.threads.to_string(), "--json"])
-            .output()?;
-        if !out.status.success() {
-            bail!("llama_perf.py failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        serde_json::from_slice(&out.stdout).context("llama_perf.py printed no JSON")?
+    let summary = |runs: &BTreeMap<String, Vec<f64>>| -> serde_json::Map<String, Value> {
+        runs.iter()
+            .flat_map(|(key, xs)| [(key.clone(), json!(median(xs))), (format!("{key}_runs"), json!(xs))])
+            .collect()
     };
-
+    // each round's kvbench figure over llama.cpp's, then the median over rounds
+    let ratios: serde_json::Map<String, Value> = FIGURES
+        .iter()
+        .filter_map(|&key| {
+            let (a, b) = (ours.get(key)?, theirs.get(key)?);
+            let per_round: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+            Some((key.to_string(), json!(median(&per_round))))
+        })
+        .collect();
     let machine = machine();
-    let report = json!({ "kvbench": ours, "llama_cpp": llama, "threads": args.threads, "machine": machine });
+    let report = json!({
+        "kvbench": summary(&ours), "llama_cpp": summary(&theirs), "ratio_median_of_rounds": ratios,
+        "threads": args.threads, "rounds": args.repeats, "machine": machine,
+    });
     std::fs::write(root.join("docs/perf.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     println!("| figure (tokens/s, {} threads) | kvbench | llama.cpp | ratio |", args.threads);
     println!("|---|---:|---:|---:|");
-    for key in ["prefill_1k", "prefill_4k", "decode_1k", "decode_4k"] {
+    for key in FIGURES {
         let a = report["kvbench"][key].as_f64().unwrap_or(f64::NAN);
         let b = report["llama_cpp"][key].as_f64().unwrap_or(f64::NAN);
-        println!("| {key} | {a:.1} | {b:.1} | {:.2} |", a / b);
+        let r = report["ratio_median_of_rounds"][key].as_f64().unwrap_or(f64::NAN);
+        println!("| {key} | {a:.1} | {b:.1} | {r:.2} |");
     }
     println!(
         "| peak RSS, 4k-token generation (MiB) | {:.0} | | |",
         report["kvbench"]["peak_rss_mib_4k"].as_f64().unwrap_or(f64::NAN)
     );
-    println!("\nmachine: {machine}");
+    println!("\nmedians of {} rounds; ratio: median over rounds of kvbench / llama.cpp", args.repeats);
+    println!("machine: {machine}");
     Ok(())
 }
 
@@ -121,7 +145,8 @@ fn prompt_ids(n: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn median(xs: &mut [f64]) -> f64 {
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
