@@ -142,6 +142,12 @@ fn main() {
         })
     });
     row("… the same work in cache (2,048 head rows ×24)", head_cached);
+    let rows32 = noise.f32s(32 * HIDDEN, 2.0);
+    let mut logits32 = vec![0.0f32; 32 * VOCAB];
+    let head32 = pools.each_ref().map(|p| {
+        p.install(|| best_ms(rounds, || q8_matmul(&rows32, HIDDEN, &head_codes, &head_scales, &mut logits32)))
+    });
+    row("Q8Linear head over 32 rows (teacher forcing; not a decode step)", head32);
 
     for n in [1024usize, 4096] {
         let per_head: Vec<(Vec<f32>, Vec<f32>)> =
