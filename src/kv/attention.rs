@@ -115,7 +115,7 @@ pub fn attend_observed(
             let column_sums = observe.then(|| {
                 let mut sums = vec![0.0f32; n];
                 for row in scores.chunks_exact(n) {
-                    sums.iter_mut().zip(row).for_each(|(m, p)| *m += p);
+                    add_into(&mut sums, row);
                 }
                 sums
             });
@@ -148,7 +148,7 @@ pub fn attend_observed(
             out[j * heads * d + h * d..][..d].copy_from_slice(&o[j * d..][..d]);
         }
         if let (Some(mass), Some(sums)) = (mass.as_deref_mut(), column_sums) {
-            mass[h / group].iter_mut().zip(sums).for_each(|(m, p)| *m += p);
+            add_into(&mut mass[h / group], sums);
         }
     }
 }
@@ -182,10 +182,15 @@ fn attend_rows(
         out[j * heads * d + g * group * d..][..group * d].copy_from_slice(o);
         if let Some(mass) = mass.as_deref_mut() {
             for row in scores.chunks_exact(n - t + j + 1) {
-                mass[g].iter_mut().zip(row).for_each(|(m, p)| *m += p);
+                add_into(&mut mass[g], row);
             }
         }
     }
+}
+
+/// `mass[i] += probs[i]`: one query row's attention probabilities added to a kv head's mass.
+fn add_into(mass: &mut [f32], probs: &[f32]) {
+    mass.iter_mut().zip(probs).for_each(|(m, p)| *m += p);
 }
 
 /// Rows at or below which the streaming kernel is used.

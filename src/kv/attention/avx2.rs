@@ -15,7 +15,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::{Heads, KvView, LANES, softmax_prefix_generic};
+use super::{Heads, KvView, LANES, add_into, softmax_prefix_generic};
 
 /// Head dimension this kernel is written for.
 pub const HEAD_DIM: usize = 64;
@@ -84,7 +84,7 @@ pub fn attend_rows(
         for (g, mass_g) in mass.iter_mut().enumerate() {
             for j in 0..t {
                 for row in at(g, j) {
-                    mass_g.iter_mut().zip(row).for_each(|(m, p)| *m += p);
+                    add_into(mass_g, row);
                 }
             }
         }
