@@ -28,13 +28,14 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
-/// One key/value head's contents: `n` rows of `head_dim` keys and values, row-major.
+/// One key/value head's contents: `n` rows of `head_dim` keys and values, row-major, in f32
+/// (or, for [`attend_observed_half`], f16).
 #[derive(Debug, Clone, Copy)]
-pub struct KvView<'a> {
+pub struct KvView<'a, E = f32> {
     /// Keys, `[n, head_dim]`.
-    pub keys: &'a [f32],
+    pub keys: &'a [E],
     /// Values, `[n, head_dim]`.
-    pub values: &'a [f32],
+    pub values: &'a [E],
 }
 
 /// Attend `t` query rows to the views.
@@ -58,24 +59,15 @@ pub fn attend_observed(
     out: &mut [f32],
     mut mass: Option<&mut [Vec<f32>]>,
 ) {
+    check_call(shape, q, q_stride, t, kv, out, mass.as_deref());
     let Heads { heads, kv_heads, head_dim: d } = shape;
-    assert_eq!(kv.len(), kv_heads, "one view per kv head");
     let n = kv[0].keys.len() / d;
-    assert!(n >= t, "the view must contain the chunk's own keys");
-    assert!(q.len() >= (t - 1) * q_stride + heads * d && out.len() == t * heads * d);
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
-    if let Some(mass) = mass.as_deref() {
-        assert!(mass.len() == kv_heads && mass.iter().all(|m| m.len() >= n), "mass: one row of n per kv head");
-    }
 
     if t <= FEW_ROWS && d % LANES == 0 && group <= MAX_GROUP {
         #[cfg(target_arch = "x86_64")]
-        if d == avx2::HEAD_DIM
-            && group <= avx2::MAX_GROUP
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
+        if avx2_rows_apply(shape) {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { avx2::attend_rows(shape, q, q_stride, t, kv, out, mass) };
         }
@@ -151,6 +143,60 @@ pub fn attend_observed(
             add_into(&mut mass[h / group], sums);
         }
     }
+}
+
+/// [`attend_observed`] over half-precision views, read as stored by the decode kernel: the same
+/// bits as attending their f32 widening (widening f16 is exact), from half the bytes. Returns
+/// `false`, having written nothing, where that kernel does not apply (many rows, another head
+/// size, a CPU without AVX2, FMA and F16C): the caller widens and calls [`attend_observed`].
+pub fn attend_observed_half(
+    shape: Heads,
+    q: &[f32],
+    q_stride: usize,
+    t: usize,
+    kv: &[KvView<'_, half::f16>],
+    out: &mut [f32],
+    mass: Option<&mut [Vec<f32>]>,
+) -> bool {
+    check_call(shape, q, q_stride, t, kv, out, mass.as_deref());
+    #[cfg(target_arch = "x86_64")]
+    if t <= FEW_ROWS && avx2_rows_apply(shape) {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { avx2::attend_rows(shape, q, q_stride, t, kv, out, mass) };
+        return true;
+    }
+    false
+}
+
+/// The contract of [`attend_observed`], checked.
+fn check_call<E>(
+    shape: Heads,
+    q: &[f32],
+    q_stride: usize,
+    t: usize,
+    kv: &[KvView<'_, E>],
+    out: &[f32],
+    mass: Option<&[Vec<f32>]>,
+) {
+    let Heads { heads, kv_heads, head_dim: d } = shape;
+    assert_eq!(kv.len(), kv_heads, "one view per kv head");
+    let n = kv[0].keys.len() / d;
+    assert!(n >= t, "the view must contain the chunk's own keys");
+    assert!(kv.iter().all(|v| v.keys.len() == n * d && v.values.len() == n * d), "views of equal length");
+    assert!(q.len() >= (t - 1) * q_stride + heads * d && out.len() == t * heads * d);
+    if let Some(mass) = mass {
+        assert!(mass.len() == kv_heads && mass.iter().all(|m| m.len() >= n), "mass: one row of n per kv head");
+    }
+}
+
+/// Whether [`avx2::attend_rows`] handles this shape on this CPU.
+#[cfg(target_arch = "x86_64")]
+fn avx2_rows_apply(shape: Heads) -> bool {
+    shape.head_dim == avx2::HEAD_DIM
+        && (1..=avx2::MAX_GROUP).contains(&(shape.heads / shape.kv_heads))
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// The streaming path for a few query rows: one task per (kv head, query row), so that the

@@ -5,8 +5,10 @@
 //!
 //! Every kept token carries its position (`u32`), counted in [`TokenRows::bytes`]: eviction
 //! needs to know which token a row is (sinks, recency), and an honest byte count includes it.
-//! Attention widens the selected rows to f32 in a per-thread scratch buffer that is reused
-//! across layers (working memory of one layer, not a second cache).
+//! Decode attention over every kept row reads the f16 rows as they are
+//! ([`attention::attend_observed_half`]); otherwise attention widens the selected rows to f32 in
+//! a per-thread scratch buffer that is reused across layers (working memory of one layer, not a
+//! second cache).
 
 use std::cell::RefCell;
 
@@ -33,8 +35,11 @@ impl HeadRows {
 
     /// Keep one more token.
     pub fn push(&mut self, key: &[f32], value: &[f32], position: u32) {
-        self.keys.extend(key.iter().map(|&x| f16::from_f32(x)));
-        self.values.extend(value.iter().map(|&x| f16::from_f32(x)));
+        for (rows, new) in [(&mut self.keys, key), (&mut self.values, value)] {
+            let at = rows.len();
+            rows.resize(at + new.len(), f16::ZERO);
+            rows[at..].convert_from_f32_slice(new);
+        }
         self.positions.push(position);
     }
 
@@ -183,8 +188,16 @@ impl TokenRows {
         q_stride: usize,
         t: usize,
         out: &mut [f32],
-        mass: Option<&mut [Vec<f32>]>,
+        mut mass: Option<&mut [Vec<f32>]>,
     ) {
+        if select.is_none() {
+            // every row: the decode kernel reads the f16 rows as they are
+            let views: Vec<KvView<f16>> =
+                self.heads.iter().map(|h| KvView { keys: &h.keys, values: &h.values }).collect();
+            if attention::attend_observed_half(self.shape, q, q_stride, t, &views, out, mass.as_deref_mut()) {
+                return;
+            }
+        }
         with_scratch(self.heads.len(), |scratch| {
             for (g, (head, (k, v))) in self.heads.iter().zip(scratch.iter_mut()).enumerate() {
                 head.widen(select.map(|s| &s[g][..]), k, v);

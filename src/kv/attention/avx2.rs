@@ -13,9 +13,39 @@
 
 use std::arch::x86_64::*;
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::{Heads, KvView, LANES, add_into, softmax_prefix_generic};
+
+/// What a cache row is stored as: read eight at a time into f32 lanes. Widening f16 is exact,
+/// so a half-precision cache attended here gives the bits of its f32 widening attended as f32,
+/// without writing that widening out (an f16 store reads half the bytes of an f32 one).
+pub trait Elem: Copy + Send + Sync {
+    /// Eight consecutive values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points to eight readable values, and the CPU has AVX2 and F16C.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Elem for f32 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+impl Elem for f16 {
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: the caller's contract; f16 is 16 bits (repr transparent), so eight are 128 bits.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
 
 /// Head dimension this kernel is written for.
 pub const HEAD_DIM: usize = 64;
@@ -32,13 +62,13 @@ const PART: usize = 2;
 /// same bits, in two parallel phases so that two threads share the work evenly whatever the
 /// number of kv heads: first one task per query head and row (scores, softmax), then one per kv
 /// head, row and quarter of the output dimensions (the probability-weighted values).
-#[target_feature(enable = "avx2,fma")]
-pub fn attend_rows(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn attend_rows<E: Elem>(
     shape: Heads,
     q: &[f32],
     q_stride: usize,
     t: usize,
-    kv: &[KvView<'_>],
+    kv: &[KvView<'_, E>],
     out: &mut [f32],
     mass: Option<&mut [Vec<f32>]>,
 ) {
@@ -67,10 +97,10 @@ pub fn attend_rows(
         .map(|&(g, j, part)| {
             let mut o = vec![0.0f32; group * PART * LANES];
             match group {
-                1 => weigh_part::<1>(at(g, j), kv[g].values, part, &mut o),
-                2 => weigh_part::<2>(at(g, j), kv[g].values, part, &mut o),
-                3 => weigh_part::<3>(at(g, j), kv[g].values, part, &mut o),
-                _ => weigh_part::<4>(at(g, j), kv[g].values, part, &mut o),
+                1 => weigh_part::<1, E>(at(g, j), kv[g].values, part, &mut o),
+                2 => weigh_part::<2, E>(at(g, j), kv[g].values, part, &mut o),
+                3 => weigh_part::<3, E>(at(g, j), kv[g].values, part, &mut o),
+                _ => weigh_part::<4, E>(at(g, j), kv[g].values, part, &mut o),
             }
             o
         })
@@ -92,16 +122,16 @@ pub fn attend_rows(
 }
 
 /// `row[i] = scale · Σ_lanes (q ⊙ k_i)`, each key's eight lane partials added in lane order.
-#[target_feature(enable = "avx2,fma")]
-fn score_row(q: &[f32], keys: &[f32], scale: f32, row: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+fn score_row<E: Elem>(q: &[f32], keys: &[E], scale: f32, row: &mut [f32]) {
+    assert!(q.len() >= HEAD_DIM && keys.len() >= row.len() * HEAD_DIM);
     // SAFETY (all loads and stores): offsets are inside `q` (64 values), `keys` (64 per row of
-    // `row`) and `row`, as the loops bound them.
-    let load = |s: &[f32], at: usize| unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) };
-    let q: [__m256; CHUNKS] = std::array::from_fn(|c| load(q, c * LANES));
+    // `row`) and `row`, as the loops bound them; the CPU features are this function's.
+    let q: [__m256; CHUNKS] = std::array::from_fn(|c| unsafe { f32::load8(q.as_ptr().add(c * LANES)) });
     let dot = |i: usize| {
         let mut a = _mm256_setzero_ps();
         for (c, &qc) in q.iter().enumerate() {
-            a = _mm256_fmadd_ps(qc, load(keys, i * HEAD_DIM + c * LANES), a);
+            a = _mm256_fmadd_ps(qc, unsafe { E::load8(keys.as_ptr().add(i * HEAD_DIM + c * LANES)) }, a);
         }
         a
     };
@@ -156,8 +186,8 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
 /// `out[r][c] = Σ_i probs[r][i] · v_i[c]` for the `PART` 8-lane chunks `c` of part `part`,
 /// each value accumulated over `i` in order from zero, the `G` heads' `2·G` accumulators in
 /// registers.
-#[target_feature(enable = "avx2,fma")]
-fn weigh_part<const G: usize>(probs: &[Vec<f32>], values: &[f32], part: usize, out: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weigh_part<const G: usize, E: Elem>(probs: &[Vec<f32>], values: &[E], part: usize, out: &mut [f32]) {
     let visible = probs[0].len();
     assert!(probs.len() == G && probs.iter().all(|p| p.len() == visible) && out.len() == G * PART * LANES);
     assert!(values.len() >= visible * HEAD_DIM);
@@ -169,7 +199,7 @@ fn weigh_part<const G: usize>(probs: &[Vec<f32>], values: &[f32], part: usize, o
         for (acc_r, p) in acc.iter_mut().zip(&probs) {
             let p = _mm256_set1_ps(p[i]);
             for (c, a) in acc_r.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(p, unsafe { _mm256_loadu_ps(row.add(c * LANES)) }, *a);
+                *a = _mm256_fmadd_ps(p, unsafe { E::load8(row.add(c * LANES)) }, *a);
             }
         }
     }
@@ -207,6 +237,34 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&o1), bits(&o2), "outputs, {heads}/{kv_heads} heads, t = {t}, n = {n}");
             assert_eq!(bits(&m1.concat()), bits(&m2.concat()), "mass, {heads}/{kv_heads} heads, t = {t}, n = {n}");
+        }
+    }
+
+    #[test]
+    fn half_rows_give_the_bits_of_their_f32_widening() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+            return;
+        }
+        let shape = Heads { heads: 9, kv_heads: 3, head_dim: HEAD_DIM };
+        for (t, n) in [(1usize, 1usize), (1, 15), (3, 77), (4, 1031)] {
+            let stride = 9 * HEAD_DIM;
+            let q = noise(3, t * stride, 2.0);
+            let half =
+                |seed: u32| -> Vec<f16> { noise(seed, n * HEAD_DIM, 3.0).iter().map(|&x| f16::from_f32(x)).collect() };
+            let (keys, values): (Vec<_>, Vec<_>) = (0..3).map(|g| (half(20 + g), half(30 + g))).unzip();
+            let wide = |h: &Vec<f16>| h.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+            let (wide_keys, wide_values): (Vec<_>, Vec<_>) =
+                keys.iter().zip(&values).map(|(k, v)| (wide(k), wide(v))).unzip();
+            let kv16: Vec<KvView<f16>> = keys.iter().zip(&values).map(|(k, v)| KvView { keys: k, values: v }).collect();
+            let kv32: Vec<KvView> =
+                wide_keys.iter().zip(&wide_values).map(|(k, v)| KvView { keys: k, values: v }).collect();
+            let (mut o1, mut o2) = (vec![0.0; t * stride], vec![1.0; t * stride]);
+            let (mut m1, mut m2) = (vec![vec![0.5; n]; 3], vec![vec![0.5; n]; 3]);
+            super::super::attend_observed(shape, &q, stride, t, &kv32, &mut o1, Some(&mut m1));
+            assert!(super::super::attend_observed_half(shape, &q, stride, t, &kv16, &mut o2, Some(&mut m2)));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&o1), bits(&o2), "outputs, t = {t}, n = {n}");
+            assert_eq!(bits(&m1.concat()), bits(&m2.concat()), "mass, t = {t}, n = {n}");
         }
     }
 
