@@ -22,7 +22,11 @@
 //!   `[1, vocab]` product instead of `[T, vocab]`), all rows for teacher forcing.
 //! - **Two graphs, one function**: chunks of many tokens run a graph whose Q4_1 products are
 //!   ONNX Runtime's blocked `MatMulNBits`; decode steps run one whose products are kvbench's
-//!   streaming `Q4Linear` ([`super::qlinear`]) over the same codes.
+//!   streaming `Q4Linear` ([`super::qlinear`]) over the same codes. In the decode graph each
+//!   `Q4Linear` also does the RMSNorm or SwiGLU before it and the residual `Add` after it, in
+//!   the arithmetic of the ONNX Runtime nodes it replaces (bit for bit, tested; see
+//!   [`super::fused`]): 5 nodes per layer instead of 13, since every node costs a dispatch and
+//!   an output buffer.
 //! - **Q4_1 matrices stay 4-bit** as `MatMulNBits` plus an exact block-sum correction
 //!   ([`super::quant`]): decode is bound by the bytes of weights read per token, and fp32 weights
 //!   decoded at a third of llama.cpp's speed (docs/PERF.md). Other types (F32, Q8_0, ...) are
@@ -37,7 +41,7 @@ use super::qlinear::Q4_LINEAR_OP;
 use super::quant::{BLOCK, NBits};
 
 /// Bump when the graph changes: cached exports are keyed by it.
-pub const EXPORTER_VERSION: u32 = 5;
+pub const EXPORTER_VERSION: u32 = 7;
 /// Domain of kvbench's custom operators.
 pub const DOMAIN: &str = "kvbench";
 /// Which of the two graphs: they compute the same function with different kernels.
@@ -79,30 +83,20 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig, kind: GraphKind) -> Result<Vec
         let t = |s: &str| format!("blk.{l}.{s}.weight");
         let n = |s: &str| format!("l{l}_{s}");
         let norm = g.init_f32(&n("attn_norm"), &[h], &gguf.dequantize(&t("attn_norm"))?);
-        let normed = rms_norm(&mut g, &x, &norm, eps, &n("h"));
+        let before = Around { norm: Some((&norm, eps)), ..Around::default() };
         let qkv =
-            linear(&mut g, gguf, &[&t("attn_q"), &t("attn_k"), &t("attn_v")], cfg.hidden, &normed, &n("qkv"), kind)?;
+            linear(&mut g, gguf, &[&t("attn_q"), &t("attn_k"), &t("attn_v")], cfg.hidden, &x, &n("qkv"), before, kind)?;
         let attn = n("attn");
         g.node_in(DOMAIN, ATTENTION_OP, &[&qkv, &positions], &[&attn], vec![AttributeProto::int("layer", l as i64)]);
-        let o = linear(&mut g, gguf, &[&t("attn_output")], cfg.hidden, &attn, &n("o"), kind)?;
-        x = g.node("Add", &[&x, &o], &n("x_attn"), vec![]);
+        let after = Around { residual: Some(&x), ..Around::default() };
+        let x_attn = linear(&mut g, gguf, &[&t("attn_output")], cfg.hidden, &attn, &n("x_attn"), after, kind)?;
 
         let norm = g.init_f32(&n("ffn_norm"), &[h], &gguf.dequantize(&t("ffn_norm"))?);
-        let normed = rms_norm(&mut g, &x, &norm, eps, &n("h2"));
-        let gu = linear(&mut g, gguf, &[&t("ffn_gate"), &t("ffn_up")], cfg.hidden, &normed, &n("gate_up"), kind)?;
-        let (gate, up) = (n("gate"), n("up"));
-        g.node_in(
-            "",
-            "Split",
-            &[&gu],
-            &[&gate, &up],
-            vec![AttributeProto::int("axis", -1), AttributeProto::int("num_outputs", 2)],
-        );
-        let sig = g.node("Sigmoid", &[&gate], &n("gate_sigmoid"), vec![]);
-        let silu = g.node("Mul", &[&gate, &sig], &n("gate_silu"), vec![]);
-        let act = g.node("Mul", &[&silu, &up], &n("act"), vec![]);
-        let down = linear(&mut g, gguf, &[&t("ffn_down")], cfg.ffn, &act, &n("down"), kind)?;
-        x = g.node("Add", &[&x, &down], &n("x_out"), vec![]);
+        let before = Around { norm: Some((&norm, eps)), ..Around::default() };
+        let gate_up =
+            linear(&mut g, gguf, &[&t("ffn_gate"), &t("ffn_up")], cfg.hidden, &x_attn, &n("gate_up"), before, kind)?;
+        let around = Around { swiglu: true, residual: Some(&x_attn), ..Around::default() };
+        x = linear(&mut g, gguf, &[&t("ffn_down")], cfg.ffn, &gate_up, &n("x_out"), around, kind)?;
     }
 
     let norm = g.init_f32("output_norm", &[h], &gguf.dequantize("output_norm.weight")?);
@@ -134,8 +128,20 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig, kind: GraphKind) -> Result<Vec
 /// ONNX Runtime's contrib-operator domain (`MatMulNBits`).
 const MS_DOMAIN: &str = "com.microsoft";
 
+/// What is done around a product `x · W`: before it, an RMSNorm of `x` (weight, epsilon) or
+/// SwiGLU's `silu(g) ⊙ u` of `x = [g | u]`; after it, a residual added. The decode graph's
+/// `Q4Linear` does them inside the kernel; otherwise they are graph nodes.
+#[derive(Default, Clone, Copy)]
+struct Around<'a> {
+    norm: Option<(&'a str, f32)>,
+    swiglu: bool,
+    residual: Option<&'a str>,
+}
+
 /// `x[T, input] · [W_1 | W_2 | …]` for GGUF matrices `names` (each `[out_i, input]`), as one
-/// product. Q4_1 stays 4-bit ([`super::quant`]); anything else is dequantized to fp32.
+/// product named `out`, with what is `around` it. Q4_1 stays 4-bit ([`super::quant`]); anything
+/// else is dequantized to fp32.
+#[allow(clippy::too_many_arguments)]
 fn linear(
     g: &mut GraphBuilder,
     gguf: &GgufFile,
@@ -143,6 +149,7 @@ fn linear(
     input: usize,
     x: &str,
     out: &str,
+    around: Around<'_>,
     kind: GraphKind,
 ) -> Result<String, GgufError> {
     let all_q4_1 = names
@@ -151,14 +158,18 @@ fn linear(
         .collect::<Result<Vec<_>, _>>()?
         .iter()
         .all(|i| i.ggml_type == GgmlType::Q4_1);
-    if !all_q4_1 || !input.is_multiple_of(BLOCK) {
-        let w = fused_transpose(gguf, names, input)?;
-        let w = g.init_f32(&format!("{out}_w"), &[input as i64, (w.len() / input) as i64], &w);
-        return Ok(g.node("MatMul", &[x, &w], out, vec![]));
-    }
-    let raw: Vec<&[u8]> = names.iter().map(|n| gguf.tensor_data(n)).collect::<Result<_, _>>()?;
-    if kind == GraphKind::Decode {
+    let q4 = all_q4_1 && input.is_multiple_of(BLOCK);
+    // the kernel's RMSNorm takes rows of whole 8-lane groups (see `super::fused::rms_norm`)
+    let fused = q4 && kind == GraphKind::Decode;
+    let fuse_norm = fused && input.is_multiple_of(8);
+    let x = match around.norm {
+        Some((weight, eps)) if !fuse_norm => rms_norm(g, x, weight, eps, &format!("{out}_normed")),
+        _ => x.to_string(),
+    };
+    let x = if around.swiglu && !fused { swiglu(g, &x, out) } else { x };
+    if fused {
         // GGUF's own nibbles and f16 d and m, as they are in the file (see `super::qlinear`)
+        let raw: Vec<&[u8]> = names.iter().map(|n| gguf.tensor_data(n)).collect::<Result<_, _>>()?;
         let blocks: Vec<&[u8]> = raw.iter().flat_map(|r| r.chunks_exact(20)).collect();
         let rows = (blocks.len() / (input / BLOCK)) as i64;
         let codes: Vec<u8> = blocks.iter().flat_map(|b| b[4..20].iter().copied()).collect();
@@ -168,10 +179,52 @@ fn linear(
         let codes = g.init_bytes(&format!("{out}_codes"), UINT8, &[rows, input as i64 / 2], codes);
         let d = g.init_bytes(&format!("{out}_d"), UINT16, &[rows, per_row], d);
         let m = g.init_bytes(&format!("{out}_m"), UINT16, &[rows, per_row], m);
-        g.node_in(DOMAIN, Q4_LINEAR_OP, &[x, &codes, &d, &m], &[out], vec![]);
+        let norm = around.norm.filter(|_| fuse_norm);
+        let mut inputs = vec![x.as_str(), &codes, &d, &m, norm.map_or("", |(w, _)| w), around.residual.unwrap_or("")];
+        while inputs.last() == Some(&"") {
+            inputs.pop();
+        }
+        let mut attrs = Vec::new();
+        if let Some((_, eps)) = norm {
+            attrs.push(AttributeProto::float("epsilon", eps));
+        }
+        if around.swiglu {
+            attrs.push(AttributeProto::int("swiglu", 1));
+        }
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &inputs, &[out], attrs);
         return Ok(out.to_string());
     }
-    let nb = NBits::from_q4_1(&raw, input);
+    // the product's own name, unless a residual follows it
+    let product = if around.residual.is_some() { format!("{out}_product") } else { out.to_string() };
+    let product = if q4 {
+        let raw: Vec<&[u8]> = names.iter().map(|n| gguf.tensor_data(n)).collect::<Result<_, _>>()?;
+        matmul_nbits(g, &raw, input, &x, &product)
+    } else {
+        let w = fused_transpose(gguf, names, input)?;
+        let w = g.init_f32(&format!("{out}_w"), &[input as i64, (w.len() / input) as i64], &w);
+        g.node("MatMul", &[&x, &w], &product, vec![])
+    };
+    Ok(match around.residual {
+        Some(residual) => g.node("Add", &[residual, &product], out, vec![]),
+        None => product,
+    })
+}
+
+/// `silu(g) ⊙ u` of `x = [g | u]` as graph nodes (ONNX Runtime fuses the first two into its
+/// `QuickGelu`).
+fn swiglu(g: &mut GraphBuilder, x: &str, out: &str) -> String {
+    let (gate, up) = (format!("{out}_gate"), format!("{out}_up"));
+    let split = vec![AttributeProto::int("axis", -1), AttributeProto::int("num_outputs", 2)];
+    g.node_in("", "Split", &[x], &[&gate, &up], split);
+    let sig = g.node("Sigmoid", &[&gate], &format!("{out}_gate_sigmoid"), vec![]);
+    let silu = g.node("Mul", &[&gate, &sig], &format!("{out}_gate_silu"), vec![]);
+    g.node("Mul", &[&silu, &up], &format!("{out}_act"), vec![])
+}
+
+/// `x · Wᵀ` for Q4_1 matrices through ONNX Runtime's `MatMulNBits` and an exact block-sum
+/// correction for the `m` offsets ([`super::quant`]).
+fn matmul_nbits(g: &mut GraphBuilder, raw: &[&[u8]], input: usize, x: &str, out: &str) -> String {
+    let nb = NBits::from_q4_1(raw, input);
     let (n, k, blocks) = (nb.n as i64, nb.k as i64, (nb.k / BLOCK) as i64);
     let codes = g.init_bytes(&format!("{out}_codes"), UINT8, &[n, blocks, (BLOCK / 2) as i64], nb.codes);
     let scales = g.init_f32(&format!("{out}_scales"), &[n * blocks], &nb.scales);
@@ -199,7 +252,7 @@ fn linear(
     let sums =
         g.node("ReduceSum", &[&blocked, &axes], &format!("{out}_xsums"), vec![AttributeProto::int("keepdims", 0)]);
     let corr = g.node("MatMul", &[&sums, &offsets], &format!("{out}_corr"), vec![]);
-    Ok(g.node("Add", &[&main, &corr], out, vec![]))
+    g.node("Add", &[&main, &corr], out, vec![])
 }
 
 /// RMSNorm through ONNX Runtime's fused `SimplifiedLayerNormalization` kernel.

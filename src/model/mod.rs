@@ -8,6 +8,7 @@
 pub mod compare;
 pub mod config;
 pub mod export;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod head;

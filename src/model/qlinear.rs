@@ -10,15 +10,24 @@
 //! four weight rows at a time, compiled for AVX2+FMA when the CPU has them; weight rows are split
 //! across rayon's threads.
 //!
-//! Inputs: `x [M, K]` f32, `codes [N, K/2]` uint8, `d [N, K/32]` and `m [N, K/32]` f16 bits
-//! (uint16).
-//! Output: `[M, N]`. The prefill graph keeps `MatMulNBits`, whose blocked kernels win for many
+//! Inputs: `x [M, K]` f32 (`[M, 2K]` with `swiglu`), `codes [N, K/2]` uint8, `d [N, K/32]` and
+//! `m [N, K/32]` f16 bits (uint16); optional `norm [K]` f32 and `residual [M, N]` f32.
+//! Output: `y [M, N]`. The prefill graph keeps `MatMulNBits`, whose blocked kernels win for many
 //! rows.
+//!
+//! **What it absorbs of the graph around it** (decode steps only), each in the arithmetic of the
+//! ONNX Runtime nodes it replaces ([`super::fused`]), so that the fused graph's logits are the
+//! unfused graph's bit for bit (tested): with `norm` (attribute `epsilon`; `K` a multiple of 8)
+//! the RMSNorm of `x` before the product; with attribute `swiglu = 1` the `silu(g) ⊙ u` of
+//! `x = [g | u]`; with `residual` the `Add` after it. A decode step then runs 5 graph nodes per
+//! layer instead of 13, and each node costs an ONNX Runtime dispatch and an output buffer.
 
 use half::f16;
 use half::slice::HalfBitsSliceExt;
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
+
+use super::fused;
 
 /// Name of the operator in the `kvbench` domain.
 pub const Q4_LINEAR_OP: &str = "Q4Linear";
@@ -43,6 +52,8 @@ impl Operator for Q4LinearOp {
             OperatorInput::required(TensorElementType::Uint8),
             OperatorInput::required(TensorElementType::Uint16),
             OperatorInput::required(TensorElementType::Uint16),
+            OperatorInput::optional(TensorElementType::Float32),
+            OperatorInput::optional(TensorElementType::Float32),
         ]
     }
 
@@ -50,34 +61,71 @@ impl Operator for Q4LinearOp {
         [OperatorOutput::required(TensorElementType::Float32)]
     }
 
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        Ok(Q4LinearKernel)
+    fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let epsilon = ctx.get::<f32>("epsilon").unwrap_or(0.0);
+        let swiglu = ctx.get::<i64>("swiglu").unwrap_or(0) != 0;
+        Ok(Q4LinearKernel { epsilon, swiglu, input: Vec::new() })
     }
 }
 
-/// The kernel (stateless).
-pub struct Q4LinearKernel;
+/// The kernel: its attributes, and the product's input buffer, reused from call to call.
+pub struct Q4LinearKernel {
+    epsilon: f32,
+    swiglu: bool,
+    input: Vec<f32>,
+}
 
 impl Kernel for Q4LinearKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let input = |i: usize, what: &str| {
-            ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("Q4Linear: missing input {what}")))
-        };
+        let fail = |what: String| ort::Error::new(format!("Q4Linear: {what}"));
+        let input = |i: usize, what: &str| ctx.input(i)?.ok_or_else(|| fail(format!("missing input {what}")));
+        let optional = |i: usize| if ctx.num_inputs()? > i { ctx.input(i) } else { Ok(None) };
         let (x, codes, d, m) = (input(0, "x")?, input(1, "codes")?, input(2, "d")?, input(3, "m")?);
         let (x_shape, x) = x.try_extract_tensor::<f32>()?;
         let (c_shape, codes) = codes.try_extract_tensor::<u8>()?;
         let (_, d) = d.try_extract_tensor::<u16>()?;
         let (_, m) = m.try_extract_tensor::<u16>()?;
         let (d, m) = (d.reinterpret_cast(), m.reinterpret_cast());
-        let (rows_x, k, n) = (x_shape[0] as usize, x_shape[1] as usize, c_shape[0] as usize);
+        let (rows_x, k, n) = (x_shape[0] as usize, 2 * c_shape[1] as usize, c_shape[0] as usize);
+        let width = if self.swiglu { 2 * k } else { k };
         let blocks = k / BLOCK;
-        if !k.is_multiple_of(BLOCK) || c_shape[1] as usize != k / 2 || d.len() != n * blocks || m.len() != n * blocks {
-            return Err(ort::Error::new(format!("Q4Linear: x {x_shape:?} does not fit codes {c_shape:?}")));
+        if !k.is_multiple_of(BLOCK) || x_shape[1] as usize != width || d.len() != n * blocks || m.len() != n * blocks {
+            return Err(fail(format!("x {x_shape:?} does not fit codes {c_shape:?}")));
         }
-        let mut out =
-            ctx.output(0, [rows_x as i64, n as i64])?.ok_or_else(|| ort::Error::new("Q4Linear: no output"))?;
-        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        q4_matmul(x, k, codes, d, m, out);
+        let (norm, residual) = (optional(4)?, optional(5)?);
+        let x = match (&norm, self.swiglu) {
+            (Some(_), true) => return Err(fail("a norm and swiglu at once".into())),
+            (Some(norm), false) => {
+                let (_, weight) = norm.try_extract_tensor::<f32>()?;
+                if weight.len() != k || !k.is_multiple_of(8) {
+                    return Err(fail(format!("a norm of {} for rows of {k}", weight.len())));
+                }
+                self.input.resize(x.len(), 0.0);
+                for (row, out) in x.chunks_exact(k).zip(self.input.chunks_exact_mut(k)) {
+                    fused::rms_norm(row, weight, self.epsilon, out);
+                }
+                &self.input[..]
+            }
+            (None, true) => {
+                self.input.resize(rows_x * k, 0.0);
+                for (row, out) in x.chunks_exact(2 * k).zip(self.input.chunks_exact_mut(k)) {
+                    fused::swiglu(&row[..k], &row[k..], out);
+                }
+                &self.input[..]
+            }
+            (None, false) => x,
+        };
+        let mut y = ctx.output(0, [rows_x as i64, n as i64])?.ok_or_else(|| fail("no output".into()))?;
+        let (_, y) = y.try_extract_tensor_mut::<f32>()?;
+        q4_matmul(x, k, codes, d, m, y);
+        if let Some(residual) = &residual {
+            let (_, residual) = residual.try_extract_tensor::<f32>()?;
+            if residual.len() != y.len() {
+                return Err(fail(format!("the residual does not have {rows_x} rows of {n}")));
+            }
+            // `Add(residual, product)`: one rounding, the same either way round
+            y.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+        }
         Ok(())
     }
 }
@@ -92,33 +140,40 @@ pub fn q4_matmul(x: &[f32], k: usize, codes: &[u8], d: &[f16], m: &[f16], out: &
     super::rowwise::by_weight_row_blocks(n, rows_x, ROWS_PER_TASK, out, |rows, tile| {
         let (first, count) = (rows.start, rows.len());
         let c = &codes[first * k / 2..][..count * k / 2];
-        let widen = |h: &[f16]| {
-            let mut f = vec![0.0f32; count * blocks];
-            widen_halves(&h[first * blocks..][..count * blocks], &mut f);
-            f
-        };
-        let (dr, mr) = (&widen(d)[..], &widen(m)[..]);
-        for (j, (xr, sr)) in x.chunks_exact(k).zip(sums.chunks_exact(blocks)).enumerate() {
-            let quads = count / 4;
-            for i in 0..quads {
-                let dots = rows_dot4(
-                    &c[i * 2 * k..][..2 * k],
-                    &dr[i * 4 * blocks..][..4 * blocks],
-                    &mr[i * 4 * blocks..][..4 * blocks],
-                    xr,
-                    sr,
-                );
-                for (r, dot) in dots.into_iter().enumerate() {
-                    tile[(4 * i + r) * rows_x + j] = dot;
-                }
-            }
-            for r in 4 * quads..count {
-                let (cr, drr, mrr) =
-                    (&c[r * k / 2..][..k / 2], &dr[r * blocks..][..blocks], &mr[r * blocks..][..blocks]);
-                tile[r * rows_x + j] = row_dot(cr, drr, mrr, xr, sr);
+        WIDE_DM.with_borrow_mut(|wide| {
+            wide.resize(2 * count * blocks, 0.0);
+            let (dr, mr) = wide.split_at_mut(count * blocks);
+            widen_halves(&d[first * blocks..][..count * blocks], dr);
+            widen_halves(&m[first * blocks..][..count * blocks], mr);
+            rows_tile(c, dr, mr, x, k, &sums, tile);
+        });
+    });
+}
+
+thread_local! {
+    /// A task's `d` and `m` widened to f32, reused from task to task (no allocation per task).
+    static WIDE_DM: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One task's weight rows (`c`, and `dr`, `mr` widened) dotted with every row of `x`, into
+/// `tile` (`[weight rows, rows of x]`); `sums` are the block sums of `x`.
+fn rows_tile(c: &[u8], dr: &[f32], mr: &[f32], x: &[f32], k: usize, sums: &[f32], tile: &mut [f32]) {
+    let (rows_x, blocks) = (x.len() / k, k / BLOCK);
+    let count = dr.len() / blocks;
+    let quads = count / 4;
+    for (j, (xr, sr)) in x.chunks_exact(k).zip(sums.chunks_exact(blocks)).enumerate() {
+        for i in 0..quads {
+            let (c4, d4, m4) =
+                (&c[i * 2 * k..][..2 * k], &dr[i * 4 * blocks..][..4 * blocks], &mr[i * 4 * blocks..][..4 * blocks]);
+            for (r, dot) in rows_dot4(c4, d4, m4, xr, sr).into_iter().enumerate() {
+                tile[(4 * i + r) * rows_x + j] = dot;
             }
         }
-    });
+        for r in 4 * quads..count {
+            let (cr, drr, mrr) = (&c[r * k / 2..][..k / 2], &dr[r * blocks..][..blocks], &mr[r * blocks..][..blocks]);
+            tile[r * rows_x + j] = row_dot(cr, drr, mrr, xr, sr);
+        }
+    }
 }
 
 /// `out[i] = f32(h[i])` (exact), eight at a time with F16C where the CPU has it.
@@ -288,6 +343,119 @@ mod tests {
     use super::*;
     use crate::model::gguf::dequantize_q4_1;
     use half::f16;
+
+    /// The fused decode graph's `Q4Linear` (norm before, SwiGLU before, residual after) against
+    /// the ONNX Runtime nodes it replaces, run side by side in one ONNX Runtime session, and
+    /// [`fused::swiglu`] against its nodes over a wide range of gates: the same bits.
+    #[test]
+    fn fused_kernels_match_the_onnx_runtime_nodes() {
+        use crate::model::export::DOMAIN;
+        use crate::model::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, UINT8, UINT16};
+        use ort::value::Tensor;
+
+        let (rows, k, eps, wide) = (3usize, 128usize, 1e-5f32, 8192usize);
+        let noise = |seed: usize, len: usize, scale: f32| -> Vec<f32> {
+            (0..len).map(|i| ((i as f32 * 0.618 + seed as f32 * 1.7).sin() * 43_758.547).fract() * scale).collect()
+        };
+        let halves = |v: Vec<f32>| -> Vec<u8> { v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect() };
+        let mut g = GraphBuilder::default();
+        let dims = |r: usize, c: usize| [Dim::Fixed(r as i64), Dim::Fixed(c as i64)];
+        let x = g.input("x", FLOAT, &dims(rows, k));
+        let res = g.input("res", FLOAT, &dims(rows, k));
+        let (gate, up) = (g.input("g", FLOAT, &dims(1, wide)), g.input("u", FLOAT, &dims(1, wide)));
+        let weight = g.init_f32("w", &[k as i64], &noise(1, k, 2.0));
+        let matrix = |g: &mut GraphBuilder, name: &str, n: usize, seed: usize| -> [String; 3] {
+            let codes: Vec<u8> = (0..n * k / 2).map(|i| (i * 151 + i / 5 + seed) as u8).collect();
+            let (n, per_row) = (n as i64, (k / BLOCK) as i64);
+            let (d, m) = (noise(seed, n as usize * k / BLOCK, 0.05), noise(seed + 1, n as usize * k / BLOCK, 0.3));
+            [
+                g.init_bytes(&format!("{name}_codes"), UINT8, &[n, k as i64 / 2], codes),
+                g.init_bytes(&format!("{name}_d"), UINT16, &[n, per_row], halves(d)),
+                g.init_bytes(&format!("{name}_m"), UINT16, &[n, per_row], halves(m)),
+            ]
+        };
+        let [c1, d1, m1] = matrix(&mut g, "a", k, 3);
+        let [c2, d2, m2] = matrix(&mut g, "b", 2 * k, 5);
+        let [c3, d3, m3] = matrix(&mut g, "c", k, 9);
+        let norm_attrs = vec![AttributeProto::int("axis", -1), AttributeProto::float("epsilon", eps)];
+        let silu = |g: &mut GraphBuilder, gate: &str, up: &str, out: &str| {
+            let sig = g.node("Sigmoid", &[gate], &format!("{out}_sig"), vec![]);
+            let silu = g.node("Mul", &[gate, &sig], &format!("{out}_silu"), vec![]);
+            g.node("Mul", &[&silu, up], out, vec![]);
+        };
+        // as ONNX Runtime nodes
+        let h = g.node("SimplifiedLayerNormalization", &[&x, &weight], "h", norm_attrs);
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &[&h, &c1, &d1, &m1], &["p"], vec![]);
+        g.node("Add", &[&res, "p"], "y_nodes", vec![]);
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &[&h, &c2, &d2, &m2], &["gu_nodes"], vec![]);
+        let split = vec![AttributeProto::int("axis", -1), AttributeProto::int("num_outputs", 2)];
+        g.node_in("", "Split", &["gu_nodes"], &["gn", "un"], split);
+        silu(&mut g, "gn", "un", "act");
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &["act", &c3, &d3, &m3], &["z"], vec![]);
+        g.node("Add", &[&res, "z"], "z_nodes", vec![]);
+        silu(&mut g, &gate, &up, "swiglu_nodes");
+        // fused
+        let eps_attr = || vec![AttributeProto::float("epsilon", eps)];
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &[&x, &c1, &d1, &m1, &weight, &res], &["y_fused"], eps_attr());
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &[&x, &c2, &d2, &m2, &weight], &["gu_fused"], eps_attr());
+        let swiglu = vec![AttributeProto::int("swiglu", 1)];
+        g.node_in(DOMAIN, Q4_LINEAR_OP, &["gu_fused", &c3, &d3, &m3, "", &res], &["z_fused"], swiglu);
+        for (name, cols) in [("y_nodes", k), ("y_fused", k), ("gu_nodes", 2 * k), ("gu_fused", 2 * k)] {
+            g.output(name, FLOAT, &dims(rows, cols));
+        }
+        for name in ["z_nodes", "z_fused"] {
+            g.output(name, FLOAT, &dims(rows, k));
+        }
+        g.output("swiglu_nodes", FLOAT, &dims(1, wide));
+        let bytes = g.into_model_bytes("fused", &[("", 21), (DOMAIN, 1)], &[]);
+
+        let env = crate::model::session::environment().expect("ONNX Runtime (fetched on first use)");
+        let domain = ort::operator::OperatorDomain::new(DOMAIN).unwrap().add(Q4LinearOp).unwrap();
+        let mut session = ort::session::Session::builder(env)
+            .unwrap()
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
+            .unwrap()
+            .with_operators(domain)
+            .unwrap()
+            .commit_from_memory(&bytes)
+            .unwrap();
+        // gates over the whole range of the logistic kernel and past its clamps at ±18
+        let gates: Vec<f32> =
+            (0..wide).map(|i| (i as f32 - wide as f32 / 2.0) * 0.006 + 0.0001 * (i % 7) as f32).collect();
+        let ups = noise(4, wide, 3.0);
+        let outputs = session
+            .run(ort::inputs![
+                "x" => Tensor::from_array(([rows, k], noise(7, rows * k, 3.0))).unwrap(),
+                "res" => Tensor::from_array(([rows, k], noise(8, rows * k, 1.0))).unwrap(),
+                "g" => Tensor::from_array(([1, wide], gates.clone())).unwrap(),
+                "u" => Tensor::from_array(([1, wide], ups.clone())).unwrap(),
+            ])
+            .unwrap();
+        let values = |name: &str| outputs[name].try_extract_tensor::<f32>().unwrap().1.to_vec();
+        let mut direct = vec![0.0f32; wide];
+        fused::swiglu(&gates, &ups, &mut direct);
+        #[cfg(target_arch = "x86_64")]
+        let exact = !std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let exact = false;
+        let pairs = [
+            ("y_nodes", values("y_fused")),
+            ("gu_nodes", values("gu_fused")),
+            ("z_nodes", values("z_fused")),
+            ("swiglu_nodes", direct),
+        ];
+        for (name, fused) in pairs {
+            let nodes = values(name);
+            if exact {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&nodes), bits(&fused), "{name} vs fused");
+            } else {
+                // ONNX Runtime picks other kernels there: close, maybe not the same bits
+                let close = nodes.iter().zip(&fused).all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0));
+                assert!(close, "{name} vs fused");
+            }
+        }
+    }
 
     #[test]
     fn four_row_kernel_and_public_entry_are_bit_identical_to_the_generic_row() {

@@ -91,7 +91,7 @@ pub struct Runtime {
     gguf_sha256: String,
 }
 
-fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
+pub(crate) fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
     static ENV: OnceLock<Result<ort::environment::Environment, (PathBuf, String)>> = OnceLock::new();
     let result = ENV.get_or_init(|| {
         let lib = assets::onnxruntime_library().map_err(|e| (PathBuf::new(), e.to_string()))?;
