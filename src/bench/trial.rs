@@ -38,7 +38,9 @@ pub struct SampleOutcome {
     pub kl: f64,
     /// fp16 full-cache bytes over the peak bytes held after compression.
     pub measured_ratio: f64,
-    /// Seconds of this sample.
+    /// Wall seconds of this sample in this run. Work shared between trials (a reused prefill,
+    /// LLMLingua's scoring of a prompt its other ratios already scored) counts in the trial that
+    /// did it, so this is the harness's cost, not the method's.
     pub seconds: f64,
 }
 

@@ -35,10 +35,16 @@ pub fn by_weight_row_blocks(
     out: &mut [f32],
     block: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 ) {
+    let rows_of = |task: usize| task * rows_per_task..((task + 1) * rows_per_task).min(n);
+    if m == 1 {
+        // one input row (a decode step): a task's tile is its stretch of the output
+        out.par_chunks_mut(rows_per_task).enumerate().for_each(|(task, tile)| block(rows_of(task), tile));
+        return;
+    }
     let tiles: Vec<Vec<f32>> = (0..n.div_ceil(rows_per_task))
         .into_par_iter()
         .map(|task| {
-            let rows = task * rows_per_task..((task + 1) * rows_per_task).min(n);
+            let rows = rows_of(task);
             let mut tile = vec![0.0f32; rows.len() * m];
             block(rows, &mut tile);
             tile
@@ -55,6 +61,13 @@ pub fn by_weight_row_blocks(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_input_row_fills_the_output_in_place() {
+        let mut out = vec![0.0; 5];
+        super::by_weight_rows(5, 1, 2, &mut out, || (), |_, r, dots| dots[0] = r as f32);
+        assert_eq!(out, [0.0, 1.0, 2.0, 3.0, 4.0]);
+    }
+
     #[test]
     fn output_is_row_major_over_inputs() {
         // out[j, r] = 10 j + r for 2 input rows and 5 weight rows, tasks of 2 rows
