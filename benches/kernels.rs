@@ -6,12 +6,13 @@
 //! cache (`attend`, 9 query heads on 3 kv heads of 64), then the Q8_0 head (`Q8Linear`,
 //! 576→49,152). Random weights and activations of those shapes; each figure is the fastest of
 //! `KVBENCH_ROUNDS` (default 15) timed steps after one warm-up (the least disturbed by other work on
-//! a shared machine), on rayon pools of 1 and 2
-//! threads.
+//! a shared machine), on rayon pools of 1 and 2 threads.
 //!
 //! The weight products also run on weights small enough to stay in cache, over as many
 //! multiply-adds: the difference between the two rows is what streaming the weights from memory
-//! costs. Results and what they led to: docs/PERF.md.
+//! costs. Attention reads a cache per layer (30 of them, streamed like the weights), once in f32
+//! (the `full` method) and once in f16 (`fp16`, read as stored). Results and what they led to:
+//! docs/PERF.md.
 //!
 //! `cargo bench --bench kernels`
 
@@ -19,7 +20,7 @@ use std::time::Instant;
 
 use half::f16;
 use kvbench::kv::Heads;
-use kvbench::kv::attention::{KvView, attend_observed};
+use kvbench::kv::attention::{KvView, attend_observed, attend_observed_half};
 use kvbench::model::head::q8_matmul;
 use kvbench::model::qlinear::q4_matmul;
 
@@ -150,19 +151,38 @@ fn main() {
     row("Q8Linear head over 32 rows (teacher forcing; not a decode step)", head32);
 
     for n in [1024usize, 4096] {
-        let per_head: Vec<(Vec<f32>, Vec<f32>)> =
-            (0..SHAPE.kv_heads).map(|_| (noise.f32s(n * d, 2.0), noise.f32s(n * d, 2.0))).collect();
-        let views: Vec<KvView<'_>> = per_head.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
+        // one cache per layer, as in a decode step: 30 layers stream from memory, f32 (the `full`
+        // method) and f16 (`fp16`, llama.cpp's default cache type) holding the same values
+        let layers: Vec<Vec<(Vec<f32>, Vec<f32>)>> = (0..LAYERS)
+            .map(|_| (0..SHAPE.kv_heads).map(|_| (noise.f32s(n * d, 2.0), noise.f32s(n * d, 2.0))).collect())
+            .collect();
+        let halved: Vec<Vec<(Vec<f16>, Vec<f16>)>> = layers
+            .iter()
+            .map(|heads| heads.iter().map(|(k, v)| (halves(k.clone()), halves(v.clone()))).collect())
+            .collect();
         let mut mass = vec![vec![0.0f32; n]; SHAPE.kv_heads];
         let ms = pools.each_ref().map(|p| {
             p.install(|| {
                 best_ms(rounds, || {
-                    for _ in 0..LAYERS {
+                    for heads in &layers {
+                        let views: Vec<KvView<'_>> = heads.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
                         attend_observed(SHAPE, &q, q.len(), 1, &views, &mut attn_out, Some(&mut mass));
                     }
                 })
             })
         });
-        row(&format!("attention ×30 over {n} tokens (with mass)"), ms);
+        row(&format!("attention ×30 layers over {n} tokens, f32 cache (with mass)"), ms);
+        let ms = pools.each_ref().map(|p| {
+            p.install(|| {
+                best_ms(rounds, || {
+                    for heads in &halved {
+                        let views: Vec<KvView<'_, f16>> =
+                            heads.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
+                        assert!(attend_observed_half(SHAPE, &q, q.len(), 1, &views, &mut attn_out, None));
+                    }
+                })
+            })
+        });
+        row(&format!("attention ×30 layers over {n} tokens, f16 cache"), ms);
     }
 }

@@ -4,7 +4,8 @@
 //! kvbench is measured through its release binary (`kvbench generate --prompt-ids … --json`),
 //! so the figures are what a user gets; llama.cpp through `xtask/py/llama_perf.py`. Prompts are
 //! fixed-seed ordinary token ids of 1,024 and 4,096 tokens; decode is timed over 64 steps after
-//! the prompt. Rounds (default 5) alternate the engines, each figure is the median over rounds,
+//! the prompt. kvbench runs twice per prompt: with its `full` cache (fp32, the benchmark's
+//! reference) and with `fp16` (half-precision keys and values, llama.cpp's default cache type). Rounds (default 5) alternate the engines, each figure is the median over rounds,
 //! and the ratio is the median of each round's kvbench / llama.cpp, so that a slow spell of a
 //! shared machine does not land on one engine only. Peak RSS is the kernel's high-water mark
 //! (`VmHWM`) of the 4k-token generation process. Results go to `docs/perf.json` and a markdown
@@ -34,8 +35,18 @@ pub struct Args {
 
 const DECODE_STEPS: usize = 64;
 
-/// The four speed figures, as both engines name them.
+/// The four speed figures, as llama_perf.py names them.
 const FIGURES: [&str; 4] = ["prefill_1k", "prefill_4k", "decode_1k", "decode_4k"];
+
+/// kvbench's cache methods measured, with the suffix of their figures: `full` is the fp32
+/// reference cache every method is compared with; `fp16` stores keys and values as llama.cpp's
+/// default cache does (f16), so its row is the like-for-like comparison.
+const METHODS: [(&str, &str); 2] = [("full", ""), ("fp16", "_fp16")];
+
+/// Each kvbench figure's key with the llama.cpp figure it is compared with.
+fn figures() -> impl Iterator<Item = (String, &'static str)> {
+    METHODS.into_iter().flat_map(|(_, suffix)| FIGURES.map(|key| (format!("{key}{suffix}"), key)))
+}
 
 /// Measure and report.
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -52,11 +63,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut theirs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..args.repeats {
-        for (label, n) in [("1k", 1024usize), ("4k", 4096)] {
+        for ((label, n), (method, suffix)) in
+            [("1k", 1024usize), ("4k", 4096)].into_iter().flat_map(|size| METHODS.map(|m| (size, m)))
+        {
             let ids_path = dir.join(format!("prompt-{n}.json"));
             std::fs::write(&ids_path, serde_json::to_string(&prompt_ids(n, 0x6b76_6265_6e63_6800 + n as u64))?)?;
             let out = Command::new(&kvbench)
                 .args(["generate", "--json", "--ignore-eos", "--threads", &args.threads.to_string()])
+                .args(["--method", method])
                 .args(["--max-new-tokens", &(DECODE_STEPS + 1).to_string(), "--prompt-ids"])
                 .arg(&ids_path)
                 .output()
@@ -67,11 +81,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let v: Value = serde_json::from_slice(&out.stdout).context("kvbench printed no JSON")?;
             let (p, d) =
                 (v["prefill_tokens_per_s"].as_f64().unwrap_or(0.0), v["decode_tokens_per_s"].as_f64().unwrap_or(0.0));
-            eprintln!("round {round}: kvbench {label}: prefill {p:.1} tok/s, decode {d:.1} tok/s");
-            ours.entry(format!("prefill_{label}")).or_default().push(p);
-            ours.entry(format!("decode_{label}")).or_default().push(d);
+            eprintln!("round {round}: kvbench {label}, {method} cache: prefill {p:.1} tok/s, decode {d:.1} tok/s");
+            ours.entry(format!("prefill_{label}{suffix}")).or_default().push(p);
+            ours.entry(format!("decode_{label}{suffix}")).or_default().push(d);
             let rss = v["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64;
-            ours.entry(format!("peak_rss_mib_{label}")).or_default().push(rss);
+            ours.entry(format!("peak_rss_mib_{label}{suffix}")).or_default().push(rss);
         }
         if let Some(python) = &llama_python {
             let out = Command::new(python)
@@ -100,12 +114,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect()
     };
     // each round's kvbench figure over llama.cpp's, then the median over rounds
-    let ratios: serde_json::Map<String, Value> = FIGURES
-        .iter()
-        .filter_map(|&key| {
-            let (a, b) = (ours.get(key)?, theirs.get(key)?);
+    let ratios: serde_json::Map<String, Value> = figures()
+        .filter_map(|(key, llama_key)| {
+            let (a, b) = (ours.get(&key)?, theirs.get(llama_key)?);
             let per_round: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
-            Some((key.to_string(), json!(median(&per_round))))
+            Some((key, json!(median(&per_round))))
         })
         .collect();
     let machine = machine();
@@ -116,16 +129,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(root.join("docs/perf.json"), serde_json::to_string_pretty(&report)? + "\n")?;
     println!("| figure (tokens/s, {} threads) | kvbench | llama.cpp | ratio |", args.threads);
     println!("|---|---:|---:|---:|");
-    for key in FIGURES {
-        let a = report["kvbench"][key].as_f64().unwrap_or(f64::NAN);
-        let b = report["llama_cpp"][key].as_f64().unwrap_or(f64::NAN);
-        let r = report["ratio_median_of_rounds"][key].as_f64().unwrap_or(f64::NAN);
+    for (key, llama_key) in figures() {
+        let a = report["kvbench"][&key].as_f64().unwrap_or(f64::NAN);
+        let b = report["llama_cpp"][llama_key].as_f64().unwrap_or(f64::NAN);
+        let r = report["ratio_median_of_rounds"][&key].as_f64().unwrap_or(f64::NAN);
         println!("| {key} | {a:.1} | {b:.1} | {r:.2} |");
     }
-    println!(
-        "| peak RSS, 4k-token generation (MiB) | {:.0} | | |",
-        report["kvbench"]["peak_rss_mib_4k"].as_f64().unwrap_or(f64::NAN)
-    );
+    for (_, suffix) in METHODS {
+        let key = format!("peak_rss_mib_4k{suffix}");
+        println!("| {key} (4k-token generation) | {:.0} | | |", report["kvbench"][&key].as_f64().unwrap_or(f64::NAN));
+    }
     println!("\nmedians of {} rounds; ratio: median over rounds of kvbench / llama.cpp", args.repeats);
     println!("machine: {machine}");
     Ok(())
