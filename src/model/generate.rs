@@ -430,16 +430,16 @@ fn compress_prompt(
 /// `information[i] = −log p(scored[i] | scored[..i])` under the full model (infinite for the
 /// first token, which has no prediction), scored in chunks of `chunk`.
 ///
-/// Remembered per model, chunk size and token sequence for the process: the scores do not depend
+/// Remembered per model, thread count, chunk size and token sequence for the process: the scores do not depend
 /// on the budget, so the benchmark's four `lingua` ratios of a sample score it once instead of
 /// four times (each scoring pass computes full-vocabulary logits for every prompt token).
 fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Arc<Vec<f32>>, ModelError> {
-    type Memo = HashMap<(String, usize, Vec<u32>), Arc<Vec<f32>>>;
+    type Memo = HashMap<(String, usize, usize, Vec<u32>), Arc<Vec<f32>>>;
     /// Entries kept before the memo starts over (a few MB at the full tier's lengths).
     const MEMO_ENTRIES: usize = 64;
     static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
-    let key = (rt.gguf_sha256().to_string(), chunk, scored.to_vec());
+    let key = (rt.gguf_sha256().to_string(), rt.threads(), chunk, scored.to_vec());
     if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
         return Ok(hit);
     }

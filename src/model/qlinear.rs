@@ -62,7 +62,8 @@ impl Operator for Q4LinearOp {
     }
 
     fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let epsilon = ctx.get::<f32>("epsilon").unwrap_or(0.0);
+        // ONNX Runtime's `SimplifiedLayerNormalization` default, for a norm given without one
+        let epsilon = ctx.get::<f32>("epsilon").unwrap_or(1e-5);
         let swiglu = ctx.get::<i64>("swiglu").unwrap_or(0) != 0;
         Ok(Q4LinearKernel { epsilon, swiglu, input: Vec::new() })
     }
@@ -86,13 +87,22 @@ impl Kernel for Q4LinearKernel {
         let (_, d) = d.try_extract_tensor::<u16>()?;
         let (_, m) = m.try_extract_tensor::<u16>()?;
         let (d, m) = (d.reinterpret_cast(), m.reinterpret_cast());
+        if x_shape.len() != 2 || c_shape.len() != 2 {
+            return Err(fail(format!("x {x_shape:?} and codes {c_shape:?} must be matrices")));
+        }
         let (rows_x, k, n) = (x_shape[0] as usize, 2 * c_shape[1] as usize, c_shape[0] as usize);
         let width = if self.swiglu { 2 * k } else { k };
         let blocks = k / BLOCK;
-        if !k.is_multiple_of(BLOCK) || x_shape[1] as usize != width || d.len() != n * blocks || m.len() != n * blocks {
+        let fits = k > 0 && k.is_multiple_of(BLOCK) && x_shape[1] as usize == width && x.len() == rows_x * width;
+        if !fits || codes.len() != n * k / 2 || d.len() != n * blocks || m.len() != n * blocks {
             return Err(fail(format!("x {x_shape:?} does not fit codes {c_shape:?}")));
         }
         let (norm, residual) = (optional(4)?, optional(5)?);
+        if let Some(residual) = &residual
+            && residual.shape().to_vec() != [rows_x as i64, n as i64]
+        {
+            return Err(fail(format!("the residual is {:?}, not [{rows_x}, {n}]", residual.shape())));
+        }
         let x = match (&norm, self.swiglu) {
             (Some(_), true) => return Err(fail("a norm and swiglu at once".into())),
             (Some(norm), false) => {

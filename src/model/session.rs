@@ -89,6 +89,8 @@ pub struct Runtime {
     tokenizer: Tokenizer,
     gguf_path: PathBuf,
     gguf_sha256: String,
+    /// ONNX Runtime's intra-op threads.
+    threads: usize,
 }
 
 pub(crate) fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
@@ -144,7 +146,7 @@ impl Runtime {
         };
         let prefill = open(&onnx_prefill, GraphKind::Prefill)?;
         let decode = open(&onnx_decode, GraphKind::Decode)?;
-        Ok(Self { prefill, decode, cache, config, tokenizer, gguf_path, gguf_sha256: sha })
+        Ok(Self { prefill, decode, cache, config, tokenizer, gguf_path, gguf_sha256: sha, threads })
     }
 
     /// The model's shape.
@@ -160,6 +162,11 @@ impl Runtime {
     /// The GGUF this runtime was built from.
     pub fn gguf_sha256(&self) -> &str {
         &self.gguf_sha256
+    }
+
+    /// ONNX Runtime's intra-op threads (its blocked products may split, and so round, by them).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Path of the GGUF the model was loaded from.
