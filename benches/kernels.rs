@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use half::f16;
 use kvbench::kv::Heads;
-use kvbench::kv::attention::{KvView, attend_observed, attend_observed_half};
+use kvbench::kv::attention::{KvView, Queries, attend_observed, attend_observed_half};
 use kvbench::model::head::q8_matmul;
 use kvbench::model::qlinear::q4_matmul;
 
@@ -166,7 +166,7 @@ fn main() {
                 best_ms(rounds, || {
                     for heads in &layers {
                         let views: Vec<KvView<'_>> = heads.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
-                        attend_observed(SHAPE, &q, q.len(), 1, &views, &mut attn_out, Some(&mut mass));
+                        attend_observed(SHAPE, Queries::new(&q, q.len(), 1), &views, &mut attn_out, Some(&mut mass));
                     }
                 })
             })
@@ -178,7 +178,7 @@ fn main() {
                     for heads in &halved {
                         let views: Vec<KvView<'_, f16>> =
                             heads.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
-                        assert!(attend_observed_half(SHAPE, &q, q.len(), 1, &views, &mut attn_out, None));
+                        assert!(attend_observed_half(SHAPE, Queries::new(&q, q.len(), 1), &views, &mut attn_out, None));
                     }
                 })
             })

@@ -281,14 +281,28 @@ fn extract_member(wheel: &Path, member: &str, out: &Path) -> Result<(), AssetErr
 
 /// Write `bytes` to `path` atomically: a unique temporary file in the same folder, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AssetError> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, without concatenating them in memory. A
+/// failed write leaves neither the file nor its temporary behind.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<(), AssetError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.{unique}.tmp", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        parts.iter().try_for_each(|part| file.write_all(part))?;
+        file.flush()
+    })();
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
+    Ok(())
 }
 
 struct RemoveOnDrop(PathBuf);

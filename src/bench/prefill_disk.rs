@@ -27,7 +27,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::assets::{hex, write_atomic};
+use crate::assets::{hex, write_atomic_parts};
 use crate::model::generate::{GenerateOptions, Mode, Prompt, SharedPrefill};
 
 const MAGIC: &[u8; 8] = b"KVBPFILL";
@@ -139,12 +139,8 @@ impl DiskPrefills {
         if self.make_room(size).is_none() {
             return;
         }
-        let mut bytes = Vec::with_capacity(PREAMBLE + payload.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes.extend_from_slice(&Sha256::digest(&payload));
-        bytes.extend_from_slice(&payload);
-        if let Err(e) = write_atomic(&self.path(inputs), &bytes) {
+        let (version, digest) = (VERSION.to_le_bytes(), Sha256::digest(&payload));
+        if let Err(e) = write_atomic_parts(&self.path(inputs), &[MAGIC, &version, &digest, &payload]) {
             eprintln!("kvbench: cannot store a prefill in {}: {e}", self.dir.display());
         }
     }

@@ -38,13 +38,36 @@ pub struct KvView<'a, E = f32> {
     pub values: &'a [E],
 }
 
-/// Attend `t` query rows to the views.
+/// A chunk's `rows` query rows: row `j` starts at `data[j * stride]` with `heads * head_dim`
+/// post-RoPE query values (a fused projection's output carries keys and values after them).
+#[derive(Debug, Clone, Copy)]
+pub struct Queries<'a> {
+    /// The rows.
+    pub data: &'a [f32],
+    /// Distance between the starts of consecutive rows.
+    pub stride: usize,
+    /// Number of rows (the chunk's new tokens).
+    pub rows: usize,
+}
+
+impl<'a> Queries<'a> {
+    /// `rows` rows of `stride` values in `data`.
+    pub fn new(data: &'a [f32], stride: usize, rows: usize) -> Self {
+        Self { data, stride, rows }
+    }
+
+    /// `d` values of query head `h` in row `j`.
+    pub fn head(&self, j: usize, h: usize, d: usize) -> &'a [f32] {
+        &self.data[j * self.stride + h * d..][..d]
+    }
+}
+
+/// Attend the query rows to the views.
 ///
-/// `q` holds `t` rows of stride `q_stride`, each starting with `heads * head_dim` post-RoPE query
-/// values. `kv` has one view per key/value head, all of equal length `n ≥ t`. Writes `t` rows of
-/// `heads * head_dim` values to `out`.
-pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'_>], out: &mut [f32]) {
-    attend_observed(shape, q, q_stride, t, kv, out, None)
+/// `kv` has one view per key/value head, all of equal length `n ≥ q.rows`. Writes `q.rows` rows
+/// of `heads * head_dim` values to `out`.
+pub fn attend(shape: Heads, q: Queries<'_>, kv: &[KvView<'_>], out: &mut [f32]) {
+    attend_observed(shape, q, kv, out, None)
 }
 
 /// [`attend`], and if `mass` is given, add to `mass[g][i]` the attention probability that every
@@ -52,15 +75,14 @@ pub fn attend(shape: Heads, q: &[f32], q_stride: usize, t: usize, kv: &[KvView<'
 /// the retrieval methods score tokens by). `mass[g]` must hold at least `n` entries.
 pub fn attend_observed(
     shape: Heads,
-    q: &[f32],
-    q_stride: usize,
-    t: usize,
+    q: Queries<'_>,
     kv: &[KvView<'_>],
     out: &mut [f32],
     mut mass: Option<&mut [Vec<f32>]>,
 ) {
-    check_call(shape, q, q_stride, t, kv, out, mass.as_deref());
+    check_call(shape, q, kv, out, mass.as_deref());
     let Heads { heads, kv_heads, head_dim: d } = shape;
+    let t = q.rows;
     let n = kv[0].keys.len() / d;
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
@@ -69,9 +91,9 @@ pub fn attend_observed(
         #[cfg(target_arch = "x86_64")]
         if avx2_rows_apply(shape) {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { avx2::attend_rows(shape, q, q_stride, t, kv, out, mass) };
+            return unsafe { avx2::attend_rows(shape, q, kv, out, mass) };
         }
-        return attend_rows(shape, q, q_stride, t, kv, out, mass);
+        return attend_rows(shape, q, kv, out, mass);
     }
 
     let observe = mass.is_some();
@@ -89,8 +111,8 @@ pub fn attend_observed(
                     d,
                     n,
                     scale,
-                    q.as_ptr().add(h * d),
-                    q_stride as isize,
+                    q.data.as_ptr().add(h * d),
+                    q.stride as isize,
                     1,
                     view.keys.as_ptr(),
                     1,
@@ -147,43 +169,36 @@ pub fn attend_observed(
 
 /// [`attend_observed`] over half-precision views, read as stored by the decode kernel: the same
 /// bits as attending their f32 widening (widening f16 is exact), from half the bytes. Returns
-/// `false`, having written nothing, where that kernel does not apply (many rows, another head
-/// size, a CPU without AVX2, FMA and F16C): the caller widens and calls [`attend_observed`].
+/// `false`, having checked and written nothing, where that kernel does not apply (many rows,
+/// another head size, a CPU without AVX2, FMA and F16C): the caller widens and calls
+/// [`attend_observed`].
 pub fn attend_observed_half(
     shape: Heads,
-    q: &[f32],
-    q_stride: usize,
-    t: usize,
+    q: Queries<'_>,
     kv: &[KvView<'_, half::f16>],
     out: &mut [f32],
     mass: Option<&mut [Vec<f32>]>,
 ) -> bool {
-    check_call(shape, q, q_stride, t, kv, out, mass.as_deref());
     #[cfg(target_arch = "x86_64")]
-    if t <= FEW_ROWS && avx2_rows_apply(shape) {
+    if q.rows <= FEW_ROWS && avx2_rows_apply(shape) {
+        check_call(shape, q, kv, out, mass.as_deref());
         // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { avx2::attend_rows(shape, q, q_stride, t, kv, out, mass) };
+        unsafe { avx2::attend_rows(shape, q, kv, out, mass) };
         return true;
     }
+    let _ = (shape, q, kv, out, mass);
     false
 }
 
 /// The contract of [`attend_observed`], checked.
-fn check_call<E>(
-    shape: Heads,
-    q: &[f32],
-    q_stride: usize,
-    t: usize,
-    kv: &[KvView<'_, E>],
-    out: &[f32],
-    mass: Option<&[Vec<f32>]>,
-) {
+fn check_call<E>(shape: Heads, q: Queries<'_>, kv: &[KvView<'_, E>], out: &[f32], mass: Option<&[Vec<f32>]>) {
     let Heads { heads, kv_heads, head_dim: d } = shape;
+    let t = q.rows;
     assert_eq!(kv.len(), kv_heads, "one view per kv head");
     let n = kv[0].keys.len() / d;
     assert!(n >= t, "the view must contain the chunk's own keys");
     assert!(kv.iter().all(|v| v.keys.len() == n * d && v.values.len() == n * d), "views of equal length");
-    assert!(q.len() >= (t - 1) * q_stride + heads * d && out.len() == t * heads * d);
+    assert!(t >= 1 && q.data.len() >= (t - 1) * q.stride + heads * d && out.len() == t * heads * d);
     if let Some(mass) = mass {
         assert!(mass.len() == kv_heads && mass.iter().all(|m| m.len() >= n), "mass: one row of n per kv head");
     }
@@ -201,26 +216,18 @@ fn avx2_rows_apply(shape: Heads) -> bool {
 
 /// The streaming path for a few query rows: one task per (kv head, query row), so that the
 /// group's query heads share each key and value read.
-fn attend_rows(
-    shape: Heads,
-    q: &[f32],
-    q_stride: usize,
-    t: usize,
-    kv: &[KvView<'_>],
-    out: &mut [f32],
-    mut mass: Option<&mut [Vec<f32>]>,
-) {
+fn attend_rows(shape: Heads, q: Queries<'_>, kv: &[KvView<'_>], out: &mut [f32], mut mass: Option<&mut [Vec<f32>]>) {
     let Heads { heads, kv_heads, head_dim: d } = shape;
+    let t = q.rows;
     let (n, group, scale) = (kv[0].keys.len() / d, heads / kv_heads, 1.0 / (d as f32).sqrt());
     let tasks: Vec<(usize, usize)> = (0..kv_heads).flat_map(|g| (0..t).map(move |j| (g, j))).collect();
     let rows: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(g, j)| {
             let visible = n - t + j + 1;
-            let first = j * q_stride + g * group * d;
             let mut o = vec![0.0f32; group * d];
             let mut scores = vec![0.0f32; group * visible];
-            grouped_row(&q[first..first + group * d], d, kv[g], scale, &mut scores, &mut o);
+            grouped_row(q.head(j, g, group * d), d, kv[g], scale, &mut scores, &mut o);
             (o, scores)
         })
         .collect();
@@ -447,7 +454,7 @@ mod tests {
             let values: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, n * 64, 1.0)).collect();
             let kv: Vec<KvView> = keys.iter().zip(&values).map(|(k, v)| KvView { keys: k, values: v }).collect();
             let mut out = vec![0.0; t * 9 * 64];
-            attend(shape, &q, 9 * 64, t, &kv, &mut out);
+            attend(shape, Queries::new(&q, 9 * 64, t), &kv, &mut out);
             let err = relative_error(&out, &naive(shape, &q, t, &kv));
             assert!(err <= 1e-5, "t={t} n={n}: relative error {err}");
         }
@@ -479,7 +486,7 @@ mod tests {
         let keys = vec![0.5; 2 * 4];
         let values = vec![1.0, 2.0, 3.0, 4.0, 9.0, 9.0, 9.0, 9.0];
         let mut out = vec![0.0; 2 * 8];
-        attend(shape, &q, 8, 2, &[KvView { keys: &keys, values: &values }], &mut out);
+        attend(shape, Queries::new(&q, 8, 2), &[KvView { keys: &keys, values: &values }], &mut out);
         assert_eq!(&out[..4], &[1.0, 2.0, 3.0, 4.0]);
         assert_eq!(&out[4..8], &[1.0, 2.0, 3.0, 4.0]);
         // second query sees both tokens with equal scores: the mean

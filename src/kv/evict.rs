@@ -7,7 +7,7 @@
 //! a step's new token is always attended to before it can be dropped; between steps the budget
 //! holds exactly.
 
-use super::attention::Heads;
+use super::attention::{Heads, Queries};
 use super::tokens::TokenRows;
 use crate::kv::LayerStore;
 
@@ -131,7 +131,7 @@ impl LayerStore for KeptStore {
         self.last_read = self.rows.heads.iter().map(|h| h.positions().to_vec()).collect();
         if self.eviction.needs_scores() {
             let mut mass: Vec<Vec<f32>> = self.rows.heads.iter().map(|h| vec![0.0; h.len()]).collect();
-            self.rows.attend(q, q_stride, t, out, Some(&mut mass));
+            self.rows.attend(Queries::new(q, q_stride, t), out, Some(&mut mass));
             for (s, m) in self.scores.iter_mut().zip(mass) {
                 if matches!(self.eviction, Eviction::Current { .. }) {
                     *s = m;
@@ -140,7 +140,7 @@ impl LayerStore for KeptStore {
                 }
             }
         } else {
-            self.rows.attend(q, q_stride, t, out, None);
+            self.rows.attend(Queries::new(q, q_stride, t), out, None);
         }
         self.evict();
     }

@@ -5,7 +5,7 @@
 //! byte vector. Attention sees only decoded values, including for the chunk being prefilled, as
 //! in llama.cpp where a chunk's keys are written to the cache before attention reads it.
 
-use super::attention::{self, Heads, KvView};
+use super::attention::{self, Heads, KvView, Queries};
 use super::hadamard;
 use super::quant::{self, QK};
 use super::tokens::with_scratch;
@@ -117,7 +117,7 @@ impl LayerStore for RowQuantStore {
                 self.decode_head(vb, v);
             }
             let views: Vec<KvView> = scratch.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
-            attention::attend(self.shape, q, q_stride, t, &views, out);
+            attention::attend(self.shape, Queries::new(q, q_stride, t), &views, out);
         });
         if self.rotate {
             hadamard::rotate_rows(out, d);

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::attention::{self, Heads, KvView};
+use super::attention::{self, Heads, KvView, Queries};
 use super::methods::full::FullStore;
 
 /// One kv head's kept tokens: keys and values `[n, head_dim]` in f16, and their positions.
@@ -173,8 +173,8 @@ impl TokenRows {
     }
 
     /// Attend over every kept row.
-    pub fn attend(&self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32], mass: Option<&mut [Vec<f32>]>) {
-        self.attend_selected(None, q, q_stride, t, out, mass);
+    pub fn attend(&self, q: Queries<'_>, out: &mut [f32], mass: Option<&mut [Vec<f32>]>) {
+        self.attend_selected(None, q, out, mass);
     }
 
     /// Attend over the rows of each head (`select[g]` picks rows of head `g`, all when `None`; the
@@ -184,9 +184,7 @@ impl TokenRows {
     pub fn attend_selected(
         &self,
         select: Option<&[Vec<usize>]>,
-        q: &[f32],
-        q_stride: usize,
-        t: usize,
+        q: Queries<'_>,
         out: &mut [f32],
         mut mass: Option<&mut [Vec<f32>]>,
     ) {
@@ -194,7 +192,7 @@ impl TokenRows {
             // every row: the decode kernel reads the f16 rows as they are
             let views: Vec<KvView<f16>> =
                 self.heads.iter().map(|h| KvView { keys: &h.keys, values: &h.values }).collect();
-            if attention::attend_observed_half(self.shape, q, q_stride, t, &views, out, mass.as_deref_mut()) {
+            if attention::attend_observed_half(self.shape, q, &views, out, mass.as_deref_mut()) {
                 return;
             }
         }
@@ -203,7 +201,7 @@ impl TokenRows {
                 head.widen(select.map(|s| &s[g][..]), k, v);
             }
             let views: Vec<KvView> = scratch.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
-            attention::attend_observed(self.shape, q, q_stride, t, &views, out, mass);
+            attention::attend_observed(self.shape, q, &views, out, mass);
         });
     }
 
@@ -248,8 +246,8 @@ mod tests {
         rows.append(&k, &v, n);
         assert_eq!(rows.tokens(), n);
         let (mut a, mut b) = (vec![0.0; 32], vec![0.0; 32]);
-        attention::attend(shape, &q, 32, 1, &full.views(), &mut a);
-        rows.attend(&q, 32, 1, &mut b, None);
+        attention::attend(shape, Queries::new(&q, 32, 1), &full.views(), &mut a);
+        rows.attend(Queries::new(&q, 32, 1), &mut b, None);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 2e-3, "{x} vs {y}");
         }

@@ -440,7 +440,9 @@ fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Ar
     static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
     let key = (rt.gguf_sha256().to_string(), rt.threads(), chunk, scored.to_vec());
-    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+    // the memo holds finished entries only, so a lock poisoned by a panic elsewhere is still sound
+    let lock = || memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(hit) = lock().get(&key).cloned() {
         return Ok(hit);
     }
     rt.reset(Arc::new(Full))?;
@@ -459,12 +461,11 @@ fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Ar
         }
     }
     let information = Arc::new(information);
-    if let Ok(mut m) = memo.lock() {
-        if m.len() >= MEMO_ENTRIES {
-            m.clear();
-        }
-        m.insert(key, information.clone());
+    let mut m = lock();
+    if m.len() >= MEMO_ENTRIES {
+        m.clear();
     }
+    m.insert(key, information.clone());
     Ok(information)
 }
 

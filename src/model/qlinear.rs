@@ -421,14 +421,13 @@ mod tests {
 
         let env = crate::model::session::environment().expect("ONNX Runtime (fetched on first use)");
         let domain = ort::operator::OperatorDomain::new(DOMAIN).unwrap().add(Q4LinearOp).unwrap();
-        let mut session = ort::session::Session::builder(env)
+        let mut builder = ort::session::Session::builder(env)
             .unwrap()
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
             .unwrap()
             .with_operators(domain)
-            .unwrap()
-            .commit_from_memory(&bytes)
             .unwrap();
+        let mut session = crate::model::session::one_at_a_time(|| builder.commit_from_memory(&bytes)).unwrap();
         // gates over the whole range of the logistic kernel and past its clamps at ±18
         let gates: Vec<f32> =
             (0..wide).map(|i| (i as f32 - wide as f32 / 2.0) * 0.006 + 0.0001 * (i % 7) as f32).collect();
@@ -464,6 +463,62 @@ mod tests {
                 let close = nodes.iter().zip(&fused).all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0));
                 assert!(close, "{name} vs fused");
             }
+        }
+    }
+
+    /// Malformed inputs reach the kernel (symbolic shapes, so ONNX Runtime's own checks pass
+    /// them on): each is an error returned from `run` that names the problem, not a panic inside
+    /// ONNX Runtime's compute (which would abort the process).
+    #[test]
+    fn malformed_inputs_are_errors_from_run() {
+        use crate::model::export::DOMAIN;
+        use crate::model::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, UINT8, UINT16};
+        use ort::value::Tensor;
+
+        let (n, k) = (4usize, 64usize);
+        // one Q4Linear node over `x`, with the residual `res` added, or with a norm and SwiGLU
+        let session = |norm_and_swiglu: bool| {
+            let mut g = GraphBuilder::default();
+            let x = g.input("x", FLOAT, &[Dim::Named("rows"), Dim::Named("cols")]);
+            let res = g.input("res", FLOAT, &[Dim::Named("r_rows"), Dim::Named("r_cols")]);
+            let codes = g.init_bytes("codes", UINT8, &[n as i64, k as i64 / 2], vec![0x21; n * k / 2]);
+            let ones = [0u8, 0x3c].repeat(n * k / BLOCK);
+            let d = g.init_bytes("d", UINT16, &[n as i64, (k / BLOCK) as i64], ones.clone());
+            let m = g.init_bytes("m", UINT16, &[n as i64, (k / BLOCK) as i64], ones);
+            if norm_and_swiglu {
+                let weight = g.init_f32("w", &[k as i64], &vec![1.0; k]);
+                let swiglu = vec![AttributeProto::int("swiglu", 1)];
+                g.node_in(DOMAIN, Q4_LINEAR_OP, &[&x, &codes, &d, &m, &weight, &res], &["y"], swiglu);
+            } else {
+                g.node_in(DOMAIN, Q4_LINEAR_OP, &[&x, &codes, &d, &m, "", &res], &["y"], vec![]);
+            }
+            g.output("y", FLOAT, &[Dim::Named("rows"), Dim::Fixed(n as i64)]);
+            let bytes = g.into_model_bytes("malformed", &[("", 21), (DOMAIN, 1)], &[]);
+            let env = crate::model::session::environment().expect("ONNX Runtime (fetched on first use)");
+            let domain = ort::operator::OperatorDomain::new(DOMAIN).unwrap().add(Q4LinearOp).unwrap();
+            let mut builder = ort::session::Session::builder(env).unwrap().with_operators(domain).unwrap();
+            crate::model::session::one_at_a_time(|| builder.commit_from_memory(&bytes)).unwrap()
+        };
+        let run = |session: &mut ort::session::Session, x: [usize; 2], res: [usize; 2]| {
+            let outputs = session
+                .run(ort::inputs![
+                    "x" => Tensor::from_array((x, vec![1.0f32; x[0] * x[1]])).unwrap(),
+                    "res" => Tensor::from_array((res, vec![0.5f32; res[0] * res[1]])).unwrap(),
+                ])
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(outputs["y"].try_extract_tensor::<f32>().unwrap().1.to_vec())
+        };
+        let (mut plain, mut both) = (session(false), session(true));
+        // well formed: the byte 0x21 holds codes 1 and 2, so with d = m = 1 the weights are 2 and
+        // 3, and a row of ones gives 32 · (2 + 3) = 160, plus the residual
+        assert_eq!(run(&mut plain, [2, k], [2, n]), Ok(vec![160.5; 2 * n]));
+        for (fused, x, res, says) in [
+            (false, [2, k + 32], [2, n], "does not fit codes"),
+            (false, [2, k], [3, n], "the residual is"),
+            (true, [2, 2 * k], [2, n], "a norm and swiglu at once"),
+        ] {
+            let err = run(if fused { &mut both } else { &mut plain }, x, res).expect_err(says);
+            assert!(err.contains("Q4Linear") && err.contains(says), "{err}");
         }
     }
 

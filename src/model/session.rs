@@ -93,6 +93,17 @@ pub struct Runtime {
     threads: usize,
 }
 
+/// Run `create` (a session creation) while no other thread of this process creates one.
+/// Creating a session with custom operators adds their domain to a process-global table of ONNX
+/// Runtime's without a lock: two at once can fail with "Trying to add a domain to
+/// DomainToVersion map, but the domain is already exist" (seen when test threads loaded models
+/// concurrently).
+pub(crate) fn one_at_a_time<T>(create: impl FnOnce() -> T) -> T {
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = CREATING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    create()
+}
+
 pub(crate) fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
     static ENV: OnceLock<Result<ort::environment::Environment, (PathBuf, String)>> = OnceLock::new();
     let result = ENV.get_or_init(|| {
@@ -137,12 +148,12 @@ impl Runtime {
             }
             let op = KvAttentionOp { cache: cache.clone(), shape, rope_base: config.rope_base };
             let domain = ort::operator::OperatorDomain::new(DOMAIN)?.add(op)?.add(Q8LinearOp)?.add(Q4LinearOp)?;
-            Ok(builder
+            let mut builder = builder
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(threads)?
                 .with_intra_op_spinning(false)?
-                .with_operators(domain)?
-                .commit_from_file(onnx)?)
+                .with_operators(domain)?;
+            Ok(one_at_a_time(|| builder.commit_from_file(onnx))?)
         };
         let prefill = open(&onnx_prefill, GraphKind::Prefill)?;
         let decode = open(&onnx_decode, GraphKind::Decode)?;

@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 use half::f16;
 use rayon::prelude::*;
 
-use super::{Heads, KvView, LANES, add_into, softmax_prefix_generic};
+use super::{Heads, KvView, LANES, Queries, add_into, softmax_prefix_generic};
 
 /// What a cache row is stored as: read eight at a time into f32 lanes. Widening f16 is exact,
 /// so a half-precision cache attended here gives the bits of its f32 widening attended as f32,
@@ -65,14 +65,13 @@ const PART: usize = 2;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn attend_rows<E: Elem>(
     shape: Heads,
-    q: &[f32],
-    q_stride: usize,
-    t: usize,
+    q: Queries<'_>,
     kv: &[KvView<'_, E>],
     out: &mut [f32],
     mass: Option<&mut [Vec<f32>]>,
 ) {
     let Heads { heads, kv_heads, head_dim: d } = shape;
+    let t = q.rows;
     let (n, group, scale) = (kv[0].keys.len() / d, heads / kv_heads, 1.0 / (d as f32).sqrt());
     assert!(d == HEAD_DIM && (1..=MAX_GROUP).contains(&group));
     // row (g, j, r): query head g·group + r of query row j, over the first n − t + j + 1 keys
@@ -82,8 +81,7 @@ pub fn attend_rows<E: Elem>(
         .par_iter()
         .map(|&(g, j, r)| {
             let mut row = vec![0.0f32; n - t + j + 1];
-            let qh = &q[j * q_stride + (g * group + r) * d..][..d];
-            score_row(qh, kv[g].keys, scale, &mut row);
+            score_row(q.head(j, g * group + r, d), kv[g].keys, scale, &mut row);
             let visible = row.len();
             softmax_prefix_generic(&mut row, visible);
             row
@@ -231,9 +229,9 @@ mod tests {
             let kv: Vec<KvView> = keys.iter().zip(&values).map(|(k, v)| KvView { keys: k, values: v }).collect();
             let (mut o1, mut o2) = (vec![0.0; t * heads * HEAD_DIM], vec![1.0; t * heads * HEAD_DIM]);
             let (mut m1, mut m2) = (vec![noise(5, n, 1.0); kv_heads], vec![noise(5, n, 1.0); kv_heads]);
-            super::super::attend_rows(shape, &q, stride, t, &kv, &mut o1, Some(&mut m1));
+            super::super::attend_rows(shape, Queries::new(&q, stride, t), &kv, &mut o1, Some(&mut m1));
             // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            unsafe { attend_rows(shape, &q, stride, t, &kv, &mut o2, Some(&mut m2)) };
+            unsafe { attend_rows(shape, Queries::new(&q, stride, t), &kv, &mut o2, Some(&mut m2)) };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&o1), bits(&o2), "outputs, {heads}/{kv_heads} heads, t = {t}, n = {n}");
             assert_eq!(bits(&m1.concat()), bits(&m2.concat()), "mass, {heads}/{kv_heads} heads, t = {t}, n = {n}");
@@ -260,8 +258,14 @@ mod tests {
                 wide_keys.iter().zip(&wide_values).map(|(k, v)| KvView { keys: k, values: v }).collect();
             let (mut o1, mut o2) = (vec![0.0; t * stride], vec![1.0; t * stride]);
             let (mut m1, mut m2) = (vec![vec![0.5; n]; 3], vec![vec![0.5; n]; 3]);
-            super::super::attend_observed(shape, &q, stride, t, &kv32, &mut o1, Some(&mut m1));
-            assert!(super::super::attend_observed_half(shape, &q, stride, t, &kv16, &mut o2, Some(&mut m2)));
+            super::super::attend_observed(shape, Queries::new(&q, stride, t), &kv32, &mut o1, Some(&mut m1));
+            assert!(super::super::attend_observed_half(
+                shape,
+                Queries::new(&q, stride, t),
+                &kv16,
+                &mut o2,
+                Some(&mut m2)
+            ));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&o1), bits(&o2), "outputs, t = {t}, n = {n}");
             assert_eq!(bits(&m1.concat()), bits(&m2.concat()), "mass, t = {t}, n = {n}");

@@ -8,6 +8,7 @@
 
 use serde_json::json;
 
+use crate::kv::attention::Queries;
 use crate::kv::method::{Acts, StoreContext};
 use crate::kv::tokens::TokenRows;
 use crate::kv::{LayerStore, Method};
@@ -48,7 +49,7 @@ impl LayerStore for Fp16Store {
     }
 
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
-        self.0.attend(q, q_stride, t, out, None);
+        self.0.attend(Queries::new(q, q_stride, t), out, None);
     }
 
     fn bytes(&self) -> usize {

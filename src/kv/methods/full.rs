@@ -12,7 +12,7 @@
 //! of the cache, and are not counted in [`LayerStore::bytes`].
 
 use crate::codec;
-use crate::kv::attention::{self, Heads, KvView};
+use crate::kv::attention::{self, Heads, KvView, Queries};
 use crate::kv::method::Acts;
 use crate::kv::{LayerStore, Method};
 
@@ -176,7 +176,7 @@ impl LayerStore for FullStore {
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
         let views: Vec<KvView> =
             self.keys.iter().zip(&self.values).map(|(k, v)| KvView { keys: k, values: v }).collect();
-        attention::attend_observed(self.shape, q, q_stride, t, &views, out, Some(&mut self.mass));
+        attention::attend_observed(self.shape, Queries::new(q, q_stride, t), &views, out, Some(&mut self.mass));
         let width = self.shape.heads * self.shape.head_dim;
         for j in t.saturating_sub(self.query_limit)..t {
             self.recent_queries.extend_from_slice(&q[j * q_stride..][..width]);

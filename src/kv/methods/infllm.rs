@@ -22,7 +22,7 @@
 use serde_json::json;
 
 use super::Budget;
-use crate::kv::attention::Heads;
+use crate::kv::attention::{Heads, Queries};
 use crate::kv::evict::top_with_protected;
 use crate::kv::method::{Acts, StoreContext};
 use crate::kv::tokens::TokenRows;
@@ -169,7 +169,7 @@ impl LayerStore for InfLlmStore {
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
         let select = self.select(q, q_stride, t);
         let mut mass: Vec<Vec<f32>> = select.iter().map(|s| vec![0.0; s.len()]).collect();
-        self.rows.attend_selected(Some(&select), q, q_stride, t, out, Some(&mut mass));
+        self.rows.attend_selected(Some(&select), Queries::new(q, q_stride, t), out, Some(&mut mass));
         for ((acc, m), s) in self.mass.iter_mut().zip(&mass).zip(&select) {
             s.iter().zip(m).for_each(|(&i, &p)| acc[i] += p);
         }

@@ -23,7 +23,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde_json::json;
 
-use crate::kv::attention::{self, Heads, KvView};
+use crate::kv::attention::{self, Heads, KvView, Queries};
 use crate::kv::method::{Acts, StoreContext};
 use crate::kv::methods::full::FullStore;
 use crate::kv::quant::{QK, minmax_bytes, minmax_decode, minmax_encode};
@@ -197,7 +197,7 @@ impl LayerStore for KiviStore {
                 self.widen(head, k, v);
             }
             let views: Vec<KvView> = scratch.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
-            attention::attend(self.shape, q, q_stride, t, &views, out);
+            attention::attend(self.shape, Queries::new(q, q_stride, t), &views, out);
         });
     }
 

@@ -17,7 +17,7 @@ use half::f16;
 use serde_json::json;
 
 use super::Budget;
-use crate::kv::attention::Heads;
+use crate::kv::attention::{Heads, Queries};
 use crate::kv::method::{Acts, StoreContext};
 use crate::kv::methods::full::FullStore;
 use crate::kv::tokens::TokenRows;
@@ -150,13 +150,13 @@ impl LayerStore for QuestStore {
 
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
         if self.dense {
-            self.rows.attend(q, q_stride, t, out, None);
+            self.rows.attend(Queries::new(q, q_stride, t), out, None);
             self.read = self.rows.heads.iter().map(|h| h.row_bytes(h.len())).sum();
             self.last_read = self.rows.heads.iter().map(|h| (0..h.len()).collect()).collect();
             return;
         }
         let select = self.select(q, q_stride, t);
-        self.rows.attend_selected(Some(&select), q, q_stride, t, out, None);
+        self.rows.attend_selected(Some(&select), Queries::new(q, q_stride, t), out, None);
         let bounds: usize = self.bounds.iter().map(|b| b.len() * 2).sum();
         self.read = bounds + self.rows.heads.iter().zip(&select).map(|(h, s)| h.row_bytes(s.len())).sum::<usize>();
         self.last_read = select;

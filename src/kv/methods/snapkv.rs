@@ -13,7 +13,7 @@
 use serde_json::json;
 
 use super::Budget;
-use crate::kv::attention::{self};
+use crate::kv::attention::{self, Queries};
 use crate::kv::evict::{Eviction, KeptStore, top_with_protected};
 use crate::kv::method::{Acts, StoreContext};
 use crate::kv::methods::full::{FullStore, OBSERVATION_WINDOW};
@@ -73,7 +73,13 @@ pub fn select(prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
     let queries = &prefill.recent_queries()[prefill.recent_queries().len() - window * width..];
     let mut mass = vec![vec![0.0f32; n]; shape.kv_heads];
     let mut out = vec![0.0f32; window * width];
-    attention::attend_observed(shape, queries, width, window, &prefill.views(), &mut out, Some(&mut mass));
+    attention::attend_observed(
+        shape,
+        Queries::new(queries, width, window),
+        &prefill.views(),
+        &mut out,
+        Some(&mut mass),
+    );
     mass.iter()
         .map(|m| {
             let pooled = max_pool(&m[..n - window], POOL_KERNEL);

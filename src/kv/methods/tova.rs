@@ -11,7 +11,7 @@
 use serde_json::json;
 
 use super::Budget;
-use crate::kv::attention;
+use crate::kv::attention::{self, Queries};
 use crate::kv::evict::{Eviction, KeptStore};
 use crate::kv::method::{Acts, StoreContext};
 use crate::kv::methods::full::FullStore;
@@ -52,7 +52,13 @@ impl Method for Tova {
         if recent.len() >= width {
             let last = &recent[recent.len() - width..];
             let mut out = vec![0.0f32; width];
-            attention::attend_observed(shape, last, width, 1, &prefill.views(), &mut out, Some(&mut mass));
+            attention::attend_observed(
+                shape,
+                Queries::new(last, width, 1),
+                &prefill.views(),
+                &mut out,
+                Some(&mut mass),
+            );
         }
         let eviction = Eviction::Current { budget };
         Some(Box::new(KeptStore::new(TokenRows::from_full(prefill), Some(mass), eviction)))
