@@ -10,7 +10,10 @@
 //! `cargo xtask bless` accepts them.
 //!
 //! `KVBENCH_TIER=full` selects the full tier; `KVBENCH_MODE=query-agnostic` the other mode;
-//! `KVBENCH_RESULTS=DIR` writes the results there (a shard's, say).
+//! `KVBENCH_RESULTS=DIR` writes the results there (a shard's, say). `KVBENCH_RESUME=1` takes a
+//! trial's result from an earlier run instead of running it again when that result was computed
+//! by this very test binary from this very trace (both sha256s are recorded in the result), and
+//! gates it as usual: an interrupted run of the full tier continues where it stopped.
 //! Trials of methods that act after prefill share each sample's full-precision prefill, in memory
 //! and on disk under `target/kvbench-prefill` (`kvbench::bench::prefill_disk`), so that separate
 //! processes (`cargo nextest`, shards) and later runs share it too.
@@ -21,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
-use kvbench::bench::{DiskPrefills, PrefillCache, Tier, matrix, trial};
+use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, matrix, trial};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
@@ -42,8 +45,10 @@ struct Shared {
     tier: Tier,
     mode: Mode,
     prefills: PrefillCache,
-    traces: Mutex<HashMap<Task, Arc<Trace>>>,
+    /// Each task's trace and its hash.
+    traces: Mutex<HashMap<Task, (Arc<Trace>, String)>>,
     results: PathBuf,
+    resume: bool,
 }
 
 fn shared() -> &'static Shared {
@@ -60,7 +65,12 @@ fn shared() -> &'static Shared {
             Some(disk) => PrefillCache::with_disk(disk),
             None => PrefillCache::default(),
         };
-        Shared { tier, mode, prefills, traces: Mutex::new(HashMap::new()), results }
+        let resume = match std::env::var("KVBENCH_RESUME").as_deref() {
+            Err(_) | Ok("") | Ok("0") => false,
+            Ok("1") => true,
+            Ok(other) => panic!("KVBENCH_RESUME={other:?}: use 1 (resume) or 0"),
+        };
+        Shared { tier, mode, prefills, traces: Mutex::new(HashMap::new()), results, resume }
     })
 }
 
@@ -81,7 +91,7 @@ fn with_runtime<R: Send>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed> + Sen
     })
 }
 
-fn trace(task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {
+fn trace(task: Task, rt: &Runtime) -> Result<(Arc<Trace>, String), Failed> {
     let s = shared();
     if let Some(t) = s.traces.lock().expect("traces").get(&task) {
         return Ok(t.clone());
@@ -97,20 +107,33 @@ fn trace(task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {
         .into());
     }
     let t = Arc::new(Trace::read(&path, Some(&model_id(rt))).map_err(|e| e.to_string())?);
-    s.traces.lock().expect("traces").insert(task, t.clone());
-    Ok(t)
+    let entry = (t.clone(), t.hash());
+    s.traces.lock().expect("traces").insert(task, entry.clone());
+    Ok(entry)
 }
 
 fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     let s = shared();
     let method = methods::by_name(method).map_err(|e| e.to_string())?;
+    let name = format!("{}::{}", method.name(), task.name());
+    let out = s.results.join(format!("{}.json", golden::file_name(&name)));
     let result = with_runtime(|rt| {
-        let trace = trace(task, rt)?;
-        trial::run(rt, &method, &trace, s.mode, &s.prefills).map_err(|e| Failed::from(e.to_string()))
+        let (trace, hash) = trace(task, rt)?;
+        let provenance = Provenance { build: build_id()?, trace: hash };
+        if s.resume
+            && let Some(done) = TrialResult::stored(&out, &provenance, s.mode)
+        {
+            eprintln!("{name}: resumed from {}", out.display());
+            return Ok(done);
+        }
+        let mut result =
+            trial::run(rt, &method, &trace, s.mode, &s.prefills).map_err(|e| Failed::from(e.to_string()))?;
+        result.provenance = provenance;
+        std::fs::create_dir_all(&s.results).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&result).expect("results serialize");
+        kvbench::assets::write_atomic(&out, &json).map_err(|e| e.to_string())?;
+        Ok(result)
     })?;
-    std::fs::create_dir_all(&s.results).map_err(|e| e.to_string())?;
-    let out = s.results.join(format!("{}.json", golden::file_name(&result.trial)));
-    std::fs::write(&out, serde_json::to_vec_pretty(&result).expect("results serialize")).map_err(|e| e.to_string())?;
 
     let current = GoldenTrial::of(&result, s.tier.name());
     let dir = s.tier.golden_dir();

@@ -8,8 +8,9 @@ pub mod tier;
 pub mod trial;
 
 pub use prefill_disk::DiskPrefills;
+pub use prefill_disk::build_id;
 pub use tier::Tier;
-pub use trial::{PrefillCache, PrefillCounts, TrialResult};
+pub use trial::{PrefillCache, PrefillCounts, Provenance, TrialResult};
 
 use crate::kv::methods;
 use crate::tasks::Task;

@@ -191,7 +191,7 @@ fn decode(bytes: &[u8]) -> Option<SharedPrefill> {
 }
 
 /// sha256 of the running executable: entries made by another build are never used.
-fn build_id() -> Result<String, String> {
+pub fn build_id() -> Result<String, String> {
     static ID: OnceLock<Result<String, String>> = OnceLock::new();
     ID.get_or_init(|| {
         let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;

@@ -8,11 +8,11 @@
 //!   materiality threshold on the mean difference; a trial fails only if the difference is both
 //!   significant and material. Identical scores give p = 1.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
 /// A mean with a two-sided 95% confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     /// The mean.
     pub mean: f64,
@@ -22,8 +22,18 @@ pub struct Estimate {
     pub hi: f64,
     /// Samples.
     pub n: usize,
-    /// How the interval was computed: `wilson` or `t`.
-    pub method: &'static str,
+    /// How the interval was computed.
+    pub method: Interval,
+}
+
+/// How an [`Estimate`]'s interval was computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interval {
+    /// Wilson score interval (binary scores).
+    Wilson,
+    /// Student's t interval (continuous scores).
+    T,
 }
 
 impl Estimate {
@@ -43,7 +53,7 @@ fn z() -> f64 {
 /// Wilson's interval for `successes` of `n`.
 pub fn wilson(successes: usize, n: usize) -> Estimate {
     if n == 0 {
-        return Estimate { mean: f64::NAN, lo: 0.0, hi: 1.0, n, method: "wilson" };
+        return Estimate { mean: f64::NAN, lo: 0.0, hi: 1.0, n, method: Interval::Wilson };
     }
     let (z, nf) = (z(), n as f64);
     let p = successes as f64 / nf;
@@ -53,7 +63,7 @@ pub fn wilson(successes: usize, n: usize) -> Estimate {
     // at 0 or n successes the bound is exactly 0 or 1 (centre = half in exact arithmetic)
     let lo = if successes == 0 { 0.0 } else { (centre - half).max(0.0) };
     let hi = if successes == n { 1.0 } else { (centre + half).min(1.0) };
-    Estimate { mean: p, lo, hi, n, method: "wilson" }
+    Estimate { mean: p, lo, hi, n, method: Interval::Wilson }
 }
 
 /// Student's t interval of the mean of `xs`.
@@ -61,12 +71,12 @@ pub fn t_interval(xs: &[f64]) -> Estimate {
     let n = xs.len();
     let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
     if n < 2 {
-        return Estimate { mean, lo: f64::NEG_INFINITY, hi: f64::INFINITY, n, method: "t" };
+        return Estimate { mean, lo: f64::NEG_INFINITY, hi: f64::INFINITY, n, method: Interval::T };
     }
     let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     let t = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("n ≥ 2").inverse_cdf(1.0 - (1.0 - LEVEL) / 2.0);
     let half = t * (var / n as f64).sqrt();
-    Estimate { mean, lo: mean - half, hi: mean + half, n, method: "t" }
+    Estimate { mean, lo: mean - half, hi: mean + half, n, method: Interval::T }
 }
 
 /// Wilson for scores that are all 0 or 1, t otherwise.

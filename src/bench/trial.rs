@@ -2,11 +2,12 @@
 //! cache's recorded answer and the bytes it held.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::prefill_disk::{DiskPrefills, PrefillInputs};
 use super::stats::{self, Estimate};
@@ -19,7 +20,7 @@ use crate::tasks::Metric;
 use crate::trace::{Trace, TraceSample};
 
 /// One sample's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SampleOutcome {
     /// Sample id.
     pub id: String,
@@ -45,7 +46,7 @@ pub struct SampleOutcome {
 }
 
 /// A trial's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrialResult {
     /// `method::task`.
     pub trial: String,
@@ -71,6 +72,29 @@ pub struct TrialResult {
     pub samples: Vec<SampleOutcome>,
     /// Seconds.
     pub seconds: f64,
+    /// What it was computed from (set by the harness; empty in results written before it).
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+impl TrialResult {
+    /// The result stored at `path` (a trial's JSON) if it was computed from `provenance` in
+    /// `mode`; `None` when there is none, it cannot be read, or it came from another build or
+    /// trace.
+    pub fn stored(path: &Path, provenance: &Provenance, mode: Mode) -> Option<Self> {
+        let result: Self = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        (result.provenance == *provenance && result.mode == mode).then_some(result)
+    }
+}
+
+/// What a trial result was computed from: the trial binary (sha256 of the executable) and the
+/// trace (its [`Trace::hash`]). A resumed run reuses a stored result only when both match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// sha256 of the executable that ran the trial.
+    pub build: String,
+    /// sha256 of the trace it replayed.
+    pub trace: String,
 }
 
 /// Full-precision prefills shared by the trials of methods acting after prefill: in memory
@@ -181,6 +205,7 @@ pub fn run(
         measured_ratio: mean(|s| s.measured_ratio),
         samples,
         seconds: clock.elapsed().as_secs_f64(),
+        provenance: Provenance::default(),
     })
 }
 
@@ -257,4 +282,50 @@ fn run_sample(
         measured_ratio,
         seconds: clock.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_result_is_reused_only_for_its_own_build_trace_and_mode() {
+        let dir = std::env::temp_dir().join(format!("kvbench-stored-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("full__code.json");
+        let provenance = Provenance { build: "b".repeat(64), trace: "t".repeat(64) };
+        let result = TrialResult {
+            trial: "full::code".into(),
+            method: "full".into(),
+            settings: serde_json::json!({}),
+            task: "code".into(),
+            mode: Mode::QueryAware,
+            score: stats::estimate(&[0.25, 0.5, 1.0]),
+            top1_agreement: 1.0,
+            kl: 0.0,
+            nominal_ratio: None,
+            measured_ratio: 1.0,
+            samples: Vec::new(),
+            seconds: 1.5,
+            provenance: provenance.clone(),
+        };
+        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAware).is_none(), "nothing stored yet");
+        std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap()).unwrap();
+        let back = TrialResult::stored(&path, &provenance, Mode::QueryAware).expect("same build, trace and mode");
+        assert_eq!((back.trial.as_str(), back.score, back.seconds), ("full::code", result.score, 1.5));
+        let other_build = Provenance { build: "c".repeat(64), ..provenance.clone() };
+        let other_trace = Provenance { trace: "u".repeat(64), ..provenance.clone() };
+        assert!(TrialResult::stored(&path, &other_build, Mode::QueryAware).is_none());
+        assert!(TrialResult::stored(&path, &other_trace, Mode::QueryAware).is_none());
+        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAgnostic).is_none());
+        // a result written before provenance was recorded, or a truncated file, is never reused
+        let mut old = serde_json::to_value(&result).unwrap();
+        old.as_object_mut().unwrap().remove("provenance");
+        std::fs::write(&path, old.to_string()).unwrap();
+        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAware).is_none());
+        let json = serde_json::to_vec(&result).unwrap();
+        std::fs::write(&path, &json[..json.len() / 2]).unwrap();
+        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAware).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::session::{ModelError, Runtime};
 use crate::codec;
@@ -17,7 +17,7 @@ use crate::kv::methods::{Full, lingua};
 use crate::kv::{Acts, CacheSnapshot, CacheStats};
 
 /// Where a method compresses, relative to the question.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The whole prompt, question included, is prefilled before the method compresses (the

@@ -17,6 +17,10 @@ pub struct Args {
     /// Where to write report.md and the plots (default: `target/kvbench-results/<tier>`).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Take each trial's result from an earlier run of this same build over the same trace
+    /// instead of running it again (the gate still checks it): continue an interrupted run.
+    #[arg(long)]
+    resume: bool,
     /// Extra arguments for the trial harness (a name filter, `--test-threads N`, ...).
     #[arg(last = true)]
     harness: Vec<String>,
@@ -29,6 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .args(["test", "--test", "bench", "--"])
         .args(&args.harness)
         .env("KVBENCH_TIER", &args.tier)
+        .env("KVBENCH_RESUME", if args.resume { "1" } else { "0" })
         .status()
         .context("running cargo test --test bench")?;
     crate::report::report(ReportArgs { tier: args.tier, merge: Vec::new(), out: args.out })?;
