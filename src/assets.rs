@@ -285,7 +285,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AssetError> {
 }
 
 /// [`write_atomic`] of the concatenation of `parts`, without concatenating them in memory. A
-/// failed write leaves neither the file nor its temporary behind.
+/// failed write removes its temporary file and leaves `path` as it was.
 pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<(), AssetError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;

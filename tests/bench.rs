@@ -45,8 +45,9 @@ struct Shared {
     tier: Tier,
     mode: Mode,
     prefills: PrefillCache,
-    /// Each task's trace and its hash.
-    traces: Mutex<HashMap<Task, (Arc<Trace>, String)>>,
+    traces: Mutex<HashMap<Task, Arc<Trace>>>,
+    /// Each task's trace file's sha256.
+    trace_hashes: Mutex<HashMap<Task, String>>,
     results: PathBuf,
     resume: bool,
 }
@@ -70,7 +71,8 @@ fn shared() -> &'static Shared {
             Ok("1") => true,
             Ok(other) => panic!("KVBENCH_RESUME={other:?}: use 1 (resume) or 0"),
         };
-        Shared { tier, mode, prefills, traces: Mutex::new(HashMap::new()), results, resume }
+        let (traces, trace_hashes) = (Mutex::default(), Mutex::default());
+        Shared { tier, mode, prefills, traces, trace_hashes, results, resume }
     })
 }
 
@@ -91,25 +93,44 @@ fn with_runtime<R: Send>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed> + Sen
     })
 }
 
-fn trace(task: Task, rt: &Runtime) -> Result<(Arc<Trace>, String), Failed> {
-    let s = shared();
-    if let Some(t) = s.traces.lock().expect("traces").get(&task) {
-        return Ok(t.clone());
-    }
-    let path = s.tier.trace_path(task);
+/// The path of `task`'s trace, which must exist.
+fn trace_path(task: Task) -> Result<PathBuf, Failed> {
+    let tier = shared().tier;
+    let path = tier.trace_path(task);
     if !path.is_file() {
         return Err(format!(
             "no trace {}: record it with `cargo xtask record --tier {} --task {}`",
             path.display(),
-            s.tier.name(),
+            tier.name(),
             task.name()
         )
         .into());
     }
-    let t = Arc::new(Trace::read(&path, Some(&model_id(rt))).map_err(|e| e.to_string())?);
-    let entry = (t.clone(), t.hash());
-    s.traces.lock().expect("traces").insert(task, entry.clone());
-    Ok(entry)
+    Ok(path)
+}
+
+fn trace(task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {
+    let s = shared();
+    if let Some(t) = s.traces.lock().expect("traces").get(&task) {
+        return Ok(t.clone());
+    }
+    let t = Arc::new(Trace::read(&trace_path(task)?, Some(&model_id(rt))).map_err(|e| e.to_string())?);
+    s.traces.lock().expect("traces").insert(task, t.clone());
+    Ok(t)
+}
+
+/// This test binary's and `task`'s trace file's sha256.
+fn provenance(task: Task) -> Result<Provenance, Failed> {
+    let s = shared();
+    let mut hashes = s.trace_hashes.lock().expect("trace hashes");
+    let trace = match hashes.get(&task) {
+        Some(hash) => hash.clone(),
+        None => {
+            let hash = kvbench::assets::sha256_file(&trace_path(task)?).map_err(|e| e.to_string())?;
+            hashes.entry(task).or_insert(hash).clone()
+        }
+    };
+    Ok(Provenance { build: build_id()?, trace })
 }
 
 fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
@@ -117,23 +138,31 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     let method = methods::by_name(method).map_err(|e| e.to_string())?;
     let name = format!("{}::{}", method.name(), task.name());
     let out = s.results.join(format!("{}.json", golden::file_name(&name)));
-    let result = with_runtime(|rt| {
-        let (trace, hash) = trace(task, rt)?;
-        let provenance = Provenance { build: build_id()?, trace: hash };
-        if s.resume
-            && let Some(done) = TrialResult::stored(&out, &provenance, s.mode)
-        {
+    let provenance = provenance(task)?;
+    let stored = if s.resume { TrialResult::stored(&out, &name, &provenance, s.mode) } else { Ok(None) };
+    let result = match stored {
+        Ok(Some(done)) => {
             eprintln!("{name}: resumed from {}", out.display());
-            return Ok(done);
+            done
         }
-        let mut result =
-            trial::run(rt, &method, &trace, s.mode, &s.prefills).map_err(|e| Failed::from(e.to_string()))?;
-        result.provenance = provenance;
-        std::fs::create_dir_all(&s.results).map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec_pretty(&result).expect("results serialize");
-        kvbench::assets::write_atomic(&out, &json).map_err(|e| e.to_string())?;
-        Ok(result)
-    })?;
+        stored => {
+            if let Err(why) = stored {
+                eprintln!("{name}: running it again: {why}");
+            }
+            let mut result = with_runtime(|rt| {
+                let trace = trace(task, rt)?;
+                trial::run(rt, &method, &trace, s.mode, &s.prefills).map_err(|e| Failed::from(e.to_string()))
+            })?;
+            if result.trial != name {
+                return Err(format!("trial {name} ran as {}: the trace is of another task", result.trial).into());
+            }
+            result.provenance = provenance;
+            std::fs::create_dir_all(&s.results).map_err(|e| e.to_string())?;
+            let json = serde_json::to_vec_pretty(&result).expect("results serialize");
+            kvbench::assets::write_atomic(&out, &json).map_err(|e| e.to_string())?;
+            result
+        }
+    };
 
     let current = GoldenTrial::of(&result, s.tier.name());
     let dir = s.tier.golden_dir();

@@ -78,12 +78,26 @@ pub struct TrialResult {
 }
 
 impl TrialResult {
-    /// The result stored at `path` (a trial's JSON) if it was computed from `provenance` in
-    /// `mode`; `None` when there is none, it cannot be read, or it came from another build or
-    /// trace.
-    pub fn stored(path: &Path, provenance: &Provenance, mode: Mode) -> Option<Self> {
-        let result: Self = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-        (result.provenance == *provenance && result.mode == mode).then_some(result)
+    /// The result of `trial` stored at `path` if it was computed from `provenance` in `mode`:
+    /// `Ok(None)` when nothing is stored there, `Err(why)` when what is stored is not that.
+    pub fn stored(path: &Path, trial: &str, provenance: &Provenance, mode: Mode) -> Result<Option<Self>, String> {
+        let bytes = match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            read => read.map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        };
+        let result: Self = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let differs = if result.trial != trial {
+            format!("it holds {}", result.trial)
+        } else if result.provenance.build != provenance.build {
+            "another build computed it".to_string()
+        } else if result.provenance.trace != provenance.trace {
+            "it replayed another trace".to_string()
+        } else if result.mode != mode {
+            format!("it ran in mode {:?}", result.mode)
+        } else {
+            return Ok(Some(result));
+        };
+        Err(format!("the stored result in {} is not this one: {differs}", path.display()))
     }
 }
 
@@ -289,7 +303,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stored_result_is_reused_only_for_its_own_build_trace_and_mode() {
+    fn a_stored_result_is_reused_only_for_its_own_trial_build_trace_and_mode() {
         let dir = std::env::temp_dir().join(format!("kvbench-stored-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("full__code.json");
@@ -301,31 +315,36 @@ mod tests {
             task: "code".into(),
             mode: Mode::QueryAware,
             score: stats::estimate(&[0.25, 0.5, 1.0]),
-            top1_agreement: 1.0,
-            kl: 0.0,
+            top1_agreement: 0.1 + 0.2,
+            kl: 1.0 / 3.0,
             nominal_ratio: None,
             measured_ratio: 1.0,
             samples: Vec::new(),
             seconds: 1.5,
             provenance: provenance.clone(),
         };
-        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAware).is_none(), "nothing stored yet");
+        let stored = |trial: &str, p: &Provenance, mode: Mode| TrialResult::stored(&path, trial, p, mode);
+        assert!(matches!(stored("full::code", &provenance, Mode::QueryAware), Ok(None)), "nothing stored yet");
         std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap()).unwrap();
-        let back = TrialResult::stored(&path, &provenance, Mode::QueryAware).expect("same build, trace and mode");
-        assert_eq!((back.trial.as_str(), back.score, back.seconds), ("full::code", result.score, 1.5));
+        let back = stored("full::code", &provenance, Mode::QueryAware).unwrap().expect("same everything");
+        // every float comes back with its bits
+        let bits = |r: &TrialResult| [r.score.mean, r.score.lo, r.score.hi, r.top1_agreement, r.kl].map(f64::to_bits);
+        assert_eq!((back.trial.as_str(), bits(&back), back.seconds), ("full::code", bits(&result), 1.5));
         let other_build = Provenance { build: "c".repeat(64), ..provenance.clone() };
         let other_trace = Provenance { trace: "u".repeat(64), ..provenance.clone() };
-        assert!(TrialResult::stored(&path, &other_build, Mode::QueryAware).is_none());
-        assert!(TrialResult::stored(&path, &other_trace, Mode::QueryAware).is_none());
-        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAgnostic).is_none());
+        let why = |r: Result<Option<TrialResult>, String>| r.expect_err("not reusable");
+        assert!(why(stored("full::needle", &provenance, Mode::QueryAware)).contains("holds full::code"));
+        assert!(why(stored("full::code", &other_build, Mode::QueryAware)).contains("another build"));
+        assert!(why(stored("full::code", &other_trace, Mode::QueryAware)).contains("another trace"));
+        assert!(why(stored("full::code", &provenance, Mode::QueryAgnostic)).contains("mode"));
         // a result written before provenance was recorded, or a truncated file, is never reused
         let mut old = serde_json::to_value(&result).unwrap();
         old.as_object_mut().unwrap().remove("provenance");
         std::fs::write(&path, old.to_string()).unwrap();
-        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAware).is_none());
+        assert!(why(stored("full::code", &provenance, Mode::QueryAware)).contains("another build"));
         let json = serde_json::to_vec(&result).unwrap();
         std::fs::write(&path, &json[..json.len() / 2]).unwrap();
-        assert!(TrialResult::stored(&path, &provenance, Mode::QueryAware).is_none());
+        assert!(why(stored("full::code", &provenance, Mode::QueryAware)).contains("full__code.json"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

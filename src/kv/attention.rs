@@ -58,7 +58,12 @@ impl<'a> Queries<'a> {
 
     /// `d` values of query head `h` in row `j`.
     pub fn head(&self, j: usize, h: usize, d: usize) -> &'a [f32] {
-        &self.data[j * self.stride + h * d..][..d]
+        self.heads(j, h, 1, d)
+    }
+
+    /// `count · d` values of the `count` consecutive query heads from `h` on, in row `j`.
+    pub fn heads(&self, j: usize, h: usize, count: usize, d: usize) -> &'a [f32] {
+        &self.data[j * self.stride + h * d..][..count * d]
     }
 }
 
@@ -227,7 +232,7 @@ fn attend_rows(shape: Heads, q: Queries<'_>, kv: &[KvView<'_>], out: &mut [f32],
             let visible = n - t + j + 1;
             let mut o = vec![0.0f32; group * d];
             let mut scores = vec![0.0f32; group * visible];
-            grouped_row(q.head(j, g, group * d), d, kv[g], scale, &mut scores, &mut o);
+            grouped_row(q.heads(j, g * group, group, d), d, kv[g], scale, &mut scores, &mut o);
             (o, scores)
         })
         .collect();

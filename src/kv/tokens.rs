@@ -178,7 +178,7 @@ impl TokenRows {
     }
 
     /// Attend over the rows of each head (`select[g]` picks rows of head `g`, all when `None`; the
-    /// picks must be ascending and end with the chunk's own `t` tokens, and pick as many rows for
+    /// picks must be ascending and end with the chunk's own `q.rows` tokens, and pick as many rows for
     /// every head). With `mass`, accumulate attention per picked row as
     /// [`attention::attend_observed`] does.
     pub fn attend_selected(

@@ -35,7 +35,7 @@ pub fn by_weight_row_blocks(
     out: &mut [f32],
     block: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 ) {
-    assert_eq!(out.len(), n * m, "output is [n, m]");
+    assert_eq!(out.len(), n * m, "the output holds m rows of n");
     let rows_of = |task: usize| task * rows_per_task..((task + 1) * rows_per_task).min(n);
     if m == 1 {
         // one input row (a decode step): a task's tile is its stretch of the output

@@ -33,7 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .args(["test", "--test", "bench", "--"])
         .args(&args.harness)
         .env("KVBENCH_TIER", &args.tier)
-        .env("KVBENCH_RESUME", if args.resume { "1" } else { "0" })
+        .envs(args.resume.then_some(("KVBENCH_RESUME", "1")))
         .status()
         .context("running cargo test --test bench")?;
     crate::report::report(ReportArgs { tier: args.tier, merge: Vec::new(), out: args.out })?;

@@ -67,7 +67,8 @@ pub fn select(prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
     let width = shape.heads * shape.head_dim;
     let n = prefill.keys(0).len() / shape.head_dim;
     let window = (prefill.recent_queries().len() / width).min(n);
-    if n <= budget {
+    if n <= budget || window == 0 {
+        // nothing to drop, or no queries observed to choose by (a prefill always leaves some)
         return vec![vec![true; n]; shape.kv_heads];
     }
     let queries = &prefill.recent_queries()[prefill.recent_queries().len() - window * width..];
