@@ -6,6 +6,10 @@
 //!   (`xtask/py/numpy_reference.py`, several minutes for the long prompt).
 //!
 //! `tests/reference.rs` holds kvbench to both without either installed.
+//!
+//! `cargo xtask llama-arith` ([`arith`]) explains their disagreement: llama.cpp's forward pass
+//! captured tensor by tensor and recomputed in numpy with its own arithmetic
+//! (`xtask/py/llama_arith.py`).
 
 use std::process::Command;
 
@@ -51,4 +55,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "xtask: wrote golden/llama_cpp_reference.json and golden/exact_reference.json; review the diff and commit"
     );
     Ok(())
+}
+
+/// Arguments of `cargo xtask llama-arith`.
+#[derive(clap::Args)]
+pub struct ArithArgs {
+    /// The golden prompt to trace (a name in golden/llama_cpp_reference.json, ≤ 512 tokens).
+    #[arg(long, default_value = "01-capital")]
+    prompt: String,
+}
+
+/// Recompute llama.cpp's forward pass on one golden prompt, op by op and chained, with its own
+/// arithmetic emulated; prints where its logits part from an exact computation's.
+pub fn arith(args: ArithArgs) -> anyhow::Result<()> {
+    let root = project_root();
+    let gguf = kvbench::assets::smollm2_gguf()?;
+    venv::run(
+        Command::new(venv::llama_python()?)
+            .arg(root.join("xtask/py/llama_arith.py"))
+            .arg("--gguf")
+            .arg(&gguf)
+            .arg("--reference")
+            .arg(root.join("golden/llama_cpp_reference.json"))
+            .arg("--prompt")
+            .arg(&args.prompt),
+    )
 }

@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Regenerate golden/llama_cpp_reference.json with llama.cpp (the independent reference).
     Golden(golden::Args),
+    /// Trace llama.cpp's forward pass on a golden prompt and recompute it with its arithmetic.
+    LlamaArith(golden::ArithArgs),
     /// Measure prefill and decode speed and peak RSS beside llama.cpp; writes docs/perf.json.
     Perf(perf::Args),
     /// Build task samples, run the full cache on them and write traces/<tier>/<task>.trace.zst.
@@ -44,6 +46,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Golden(args) => golden::run(args),
+        Command::LlamaArith(args) => golden::arith(args),
         Command::Perf(args) => perf::run(args),
         Command::Record(args) => record::run(args),
         Command::Bless(args) => bless::run(args),
