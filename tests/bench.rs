@@ -137,7 +137,9 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     let s = shared();
     let method = methods::by_name(method).map_err(|e| e.to_string())?;
     let name = format!("{}::{}", method.name(), task.name());
-    let out = s.results.join(format!("{}.json", golden::file_name(&name)));
+    // a stored result is of this trial (`stored` checks it), a new one too (checked below)
+    let file = golden::file_name(&name);
+    let out = s.results.join(format!("{file}.json"));
     let provenance = provenance(task)?;
     let stored = if s.resume { TrialResult::stored(&out, &name, &provenance, s.mode) } else { Ok(None) };
     let result = match stored {
@@ -166,22 +168,22 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
 
     let current = GoldenTrial::of(&result, s.tier.name());
     let dir = s.tier.golden_dir();
-    let name = golden::file_name(&result.trial);
-    let verdict = match golden::read(&golden::path(&dir, &result.trial))? {
+    let verdict = match golden::read(&golden::path(&dir, &name))? {
         None => Verdict::Changed("no golden snapshot yet".into()),
         Some(g) => golden::check(&current, &g),
     };
     if let Verdict::Changed(why) = verdict {
+        let tier = if s.tier.name() == "default" { String::new() } else { format!(" --tier {}", s.tier.name()) };
         // Let insta show the diff (and, outside CI, write the .snap.new to review).
         // (insta panics on a difference; the trial's own failure below says why)
         let _ = std::panic::catch_unwind(|| {
             insta::with_settings!({ snapshot_path => &dir, prepend_module_to_snapshot => false, omit_expression => true }, {
-                insta::assert_json_snapshot!(name.as_str(), &current);
+                insta::assert_json_snapshot!(file.as_str(), &current);
             });
         });
         return Err(format!(
-            "{}: {why}; score {:.3} [{:.3}, {:.3}] over {} samples. Review with `cargo xtask bless --list`, accept \
-             with `cargo xtask bless`",
+            "{}: {why}; score {:.3} [{:.3}, {:.3}] over {} samples. Review with `cargo xtask bless{tier} --list {name}`, \
+             accept with `cargo xtask bless{tier} {name}`",
             result.trial,
             result.score.mean,
             result.score.lo,

@@ -13,6 +13,9 @@ pub struct Args {
     /// Only list what would be accepted.
     #[arg(long)]
     list: bool,
+    /// Only the trials whose name contains this (as the bench's name filter: `multi-doc-qa`,
+    /// `h2o-4x::`), so that one finished task can be accepted while another is still running.
+    filter: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -22,10 +25,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "new"))
+        .filter(|p| args.filter.as_deref().is_none_or(|f| trial_name(p).contains(f)))
         .collect();
     pending.sort();
     if pending.is_empty() {
-        eprintln!("nothing to bless in {}", dir.display());
+        let only = args.filter.as_deref().map(|f| format!(" for trials matching {f:?}")).unwrap_or_default();
+        eprintln!("nothing to bless in {}{only}", dir.display());
         return Ok(());
     }
     for new in &pending {
@@ -38,4 +43,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("{} {} snapshot(s)", if args.list { "pending:" } else { "accepted" }, pending.len());
     Ok(())
+}
+
+/// The trial a pending snapshot belongs to: `h2o-4x__code.snap.new` is `h2o-4x::code`.
+fn trial_name(pending: &std::path::Path) -> String {
+    let file = pending.file_name().unwrap_or_default().to_string_lossy();
+    file.trim_end_matches(".snap.new").replace("__", "::")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trial_name;
+
+    #[test]
+    fn pending_snapshots_are_named_by_trial() {
+        let p = std::path::Path::new("golden/trials/full/h2o-4x__multi-doc-qa.snap.new");
+        assert_eq!(trial_name(p), "h2o-4x::multi-doc-qa");
+        assert!(trial_name(p).contains("h2o-4x::") && !trial_name(p).contains("::code"));
+    }
 }

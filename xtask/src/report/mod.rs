@@ -73,8 +73,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     ];
     println!("{md}");
     eprintln!(
-        "report: {} with score-vs-ratio.{{svg,png}}, needle-heatmap.{{svg,png}} and results.json ({} trials)",
+        "report: {} with score-vs-ratio.{{svg,png}}, {}results.json ({} trials)",
         out.join("report.md").display(),
+        if plots::needle_cells(&trials).is_empty() { "" } else { "needle-heatmap.{svg,png}, " },
         trials.len(),
     );
     for result in plotted {

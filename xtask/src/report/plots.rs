@@ -138,7 +138,7 @@ fn draw_scores<DB: DrawingBackend>(
 /// One method's needle cells: (length, depth) → (score sum, samples).
 type Cells = BTreeMap<(usize, u32), (f64, usize)>;
 
-fn needle_cells(trials: &[Value]) -> Vec<(String, Cells)> {
+pub fn needle_cells(trials: &[Value]) -> Vec<(String, Cells)> {
     let mut out = Vec::new();
     for m in methods() {
         let Some(t) = trials.iter().find(|t| t["task"] == "needle" && t["method"] == m.as_str()) else { continue };
@@ -172,10 +172,21 @@ fn heat(x: f64) -> RGBColor {
     if x < 0.5 { lerp(red, yellow, x * 2.0) } else { lerp(yellow, green, x * 2.0 - 1.0) }
 }
 
-/// Needle exact-match rate by depth and length, one small heatmap per method.
+/// Needle exact-match rate by depth and length, one small heatmap per method. With no needle
+/// results there is nothing to draw: no image is written and an earlier one is removed, so a
+/// report never shows a blank or stale picture.
 pub fn needle_heatmaps(trials: &[Value], stem: &Path) -> anyhow::Result<()> {
-    font()?;
     let cells = needle_cells(trials);
+    if cells.is_empty() {
+        for ext in ["svg", "png"] {
+            match std::fs::remove_file(stem.with_extension(ext)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
+    font()?;
     let cols = 8;
     let rows = cells.len().div_ceil(cols).max(1);
     let size = (cols as u32 * 220, rows as u32 * 190 + 50);
@@ -277,6 +288,9 @@ mod tests {
         assert_eq!(cells.len(), 2, "full and h2o-2x have needle results");
         assert_eq!(cells[0].1[&(1024, 0)], (1.0, 1));
         assert_eq!(cells[0].1[&(2048, 50)], (0.0, 1));
+        // without needle results the heatmaps are left out, and the earlier ones removed
+        needle_heatmaps(&trials[2..], &dir.join("n")).unwrap();
+        assert!(!dir.join("n.svg").exists() && !dir.join("n.png").exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

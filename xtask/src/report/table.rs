@@ -68,9 +68,13 @@ pub fn markdown(tier: &str, trials: &[Value]) -> String {
         }
         md.push('\n');
     }
-    md.push_str(
-        "\nNeedle exact-match rate by depth and prompt length, per method (a tier with one length has one column):\n\n\
-         ![needle heatmaps](needle-heatmap.png)\n",
-    );
+    if super::plots::needle_cells(trials).is_empty() {
+        md.push_str("\nNo needle results in this report, so no depth × length heatmaps.\n");
+    } else {
+        md.push_str(
+            "\nNeedle exact-match rate by depth and prompt length, per method (a tier with one length has one column):\n\n\
+             ![needle heatmaps](needle-heatmap.png)\n",
+        );
+    }
     md
 }
