@@ -77,6 +77,15 @@ fn score_points(trials: &[Value]) -> (Vec<String>, ScorePoints) {
     (families, out)
 }
 
+/// The score axis of a panel: from 0 to the next multiple of 10 above its best score (with room
+/// for the markers), 100 at most; a small model's scores of 5–20 would otherwise be a flat line
+/// at the bottom of a 0–100 axis. The caption states the range, so panels are not misread as
+/// sharing one.
+fn score_axis_top(scores: impl Iterator<Item = f64>) -> f64 {
+    let best = scores.fold(0.0f64, f64::max);
+    ((best * 1.1 / 10.0).ceil() * 10.0).clamp(10.0, 100.0)
+}
+
 fn color(i: usize) -> RGBColor {
     let c = Palette99::pick(i).to_rgba();
     RGBColor(c.0, c.1, c.2)
@@ -101,12 +110,15 @@ fn draw_scores<DB: DrawingBackend>(
     let max_ratio = points.values().flatten().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(2.0f64, f64::max);
     let panels = root.split_evenly((2, 4));
     for (panel, task) in panels.iter().zip(TASKS) {
+        let top = score_axis_top(points[task].iter().flat_map(|(_, p)| p.iter().map(|x| x.1)));
+        let empty = points[task].iter().all(|(_, p)| p.is_empty());
+        let caption = if empty { format!("{task}: no results") } else { format!("{task} (score 0–{top:.0})") };
         let mut chart = ChartBuilder::on(panel)
-            .caption(task, ("sans-serif", 18))
+            .caption(caption, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(44)
-            .build_cartesian_2d(0.0..(max_ratio * 1.05).ceil(), 0.0..100.0)
+            .build_cartesian_2d(0.0..(max_ratio * 1.05).ceil(), 0.0..top)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
@@ -292,6 +304,15 @@ mod tests {
         needle_heatmaps(&trials[2..], &dir.join("n")).unwrap();
         assert!(!dir.join("n.svg").exists() && !dir.join("n.png").exists());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn score_axes_fit_their_panel() {
+        assert_eq!(score_axis_top([13.3, 16.3].into_iter()), 20.0);
+        assert_eq!(score_axis_top([86.0].into_iter()), 100.0);
+        assert_eq!(score_axis_top([100.0].into_iter()), 100.0);
+        assert_eq!(score_axis_top(std::iter::empty()), 10.0);
+        assert_eq!(score_axis_top([0.0].into_iter()), 10.0);
     }
 
     #[test]
