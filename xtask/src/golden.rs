@@ -11,6 +11,7 @@
 //! captured tensor by tensor and recomputed in numpy with its own arithmetic
 //! (`xtask/py/llama_arith.py`).
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::{project_root, venv};
@@ -28,10 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let root = project_root();
     let gguf = kvbench::assets::smollm2_gguf()?;
     venv::run(
-        Command::new(venv::llama_python()?)
-            .arg(root.join("xtask/py/llama_reference.py"))
-            .arg("--gguf")
-            .arg(&gguf)
+        script("llama_reference.py", &gguf)?
             .arg("--prompts")
             .arg(root.join("golden/prompts"))
             .arg("--out")
@@ -40,10 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .arg(args.n_predict.to_string()),
     )?;
     venv::run(
-        Command::new(venv::llama_python()?)
-            .arg(root.join("xtask/py/numpy_reference.py"))
-            .arg("--gguf")
-            .arg(&gguf)
+        script("numpy_reference.py", &gguf)?
             .arg("--prompts")
             .arg(root.join("golden/llama_cpp_reference.json"))
             .arg("--out")
@@ -71,13 +66,17 @@ pub fn arith(args: ArithArgs) -> anyhow::Result<()> {
     let root = project_root();
     let gguf = kvbench::assets::smollm2_gguf()?;
     venv::run(
-        Command::new(venv::llama_python()?)
-            .arg(root.join("xtask/py/llama_arith.py"))
-            .arg("--gguf")
-            .arg(&gguf)
+        script("llama_arith.py", &gguf)?
             .arg("--reference")
             .arg(root.join("golden/llama_cpp_reference.json"))
             .arg("--prompt")
             .arg(&args.prompt),
     )
+}
+
+/// `python xtask/py/<name> --gguf <gguf>` in the llama.cpp environment.
+fn script(name: &str, gguf: &Path) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(venv::llama_python()?);
+    cmd.arg(project_root().join("xtask/py").join(name)).arg("--gguf").arg(gguf);
+    Ok(cmd)
 }
