@@ -76,5 +76,59 @@ pub fn markdown(tier: &str, trials: &[Value]) -> String {
              ![needle heatmaps](needle-heatmap.png)\n",
         );
     }
+    md.push_str(&provenance(trials));
     md
+}
+
+/// Where the results came from, per task: how many trials, their summed wall time, and the test
+/// binaries and trace files (sha256 prefixes, as recorded in each result) that produced them.
+fn provenance(trials: &[Value]) -> String {
+    let mut md = String::from(
+        "\n## Provenance\n\n| task | trials | trial-seconds | test binary (sha256, trials) | trace (sha256) |\n\
+         |---|---:|---:|---|---|\n",
+    );
+    for task in TASKS {
+        let of_task: Vec<&Value> = trials.iter().filter(|t| t["task"] == task).collect();
+        if of_task.is_empty() {
+            continue;
+        }
+        let seconds: f64 = of_task.iter().filter_map(|t| t["seconds"].as_f64()).sum();
+        let short = |v: &Value| v.as_str().map(|h| format!("`{}`", &h[..h.len().min(12)]));
+        let count = |key: &str| {
+            let mut n: BTreeMap<String, usize> = BTreeMap::new();
+            for t in &of_task {
+                *n.entry(short(&t["provenance"][key]).unwrap_or_else(|| "not recorded".into())).or_default() += 1;
+            }
+            n
+        };
+        let builds: Vec<String> = count("build").into_iter().map(|(b, n)| format!("{b} ×{n}")).collect();
+        let traces: Vec<String> = count("trace").into_keys().collect();
+        md.push_str(&format!(
+            "| {task} | {} | {seconds:.0} | {} | {} |\n",
+            of_task.len(),
+            builds.join(", "),
+            traces.join(", ")
+        ));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn provenance_counts_builds_and_traces_per_task() {
+        let trial = |task: &str, build: &str, secs: f64| json!({ "task": task, "seconds": secs, "provenance": { "build": build, "trace": "abcdef0123456789" } });
+        let trials = vec![
+            trial("code", "1111111111111111", 10.0),
+            trial("code", "2222222222222222", 5.5),
+            trial("code", "1111111111111111", 1.0),
+            json!({ "task": "needle", "seconds": 2.0 }),
+        ];
+        let md = super::provenance(&trials);
+        assert!(md.contains("| code | 3 | 16 | `111111111111` ×2, `222222222222` ×1 | `abcdef012345` |"), "{md}");
+        assert!(md.contains("| needle | 1 | 2 | not recorded ×1 | not recorded |"), "{md}");
+        assert!(!md.contains("| synthetic |"), "tasks without results are left out");
+    }
 }
