@@ -182,18 +182,23 @@ def capture(gguf, ids):
     return seen
 
 
+def aligned(a, b):
+    """`a` and `b` as float64 of `a`'s shape, `b` cut to its last rows if `a` has fewer (llama.cpp
+    keeps only the last position's row after the last layer's attention)."""
+    a = np.asarray(a, np.float64)
+    rows = a.size // a.shape[-1]
+    return a, np.asarray(b, np.float64).reshape(-1, a.shape[-1])[-rows:].reshape(a.shape)
+
+
 def rel(a, b):
-    """Largest difference relative to the largest magnitude; `b`'s last rows if `a` has fewer
-    (llama.cpp keeps only the last position's row after the last layer's attention)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    a, b = a.ravel(), b.reshape(-1, a.shape[-1])[-(a.size // a.shape[-1]):].ravel()
+    """Largest difference relative to the largest magnitude."""
+    a, b = aligned(a, b)
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
 
 
 def rel_rms(a, b):
-    """Norm of the difference relative to the norm of `a` (rows of `b` as in `rel`)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64).reshape(-1, a.shape[-1])[-(a.size // a.shape[-1]):].reshape(a.shape)
+    """Norm of the difference relative to the norm of `a`."""
+    a, b = aligned(a, b)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
 
 

@@ -3,6 +3,7 @@
 //! golden results; CI never does it.
 
 use anyhow::Context;
+use kvbench::bench::golden;
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -25,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "new"))
-        .filter(|p| args.filter.as_deref().is_none_or(|f| trial_name(p).contains(f)))
+        .filter(|p| args.filter.as_deref().is_none_or(|f| matches(p, f)))
         .collect();
     pending.sort();
     if pending.is_empty() {
@@ -45,20 +46,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The trial a pending snapshot belongs to: `h2o-4x__code.snap.new` is `h2o-4x::code`.
-fn trial_name(pending: &std::path::Path) -> String {
-    let file = pending.file_name().unwrap_or_default().to_string_lossy();
-    file.trim_end_matches(".snap.new").replace("__", "::")
+/// Whether a pending snapshot's trial name contains `filter`: snapshot files are named by
+/// [`golden::file_name`], which maps `::` to `__`, so the filter is mapped the same way.
+fn matches(pending: &std::path::Path, filter: &str) -> bool {
+    pending.file_name().is_some_and(|f| f.to_string_lossy().contains(&golden::file_name(filter)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::trial_name;
+    use super::matches;
 
     #[test]
     fn pending_snapshots_are_named_by_trial() {
         let p = std::path::Path::new("golden/trials/full/h2o-4x__multi-doc-qa.snap.new");
-        assert_eq!(trial_name(p), "h2o-4x::multi-doc-qa");
-        assert!(trial_name(p).contains("h2o-4x::") && !trial_name(p).contains("::code"));
+        assert!(matches(p, "h2o-4x::multi-doc-qa"));
+        assert!(matches(p, "h2o-4x::") && !matches(p, "::code"));
     }
 }

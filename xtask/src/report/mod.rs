@@ -63,7 +63,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&trials)?)?;
 
-    let md = table::markdown(&args.tier, &trials);
+    let needle = !plots::needle_cells(&trials).is_empty();
+    let md = table::markdown(&args.tier, &trials, needle);
     std::fs::write(out.join("report.md"), &md)?;
     // the table stands without the plots (which need the font fetched): a plot that cannot be
     // drawn is reported, and the command fails at the end
@@ -75,7 +76,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     eprintln!(
         "report: {} with score-vs-ratio.{{svg,png}}, {}results.json ({} trials)",
         out.join("report.md").display(),
-        if plots::needle_cells(&trials).is_empty() { "" } else { "needle-heatmap.{svg,png}, " },
+        if needle { "needle-heatmap.{svg,png}, " } else { "" },
         trials.len(),
     );
     for result in plotted {

@@ -13,8 +13,9 @@ pub fn methods() -> Vec<String> {
     kvbench::kv::methods::all_at(&kvbench::bench::RATIOS)
 }
 
-/// The report of `trials`.
-pub fn markdown(tier: &str, trials: &[Value]) -> String {
+/// The report of `trials`; `needle_heatmaps`: whether the needle heatmaps are drawn (the tier
+/// has needle results), so that the table links them.
+pub fn markdown(tier: &str, trials: &[Value], needle_heatmaps: bool) -> String {
     let methods = methods();
     let mut by: BTreeMap<(String, String), &Value> = BTreeMap::new();
     for t in trials {
@@ -68,7 +69,7 @@ pub fn markdown(tier: &str, trials: &[Value]) -> String {
         }
         md.push('\n');
     }
-    if super::plots::needle_cells(trials).is_empty() {
+    if !needle_heatmaps {
         md.push_str("\nNo needle results in this report, so no depth × length heatmaps.\n");
     } else {
         md.push_str(
