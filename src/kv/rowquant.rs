@@ -4,11 +4,16 @@
 //! block (codes with their scale and, for min–max codes, minimum), and appended to that head's
 //! byte vector. Attention sees only decoded values, including for the chunk being prefilled, as
 //! in llama.cpp where a chunk's keys are written to the cache before attention reads it.
+//!
+//! Attention reads a dequantized mirror of the codes, extended as rows are appended: a row's
+//! decoding depends on its own blocks only, so the mirror is what decoding the whole cache before
+//! every attention call gave, bit for bit, at the cost of decoding each row once. (llama.cpp's
+//! kernels read the codes directly; the mirror is this simulator's stand-in.)
+//! [`LayerStore::bytes`] counts the codes only.
 
 use super::attention::{self, Heads, KvView, Queries};
 use super::hadamard;
 use super::quant::{self, QK};
-use super::tokens::with_scratch;
 use crate::kv::LayerStore;
 
 /// How one group of 32 values is encoded.
@@ -57,6 +62,9 @@ pub struct RowQuantStore {
     rotate: bool,
     keys: Vec<Vec<u8>>,
     values: Vec<Vec<u8>>,
+    /// Per kv head, `[tokens, head_dim]`: `keys` and `values` decoded.
+    wide_keys: Vec<Vec<f32>>,
+    wide_values: Vec<Vec<f32>>,
     tokens: usize,
 }
 
@@ -64,11 +72,23 @@ impl RowQuantStore {
     /// Empty storage; with `rotate`, rows are Hadamard-rotated before quantizing (see [`hadamard`]).
     pub fn new(shape: Heads, codec: RowCodec, rotate: bool) -> Self {
         assert_eq!(shape.head_dim % QK, 0, "head_dim must be a multiple of {QK}");
-        let empty = vec![Vec::new(); shape.kv_heads];
-        Self { shape, codec, rotate, keys: empty.clone(), values: empty, tokens: 0 }
+        let (codes, wide) = (vec![Vec::new(); shape.kv_heads], vec![Vec::new(); shape.kv_heads]);
+        Self {
+            shape,
+            codec,
+            rotate,
+            keys: codes.clone(),
+            values: codes,
+            wide_keys: wide.clone(),
+            wide_values: wide,
+            tokens: 0,
+        }
     }
 
-    fn encode_rows(&self, rows: &[f32], t: usize, heads: &mut [Vec<u8>]) {
+    /// Encode `t` rows of `[t, kv_heads, head_dim]` onto each head's codes, and append their
+    /// decoding to the head's mirror.
+    fn encode_rows(&self, rows: &[f32], t: usize, heads: &mut [Vec<u8>], wide: &mut [Vec<f32>]) {
+        let first: Vec<usize> = heads.iter().map(Vec::len).collect();
         let d = self.shape.head_dim;
         let mut row = vec![0.0f32; d];
         for j in 0..t {
@@ -80,12 +100,17 @@ impl RowQuantStore {
                 row.chunks_exact(QK).for_each(|group| self.codec.encode(group, head));
             }
         }
+        for ((head, wide), first) in heads.iter().zip(wide).zip(first) {
+            self.decode_onto(&head[first..], wide);
+        }
     }
 
-    fn decode_head(&self, bytes: &[u8], out: &mut Vec<f32>) {
+    /// Decode whole blocks of `bytes` onto the end of `out`.
+    fn decode_onto(&self, bytes: &[u8], out: &mut Vec<f32>) {
         let gb = self.codec.group_bytes();
-        out.resize(bytes.len() / gb * QK, 0.0);
-        for (block, o) in bytes.chunks_exact(gb).zip(out.chunks_exact_mut(QK)) {
+        let start = out.len();
+        out.resize(start + bytes.len() / gb * QK, 0.0);
+        for (block, o) in bytes.chunks_exact(gb).zip(out[start..].chunks_exact_mut(QK)) {
             self.codec.decode(block, o);
         }
     }
@@ -94,9 +119,10 @@ impl RowQuantStore {
 impl LayerStore for RowQuantStore {
     fn append(&mut self, keys: &[f32], values: &[f32], t: usize) {
         let (mut k, mut v) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.values));
-        self.encode_rows(keys, t, &mut k);
-        self.encode_rows(values, t, &mut v);
-        (self.keys, self.values) = (k, v);
+        let (mut wk, mut wv) = (std::mem::take(&mut self.wide_keys), std::mem::take(&mut self.wide_values));
+        self.encode_rows(keys, t, &mut k, &mut wk);
+        self.encode_rows(values, t, &mut v, &mut wv);
+        (self.keys, self.values, self.wide_keys, self.wide_values) = (k, v, wk, wv);
         self.tokens += t;
     }
 
@@ -111,14 +137,9 @@ impl LayerStore for RowQuantStore {
         } else {
             (q, q_stride)
         };
-        with_scratch(self.shape.kv_heads, |scratch| {
-            for ((kb, vb), (k, v)) in self.keys.iter().zip(&self.values).zip(scratch.iter_mut()) {
-                self.decode_head(kb, k);
-                self.decode_head(vb, v);
-            }
-            let views: Vec<KvView> = scratch.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
-            attention::attend(self.shape, Queries::new(q, q_stride, t), &views, out);
-        });
+        let views: Vec<KvView> =
+            self.wide_keys.iter().zip(&self.wide_values).map(|(k, v)| KvView { keys: k, values: v }).collect();
+        attention::attend(self.shape, Queries::new(q, q_stride, t), &views, out);
         if self.rotate {
             hadamard::rotate_rows(out, d);
         }
@@ -178,5 +199,27 @@ mod tests {
         }
         assert!(errors[0] < 0.01, "{errors:?}");
         assert!(errors[0] < errors[1] && errors[3] < errors[1], "{errors:?}");
+    }
+
+    #[test]
+    fn the_mirror_is_the_codes_decoded_from_scratch() {
+        let shape = Heads { heads: 4, kv_heads: 2, head_dim: 64 };
+        let mut rng = StdRng::seed_from_u64(8);
+        for (codec, rotate) in [(RowCodec::Q8_0, false), (RowCodec::Q4_0, true), (RowCodec::MinMax(4), false)] {
+            let mut store = RowQuantStore::new(shape, codec, rotate);
+            // a prefill in chunks, then decode steps
+            for t in [7, 32, 1, 1, 1] {
+                let rows: Vec<f32> = (0..t * 128).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                store.append(&rows, &rows, t);
+                for (codes, wide) in
+                    store.keys.iter().chain(&store.values).zip(store.wide_keys.iter().chain(&store.wide_values))
+                {
+                    let mut fresh = Vec::new();
+                    store.decode_onto(codes, &mut fresh);
+                    let bits_of = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits_of(wide), bits_of(&fresh), "{codec:?}, rotate {rotate}");
+                }
+            }
+        }
     }
 }

@@ -18,16 +18,21 @@
 //! value at 2 bits and 5 at 4 bits, plus the fp16 residual (16 bits per value). The nominal ratio
 //! is 16 / 3 = 5.33 and 16 / 5 = 3.2, which the measured ratio approaches as the prompt grows past
 //! the residual.
+//!
+//! Attention reads a dequantized mirror of the cache (codes decoded, residual widened), updated
+//! as tokens are quantized or appended rather than rebuilt every step: the mirror holds exactly
+//! the values a dequantize-everything step would, so results are the same bits, and a decode step
+//! costs one token's work instead of decoding the whole cache (KIVI's fused kernels read the
+//! codes directly; the mirror is this simulator's stand-in for them). [`LayerStore::bytes`]
+//! counts the packed codes and the fp16 residual only.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use serde_json::json;
 
 use crate::kv::attention::{self, Heads, KvView, Queries};
 use crate::kv::method::{Acts, StoreContext};
 use crate::kv::methods::full::FullStore;
 use crate::kv::quant::{QK, minmax_bytes, minmax_decode, minmax_encode};
-use crate::kv::tokens::with_scratch;
 use crate::kv::{LayerStore, Method};
 
 /// Tokens kept in fp16 (KIVI's `residual_length`).
@@ -65,7 +70,7 @@ impl Method for Kivi {
 }
 
 /// One kv head: quantized keys (blocks of 32 tokens × head_dim channel groups), quantized value
-/// rows, and the fp16 residuals.
+/// rows, the fp16 residuals, and the dequantized mirror attention reads.
 #[derive(Debug, Clone, Default)]
 struct Head {
     key_codes: Vec<u8>,
@@ -74,6 +79,15 @@ struct Head {
     value_codes: Vec<u8>,
     value_tokens: usize,
     value_residual: Vec<f16>,
+    /// `[tokens, head_dim]`: the decoded codes of the first `key_tokens` rows, then the residual.
+    keys: Vec<f32>,
+    /// `[tokens, head_dim]`: the decoded codes of the first `value_tokens` rows, then the residual.
+    values: Vec<f32>,
+}
+
+/// `x` as the f16 residual stores it, widened back.
+fn through_f16(x: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    x.iter().map(|&v| f16::from_f32(v).to_f32())
 }
 
 /// A layer's KIVI cache.
@@ -98,48 +112,84 @@ impl KiviStore {
             for block in k[..quantized * d].chunks_exact(QK * d) {
                 store.push_key_block(g, block);
             }
-            store.heads[g].key_residual.extend(k[quantized * d..].iter().map(|&x| f16::from_f32(x)));
+            store.push_key_residual(g, &k[quantized * d..]);
             // values: all but the last `RESIDUAL` tokens are quantized
             let quantized = n.saturating_sub(RESIDUAL);
             for row in v[..quantized * d].chunks_exact(d) {
                 store.push_value_row(g, row);
             }
-            store.heads[g].value_residual.extend(v[quantized * d..].iter().map(|&x| f16::from_f32(x)));
+            store.push_value_residual(g, &v[quantized * d..]);
         }
         store
     }
 
-    /// Quantize 32 tokens' keys (`[32, d]`), channel by channel.
+    /// Quantize 32 tokens' keys (`[32, d]`), channel by channel, and decode them into the mirror
+    /// (over their residual rows, when the residual is being flushed).
     fn push_key_block(&mut self, g: usize, block: &[f32]) {
         let d = self.shape.head_dim;
+        let group = minmax_bytes(QK, self.bits);
         let mut channel = [0.0f32; QK];
         let head = &mut self.heads[g];
+        let first = head.key_codes.len();
         for c in 0..d {
             channel.iter_mut().enumerate().for_each(|(i, x)| *x = block[i * d + c]);
             minmax_encode(&channel, self.bits, &mut head.key_codes);
         }
+        let rows = head.key_tokens * d..(head.key_tokens + QK) * d;
+        if head.keys.len() < rows.end {
+            head.keys.resize(rows.end, 0.0);
+        }
+        let mirror = &mut head.keys[rows];
+        for (c, codes) in head.key_codes[first..].chunks_exact(group).enumerate() {
+            minmax_decode(codes, self.bits, &mut channel);
+            channel.iter().enumerate().for_each(|(i, &x)| mirror[i * d + c] = x);
+        }
         head.key_tokens += QK;
     }
 
+    /// Quantize one token's values, and decode them into the mirror (over the row's residual
+    /// copy, when it leaves the residual).
     fn push_value_row(&mut self, g: usize, row: &[f32]) {
+        let d = self.shape.head_dim;
+        let group = minmax_bytes(QK, self.bits);
         let head = &mut self.heads[g];
+        let first = head.value_codes.len();
         row.chunks_exact(QK).for_each(|group| minmax_encode(group, self.bits, &mut head.value_codes));
+        let rows = head.value_tokens * d..(head.value_tokens + 1) * d;
+        if head.values.len() < rows.end {
+            head.values.resize(rows.end, 0.0);
+        }
+        for (codes, out) in head.value_codes[first..].chunks_exact(group).zip(head.values[rows].chunks_exact_mut(QK)) {
+            minmax_decode(codes, self.bits, out);
+        }
         head.value_tokens += 1;
+    }
+
+    fn push_key_residual(&mut self, g: usize, keys: &[f32]) {
+        let head = &mut self.heads[g];
+        head.key_residual.extend(keys.iter().map(|&x| f16::from_f32(x)));
+        head.keys.extend(through_f16(keys));
+    }
+
+    fn push_value_residual(&mut self, g: usize, values: &[f32]) {
+        let head = &mut self.heads[g];
+        head.value_residual.extend(values.iter().map(|&x| f16::from_f32(x)));
+        head.values.extend(through_f16(values));
     }
 
     /// Append one token to head `g`, flushing residuals as KIVI does.
     fn push_token(&mut self, g: usize, key: &[f32], value: &[f32]) {
         let d = self.shape.head_dim;
+        self.push_key_residual(g, key);
         let head = &mut self.heads[g];
-        head.key_residual.extend(key.iter().map(|&x| f16::from_f32(x)));
         if head.key_residual.len() == RESIDUAL * d {
             let block: Vec<f32> = std::mem::take(&mut head.key_residual).iter().map(|x| x.to_f32()).collect();
             for b in block.chunks_exact(QK * d) {
                 self.push_key_block(g, b);
             }
         }
+        self.push_value_residual(g, value);
         let head = &mut self.heads[g];
-        head.value_residual.extend(value.iter().map(|&x| f16::from_f32(x)));
         if head.value_residual.len() > RESIDUAL * d {
             let oldest: Vec<f32> = head.value_residual.drain(..d).map(|x| x.to_f32()).collect();
             self.push_value_row(g, &oldest);
@@ -156,7 +206,10 @@ impl KiviStore {
         self.heads[g].value_residual.len() / self.shape.head_dim
     }
 
+    /// Every key and value dequantized from scratch: what the mirror must equal (tests).
+    #[cfg(test)]
     fn widen(&self, head: &Head, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
+        use half::slice::HalfFloatSliceExt;
         let d = self.shape.head_dim;
         let group = minmax_bytes(QK, self.bits);
         let n = head.key_tokens + head.key_residual.len() / d;
@@ -192,13 +245,8 @@ impl LayerStore for KiviStore {
     }
 
     fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
-        with_scratch(self.shape.kv_heads, |scratch| {
-            for (head, (k, v)) in self.heads.iter().zip(scratch.iter_mut()) {
-                self.widen(head, k, v);
-            }
-            let views: Vec<KvView> = scratch.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
-            attention::attend(self.shape, Queries::new(q, q_stride, t), &views, out);
-        });
+        let views: Vec<KvView> = self.heads.iter().map(|h| KvView { keys: &h.keys, values: &h.values }).collect();
+        attention::attend(self.shape, Queries::new(q, q_stride, t), &views, out);
     }
 
     fn bytes(&self) -> usize {
@@ -255,6 +303,27 @@ mod tests {
             let quantized_values = (384 + (384 - 128)) * 64;
             let bits_total = quantized_values * (bits as usize + 1) + 128 * 64 * 16;
             assert_eq!(store.bytes(), bits_total / 8);
+        }
+    }
+
+    #[test]
+    fn the_mirror_is_the_cache_dequantized_from_scratch_at_every_step() {
+        let shape = Heads { heads: 2, kv_heads: 2, head_dim: 64 };
+        let mut rng = StdRng::seed_from_u64(11);
+        for (bits, n) in [(2, 300), (4, 100), (2, 20)] {
+            let mut store = KiviStore::from_prefill(&prefilled(n, shape, &mut rng), bits);
+            // 300 decode steps cross key flushes (every 128) and value flushes (every step)
+            for step in 0..=300 {
+                for head in &store.heads {
+                    let (mut k, mut v) = (Vec::new(), Vec::new());
+                    store.widen(head, &mut k, &mut v);
+                    let bits_of = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits_of(&head.keys), bits_of(&k), "keys, {bits} bits, prefill {n}, step {step}");
+                    assert_eq!(bits_of(&head.values), bits_of(&v), "values, {bits} bits, prefill {n}, step {step}");
+                }
+                let row: Vec<f32> = (0..2 * 64).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                store.append(&row, &row, 1);
+            }
         }
     }
 
