@@ -348,7 +348,7 @@ fn softmax_prefix(row: &mut [f32], visible: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
-    softmax_prefix_generic(row, visible)
+    avx2::softmax_prefix(row, visible)
 }
 
 #[inline(always)]
@@ -386,23 +386,31 @@ fn softmax_prefix_generic(row: &mut [f32], visible: usize) {
 /// from exponent bits. Inputs are clamped at −87, where `e^x` is below f32's normal range.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    let x = x.max(EXP_MIN);
     let k = (x * std::f32::consts::LOG2_E).round();
-    let r = k.mul_add(-0.693_359_4, x);
-    let r = k.mul_add(2.121_944_4e-4, r);
-    let mut p = 1.987_569_1e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
+    let r = k.mul_add(EXP_NEG_LN2_HI, x);
+    let r = k.mul_add(EXP_NEG_LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p.mul_add(r, c);
+    }
     let er = (p * r).mul_add(r, r) + 1.0;
     // 2^k from exponent bits. `k` is a whole number in [-126, 0], so `k + 127 + 2^23` is exact
     // and its low mantissa bits are `k + 127`: the same bits as `((k as i32 + 127) as u32) << 23`
     // without a float-to-int conversion, whose saturating semantics keep the loop from
     // vectorising.
-    er * f32::from_bits((k + (127.0 + 8_388_608.0)).to_bits() << 23)
+    er * f32::from_bits((k + EXP_BIAS).to_bits() << 23)
 }
+
+/// [`exp_nonpositive`]'s clamp, where `e^x` leaves f32's normal range.
+const EXP_MIN: f32 = -87.0;
+/// −ln 2 in two parts (Cephes), so that `x − k·ln 2` is exact enough.
+const EXP_NEG_LN2_HI: f32 = -0.693_359_4;
+const EXP_NEG_LN2_LO: f32 = 2.121_944_4e-4;
+/// Cephes `expf`'s polynomial for `(e^r − 1 − r) / r²`, highest degree first.
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+/// `127 + 2^23`: added to `k`, puts `k + 127` in the low mantissa bits.
+const EXP_BIAS: f32 = 127.0 + 8_388_608.0;
 
 /// Straightforward f64 attention, the reference the kernel is tested against.
 #[cfg(test)]
