@@ -36,8 +36,11 @@ impl Method for Full {
         Some(1.0)
     }
 
+    /// Its prefill is the shared full-precision prefill itself ([`Self::after_prefill`] keeps the
+    /// prefilled store as it is), so its trials reuse it instead of computing it again: the same
+    /// bits (`tests/methods.rs` holds a shared prefill to a recomputed one).
     fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+        Acts::AfterPrefill
     }
 }
 
