@@ -57,7 +57,13 @@ fn full_and_q8_0_retrieve_the_needle_and_shared_prefill_changes_nothing() {
     let inputs = PrefillInputs::of(&model, &prompt, &options);
     assert!(disk.load(&inputs).is_none());
     disk.store(&inputs, &shared);
+    // reading an entry marks its build's folder as in use, so that other builds' runs spare it
+    let build = std::fs::read_dir(&dir).unwrap().flatten().next().unwrap().path();
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(5 * 3600);
+    std::fs::File::open(&build).unwrap().set_modified(long_ago).unwrap();
     let loaded = disk.load(&inputs).expect("stored prefill");
+    let used_at = build.metadata().unwrap().modified().unwrap();
+    assert!(used_at > long_ago + std::time::Duration::from_secs(3600), "a load touches its build's folder");
     // a corrupted entry is a miss, and is deleted
     let entry = std::fs::read_dir(&dir)
         .unwrap()

@@ -12,8 +12,9 @@
 //! Entries are written to a temporary file and renamed into place, so concurrent writers of one
 //! entry are harmless. A file that fails its checksum is deleted and recomputed (a warning says
 //! so). The directory is kept under a size limit: each build's entries sit in a folder of their
-//! own; other builds' folders go first, and when this build's entries fill the limit, new ones
-//! are not admitted (see [`DiskPrefills::store`]). The full tier's prefills take about 42 GB
+//! own; other builds' folders go first (least recently used first, sparing any used within the
+//! last hour), and when this build's entries fill the limit, new ones are not admitted (see
+//! [`DiskPrefills::store`]). The full tier's prefills take about 42 GB
 //! (46 KB per prompt token): raise the limit to share all of them. Entries are valid only for
 //! the machine type that made them if a cache folder is shared between machines (kernels are
 //! chosen by CPU features at run time); keep one per machine.
@@ -33,6 +34,8 @@ use crate::model::generate::{GenerateOptions, Mode, Prompt, SharedPrefill};
 const MAGIC: &[u8; 8] = b"KVBPFILL";
 const VERSION: u32 = 1;
 const PREAMBLE: usize = 8 + 4 + 32;
+/// How recently another build's folder must have been used to be spared by [`DiskPrefills::store`].
+const IN_USE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The prefill cache directory.
 #[derive(Debug, Clone)]
@@ -118,7 +121,12 @@ impl DiskPrefills {
         let path = self.path(inputs);
         let bytes = std::fs::read(&path).ok()?;
         match decode(&bytes).filter(|p| p.ids() == inputs.ids && p.mode() == inputs.mode) {
-            Some(p) => Some(p),
+            Some(p) => {
+                // a run reading its entries is using them: its folder's time says so (best
+                // effort; see `make_room`)
+                let _ = std::fs::File::open(self.build_dir()).and_then(|f| f.set_modified(SystemTime::now()));
+                Some(p)
+            }
             None => {
                 eprintln!("kvbench: prefill cache entry {} is corrupt; deleting it and recomputing", path.display());
                 let _ = std::fs::remove_file(&path);
@@ -128,10 +136,10 @@ impl DiskPrefills {
     }
 
     /// Store `prefill` for `inputs` if it fits under the limit. When it does not, other builds'
-    /// entries are dropped first; if this build's entries alone fill the limit, the new one is
-    /// not admitted, so that the entries already held keep serving (a trial cycles through its
-    /// task's samples in order, which an evict-oldest cache smaller than the cycle would turn
-    /// into all misses). Failing to store only costs a recomputation later, so errors are
+    /// entries not in use are dropped first; if what remains fills the limit, the new one is not
+    /// admitted, so that the entries already held keep serving (a trial cycles through its task's
+    /// samples in order, which an evict-oldest cache smaller than the cycle would turn into all
+    /// misses). Failing to store only costs a recomputation later, so errors are
     /// reported, not returned.
     pub fn store(&self, inputs: &PrefillInputs, prefill: &SharedPrefill) {
         let payload = prefill.encode();
@@ -145,8 +153,12 @@ impl DiskPrefills {
         }
     }
 
-    /// `Some` if `size` more bytes fit under the limit, after dropping other builds' folders
-    /// and temporary files left by killed writers (older than an hour) if need be.
+    /// `Some` if `size` more bytes fit under the limit, after dropping, if need be, temporary
+    /// files left by killed writers (older than an hour) and other builds' folders, least
+    /// recently used first and only as many as needed. A folder used within the last
+    /// [`IN_USE`] (an entry stored or read) is kept: it may belong to a run still going, such as
+    /// a frozen build running the full tier while the code changes, which would otherwise
+    /// recompute every prefill it lost.
     fn make_room(&self, size: u64) -> Option<()> {
         let mine = self.build_dir();
         let folders: Vec<PathBuf> = std::fs::read_dir(&self.dir)
@@ -161,13 +173,8 @@ impl DiskPrefills {
         if total + size <= self.limit_bytes {
             return Some(());
         }
-        for dir in folders.iter().filter(|d| **d != mine) {
-            let freed = used(dir);
-            if std::fs::remove_dir_all(dir).is_ok() {
-                total -= freed;
-            }
-        }
-        let stale = SystemTime::now() - std::time::Duration::from_secs(3600);
+        let now = SystemTime::now();
+        let stale = now - std::time::Duration::from_secs(3600);
         for entry in std::fs::read_dir(&mine).into_iter().flatten().flatten() {
             let tmp = entry.file_name().to_string_lossy().ends_with(".tmp");
             if let Ok(m) = entry.metadata()
@@ -176,6 +183,22 @@ impl DiskPrefills {
                 && std::fs::remove_file(entry.path()).is_ok()
             {
                 total -= m.len();
+            }
+        }
+        let mut others: Vec<(SystemTime, &PathBuf)> = folders
+            .iter()
+            .filter(|d| **d != mine)
+            .filter_map(|d| Some((d.metadata().and_then(|m| m.modified()).ok()?, d)))
+            .filter(|(used_at, _)| *used_at < now - IN_USE)
+            .collect();
+        others.sort();
+        for (_, dir) in others {
+            if total + size <= self.limit_bytes {
+                break;
+            }
+            let freed = used(dir);
+            if std::fs::remove_dir_all(dir).is_ok() {
+                total -= freed;
             }
         }
         (total + size <= self.limit_bytes).then_some(())
@@ -238,19 +261,30 @@ mod tests {
         // in tests/methods.rs, which has a model to make one)
     }
 
+    /// A folder of another build holding `bytes`, last used `hours_ago`.
+    fn other_build(dir: &Path, name: &str, bytes: usize, hours_ago: u64) -> PathBuf {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("a.prefill"), vec![0u8; bytes]).unwrap();
+        let at = SystemTime::now() - std::time::Duration::from_secs(hours_ago * 3600);
+        std::fs::File::open(&folder).unwrap().set_modified(at).unwrap();
+        folder
+    }
+
     #[test]
     fn other_builds_go_first_and_a_full_cache_admits_nothing() {
         let dir = std::env::temp_dir().join(format!("kvbench-prefill-room-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let cache = DiskPrefills::new(dir.clone(), 120, "0123456789abcdef-this-build".into());
-        let other = dir.join("build-fedcba9876543210");
-        std::fs::create_dir_all(&other).unwrap();
+        let cache = DiskPrefills::new(dir.clone(), 200, "0123456789abcdef-this-build".into());
+        let oldest = other_build(&dir, "build-fedcba9876543210", 60, 5);
+        let older = other_build(&dir, "build-aaaaaaaaaaaaaaaa", 60, 3);
+        let running = other_build(&dir, "build-bbbbbbbbbbbbbbbb", 30, 0);
         std::fs::create_dir_all(cache.build_dir()).unwrap();
-        std::fs::write(other.join("a.prefill"), [0u8; 100]).unwrap();
         std::fs::write(cache.build_dir().join("b.prefill"), [0u8; 50]).unwrap();
-        assert_eq!(cache.make_room(30), Some(()), "150 + 30 > 120: the other build's 100 bytes go");
-        assert!(!other.exists() && cache.build_dir().join("b.prefill").exists());
-        assert_eq!(cache.make_room(100), None, "50 + 100 > 120 with nothing else to drop");
+        assert_eq!(cache.make_room(30), Some(()), "200 + 30 > 200: the least recently used build's 60 bytes go");
+        assert!(!oldest.exists() && older.exists() && running.exists());
+        assert_eq!(cache.make_room(150), None, "140 + 150 > 200; without `older` 80 + 150: `running` is in use");
+        assert!(!older.exists() && running.exists(), "`running` is spared");
         assert!(cache.build_dir().join("b.prefill").exists(), "held entries are kept");
         std::fs::remove_dir_all(dir).unwrap();
     }
