@@ -340,15 +340,9 @@ fn softmax_prefix(row: &mut [f32], visible: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { softmax_prefix_avx2(row, visible) };
+        return unsafe { avx2::softmax_prefix(row, visible) };
     }
     softmax_prefix_generic(row, visible)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
-    avx2::softmax_prefix(row, visible)
 }
 
 #[inline(always)]
