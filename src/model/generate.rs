@@ -435,8 +435,10 @@ fn compress_prompt(
 /// four times (each scoring pass computes full-vocabulary logits for every prompt token).
 fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Arc<Vec<f32>>, ModelError> {
     type Memo = HashMap<(String, usize, usize, Vec<u32>), Arc<Vec<f32>>>;
-    /// Entries kept before the memo starts over (a few MB at the full tier's lengths).
-    const MEMO_ENTRIES: usize = 64;
+    /// Scored tokens kept before the memo starts over: 8 bytes each (key and score), so 32 MB.
+    /// It must outlast a task's samples, which a trial walks in order: a cap of 64 prompts, under
+    /// the full tier's 100 per task, had dropped every entry before the next ratio asked for it.
+    const MEMO_TOKENS: usize = 1 << 22;
     static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
     let key = (rt.gguf_sha256().to_string(), rt.threads(), chunk, scored.to_vec());
@@ -462,7 +464,7 @@ fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Ar
     }
     let information = Arc::new(information);
     let mut m = lock();
-    if m.len() >= MEMO_ENTRIES {
+    if m.keys().map(|k| k.3.len()).sum::<usize>() + scored.len() > MEMO_TOKENS {
         m.clear();
     }
     m.insert(key, information.clone());
