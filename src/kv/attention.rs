@@ -3,8 +3,9 @@
 //! Two paths, one result. For a prefill chunk, per query head two blocked matrix products
 //! (`matrixmultiply`'s AVX2/FMA sgemm) around a masked softmax: `S = scale · Q_h Kᵀ`,
 //! `O_h = softmax(S) V`, in blocks of rows that stop at the last key the block sees, so the
-//! chunk's masked triangle is skipped outside the diagonal blocks. For a few rows (decode), sgemm would spend its time packing the whole
-//! key matrix for one query row, so a streaming kernel reads each key and value row once, with
+//! chunk's masked triangle is skipped outside the diagonal blocks. For a few rows (decode),
+//! sgemm would spend its time packing the whole key matrix for one query row, so a streaming
+//! kernel reads each key and value row once, with
 //! 8-lane fused multiply-adds compiled for AVX2+FMA when the CPU has them (checked at run time).
 //! Query heads run in parallel on rayon's pool. Query head `h` reads key/value head `h / group`,
 //! as llama.cpp and Hugging Face do for GQA.
@@ -116,15 +117,18 @@ pub fn attend_observed(
 
 /// Query rows per block of a prefill chunk: each block's products stop at the last key its
 /// bottom row sees, so the chunk's masked upper triangle is computed only within the diagonal
-/// blocks (a 512-token chunk over 1,024 keys skipped a third of its products unblocked).
+/// blocks (of a 512-token chunk over 1,024 keys, a quarter of the products are masked; blocks of
+/// 128 skip three quarters of those). Each block packs its keys and values again, up to its
+/// width: for a 512-row chunk, 4n − 768 packed rows instead of n.
 const ROW_BLOCK: usize = 128;
 
 /// One query head of a prefill chunk: `O_h = softmax(scale · Q_h Kᵀ) V` and, if `observe`, the
 /// column sums of the probabilities. Rows go in blocks of `row_block`: block `[r0, r1)` takes the
 /// first `n - t + r1` keys, so each row's products cover its visible keys and, at most,
-/// `row_block - 1` masked ones, whose probabilities are zero. Every block size gives the same bits:
-/// each score is the same length-`d` dot product, and a weighted sum over more keys only adds
-/// exact zeros (tested).
+/// `row_block - 1` masked ones, whose probabilities are zero. Every block size gives the same bits
+/// (tested), by the way `matrixmultiply` sums: each score is one length-`d` dot product in a single
+/// k-chunk (it splits k into chunks of 256 from 0, and `d ≤ 256`), and the weighted sums over more
+/// keys only add exact zeros, in the same chunks, with α = 1.
 fn chunk_head(
     q: Queries<'_>,
     h: usize,
@@ -135,14 +139,16 @@ fn chunk_head(
     row_block: usize,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (t, n) = (q.rows, view.keys.len() / d);
+    // what the products' strides rely on (`check_call` asserts it for every caller but the tests)
+    assert!(t >= 1 && n >= t && view.values.len() == n * d && q.data.len() >= (t - 1) * q.stride + (h + 1) * d);
     let blocks =
         || (0..t).step_by(row_block).map(move |r0| (r0, (r0 + row_block).min(t), n - t + (r0 + row_block).min(t)));
-    // zeroed lazily by the allocator: entries right of a block's keys are never touched
+    // entries right of a block's keys are never written or read
     let mut scores = vec![0.0f32; t * n];
     for (r0, r1, width) in blocks() {
         // S[r0..r1, ..width] = scale · Q_h[r0..r1, d] · K[..width, d]ᵀ
         // SAFETY: the strides describe in-bounds views of `q`, `view.keys` and `scores`
-        // (checked by `check_call` and the views' lengths; `width ≤ n`, `r1 ≤ t`).
+        // (asserted above; `width ≤ n`, `r1 ≤ t`).
         unsafe {
             matrixmultiply::sgemm(
                 r1 - r0,

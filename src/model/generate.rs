@@ -435,9 +435,12 @@ fn compress_prompt(
 /// four times (each scoring pass computes full-vocabulary logits for every prompt token).
 fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Arc<Vec<f32>>, ModelError> {
     type Memo = HashMap<(String, usize, usize, Vec<u32>), Arc<Vec<f32>>>;
-    /// Scored tokens kept before the memo starts over: 8 bytes each (key and score), so 32 MB.
-    /// It must outlast a task's samples, which a trial walks in order: a cap of 64 prompts, under
-    /// the full tier's 100 per task, had dropped every entry before the next ratio asked for it.
+    /// Scored tokens kept before the memo starts over: 8 bytes each (key and score), so 32 MiB
+    /// and some 200 bytes per prompt. It must hold every prompt a run scores before the next
+    /// ratio asks for it again: a trial walks its task's samples in order, and a whole-tier run
+    /// goes method first (`lingua-2x` over every task, then `lingua-4x`), about 0.9M tokens at
+    /// the full tier. A cap of 64 prompts, under a full-tier task's 100, had dropped every entry
+    /// before it was asked for again.
     const MEMO_TOKENS: usize = 1 << 22;
     static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
