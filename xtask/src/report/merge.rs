@@ -2,51 +2,40 @@
 //! another) writes one JSON per trial; copying those folders together is a merge, checked here.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// The trial results of every folder in `sources` (each trial's JSON; a merged `results.json`
-/// is skipped, as it repeats them), by trial name. A trial found twice must be identical both
-/// times (shards are disjoint; the same shard copied twice is harmless); every trial must have
-/// run in the same mode.
+/// The trial results of every source in `sources`, by trial name. A source is a folder of
+/// per-trial JSONs (a merged `results.json` in it is skipped, as it repeats them) or a merged
+/// `results.json` itself (a committed report's), so a report can grow by runs on different
+/// days or machines. A trial found twice must be identical both times (shards are disjoint; the
+/// same shard copied twice is harmless); every trial must have run in the same mode.
 pub fn merge(sources: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
-    let mut seen: BTreeMap<String, (PathBuf, Value)> = BTreeMap::new();
-    for dir in sources {
-        let entries = std::fs::read_dir(dir).with_context(|| format!("reading shard results {}", dir.display()))?;
-        let mut paths: Vec<PathBuf> = entries.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-        paths.sort();
-        let is_trial = |p: &PathBuf| {
-            p.extension().is_some_and(|e| e == "json") && p.file_name().is_some_and(|n| n != "results.json")
-        };
-        for path in paths.into_iter().filter(is_trial) {
-            let t: Value =
-                serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}", path.display()))?;
+    let mut seen: BTreeMap<String, (String, Value)> = BTreeMap::new();
+    for source in sources {
+        for (origin, t) in trials_of(source)? {
             let Some(name) = t["trial"].as_str().map(str::to_string) else {
-                bail!("{} holds something that is not a trial result (no \"trial\" field)", path.display());
+                bail!("{origin} holds something that is not a trial result (no \"trial\" field)");
             };
             if let Some((first, prev)) = seen.values().next()
                 && prev["mode"] != t["mode"]
             {
                 bail!(
-                    "{} ran in mode {} but {} in mode {}: merge shards of one mode",
-                    first.display(),
+                    "{first} ran in mode {} but {origin} in mode {}: merge shards of one mode",
                     prev["mode"],
-                    path.display(),
                     t["mode"]
                 );
             }
             match seen.get(&name) {
                 Some((first, prev)) if *prev != t => bail!(
-                    "trial {name} is in {} and in {} with different results: shards must be disjoint \
-                     (run each `--partition hash:K/N` once)",
-                    first.display(),
-                    path.display()
+                    "trial {name} is in {first} and in {origin} with different results: shards must be disjoint \
+                     (run each `--partition hash:K/N` once)"
                 ),
                 Some(_) => {}
                 None => {
-                    seen.insert(name, (path.clone(), t));
+                    seen.insert(name, (origin, t));
                 }
             }
         }
@@ -54,11 +43,34 @@ pub fn merge(sources: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
     Ok(seen.into_values().map(|(_, t)| t).collect())
 }
 
+/// The trials of one source, each with where it came from (for errors): a folder's per-trial
+/// JSONs in name order, or the entries of a merged results file.
+fn trials_of(source: &Path) -> anyhow::Result<Vec<(String, Value)>> {
+    if source.is_file() {
+        let merged: Value =
+            serde_json::from_slice(&std::fs::read(source)?).with_context(|| format!("{}", source.display()))?;
+        let Value::Array(trials) = merged else {
+            bail!("{} is not a merged results file (a JSON array of trial results)", source.display());
+        };
+        return Ok(trials.into_iter().enumerate().map(|(i, t)| (format!("{}[{i}]", source.display()), t)).collect());
+    }
+    let entries = std::fs::read_dir(source).with_context(|| format!("reading shard results {}", source.display()))?;
+    let mut paths: Vec<PathBuf> = entries.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    paths.sort();
+    let is_trial =
+        |p: &PathBuf| p.extension().is_some_and(|e| e == "json") && p.file_name().is_some_and(|n| n != "results.json");
+    let mut trials = Vec::new();
+    for path in paths.into_iter().filter(is_trial) {
+        let t: Value = serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}", path.display()))?;
+        trials.push((path.display().to_string(), t));
+    }
+    Ok(trials)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::path::Path;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("kvbench-merge-{}-{name}", std::process::id()));
@@ -90,6 +102,31 @@ mod tests {
         let names: Vec<&str> = merged.iter().map(|t| t["trial"].as_str().unwrap()).collect();
         assert_eq!(names, ["full::needle", "h2o-4x::code", "kivi-2bit::needle", "tova-2x::few-shot"]);
         for d in [a, b] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_committed_results_file_merges_with_new_shards() {
+        let (a, b) = (dir("e"), dir("f"));
+        put(&a, "full::needle", 1.0);
+        put(&a, "h2o-4x::code", 0.2);
+        let report = merge(std::slice::from_ref(&a)).unwrap();
+        std::fs::write(b.join("results.json"), Value::Array(report).to_string()).unwrap();
+        let c = dir("g");
+        put(&c, "kivi-2bit::needle", 0.5);
+        put(&c, "full::needle", 1.0);
+        let merged = merge(&[b.join("results.json"), c.clone()]).unwrap();
+        let names: Vec<&str> = merged.iter().map(|t| t["trial"].as_str().unwrap()).collect();
+        assert_eq!(names, ["full::needle", "h2o-4x::code", "kivi-2bit::needle"]);
+        // a re-run that differs from the committed result is named, with both places
+        put(&c, "h2o-4x::code", 0.3);
+        let e = merge(&[b.join("results.json"), c.clone()]).unwrap_err().to_string();
+        assert!(e.contains("h2o-4x::code") && e.contains("results.json[1]"), "{e}");
+        std::fs::write(b.join("one.json"), "{\"trial\": \"full::needle\"}").unwrap();
+        let e = merge(&[b.join("one.json")]).unwrap_err().to_string();
+        assert!(e.contains("not a merged results file"), "{e}");
+        for d in [a, b, c] {
             std::fs::remove_dir_all(d).unwrap();
         }
     }

@@ -20,8 +20,10 @@ pub struct ReportArgs {
     #[arg(long, default_value = "default")]
     pub tier: String,
     /// Report the trial results of these folders instead (shards' `target/kvbench-results/<tier>`,
-    /// or `KVBENCH_RESULTS` folders, copied here), merged. Repeatable.
-    #[arg(long = "merge", value_name = "DIR")]
+    /// or `KVBENCH_RESULTS` folders, copied here), merged. A merged `results.json` (a committed
+    /// report's, such as `docs/report-full/results.json`) counts as a source too, so a report
+    /// can grow run by run. Repeatable.
+    #[arg(long = "merge", value_name = "DIR|FILE")]
     pub merge: Vec<PathBuf>,
     /// Where to write report.md, the plots and results.json (default: the results folder, or
     /// `target/kvbench-results/<tier>-merged` with --merge).
@@ -69,7 +71,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         (load(&dir)?, args.out.unwrap_or(dir))
     } else {
         let trials = merge(&args.merge)?;
-        eprintln!("merged {} trial results from {} folders", trials.len(), args.merge.len());
+        eprintln!("merged {} trial results from {} sources", trials.len(), args.merge.len());
         let merged = crate::project_root().join("target/kvbench-results").join(format!("{}-merged", args.tier));
         (trials, args.out.unwrap_or(merged))
     };
