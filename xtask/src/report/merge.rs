@@ -54,7 +54,13 @@ fn trials_of(source: &Path) -> anyhow::Result<Vec<(String, Value)>> {
         };
         return Ok(trials.into_iter().enumerate().map(|(i, t)| (format!("{}[{i}]", source.display()), t)).collect());
     }
-    let entries = std::fs::read_dir(source).with_context(|| format!("reading shard results {}", source.display()))?;
+    folder_trials(source)
+}
+
+/// The per-trial JSONs of a results folder, in file-name order, each with its path (every
+/// `*.json` but a merged `results.json`, which repeats them).
+pub(super) fn folder_trials(dir: &Path) -> anyhow::Result<Vec<(String, Value)>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading results {}", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     paths.sort();
     let is_trial =

@@ -33,19 +33,14 @@ pub struct ReportArgs {
 
 /// Trial results in `dir` (every `*.json` but the merged `results.json`), sorted by trial name.
 pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
-    let entries = std::fs::read_dir(dir)
+    let found = merge::folder_trials(dir)
         .with_context(|| format!("no results in {}: run `cargo xtask bench` (or pass --merge)", dir.display()))?;
     let mut trials: Vec<Value> = Vec::new();
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") && path.file_name().is_some_and(|n| n != "results.json") {
-            let v: Value =
-                serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}", path.display()))?;
-            if !v["trial"].is_string() {
-                bail!("{} is not a trial result (no \"trial\" field)", path.display());
-            }
-            trials.push(v);
+    for (path, v) in found {
+        if !v["trial"].is_string() {
+            bail!("{path} is not a trial result (no \"trial\" field)");
         }
+        trials.push(v);
     }
     trials.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
     Ok(trials)
