@@ -8,9 +8,8 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 /// The trial results of every source in `sources`, by trial name. A source is a folder of
-/// per-trial JSONs (a merged `results.json` in it is skipped, as it repeats them) or a merged
-/// `results.json` itself (a committed report's), so a report can grow by runs on different
-/// days or machines. A trial found twice must be identical both times (shards are disjoint; the
+/// per-trial JSONs and merged files (a report's `results/` folder is one, with a file per task),
+/// or a merged file itself, so a report can grow by runs on different days or machines. A trial found twice must be identical both times (shards are disjoint; the
 /// same shard copied twice is harmless); every trial must have run in the same mode.
 pub fn merge(sources: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
     let mut seen: BTreeMap<String, (String, Value)> = BTreeMap::new();
@@ -43,34 +42,44 @@ pub fn merge(sources: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
     Ok(seen.into_values().map(|(_, t)| t).collect())
 }
 
-/// The trials of one source, each with where it came from (for errors): a folder's per-trial
-/// JSONs in name order, or the entries of a merged results file.
+/// The trials of one source, each with where it came from (for errors): a folder's files in
+/// name order, or the entries of a merged results file.
 fn trials_of(source: &Path) -> anyhow::Result<Vec<(String, Value)>> {
     if source.is_file() {
-        let merged: Value =
-            serde_json::from_slice(&std::fs::read(source)?).with_context(|| format!("{}", source.display()))?;
-        let Value::Array(trials) = merged else {
+        let Value::Array(trials) = read_json(source)? else {
             bail!("{} is not a merged results file (a JSON array of trial results)", source.display());
         };
-        return Ok(trials.into_iter().enumerate().map(|(i, t)| (format!("{}[{i}]", source.display()), t)).collect());
+        return Ok(entries(source, trials));
     }
     folder_trials(source)
 }
 
-/// The per-trial JSONs of a results folder, in file-name order, each with its path (every
-/// `*.json` but a merged `results.json`, which repeats them).
+/// The trial results of a results folder, in file-name order, each with where it came from:
+/// every `*.json` is one trial (an object) or a merged file (an array of them). A merged
+/// `results.json` is skipped: older reports wrote one beside the per-trial files it repeats.
 pub(super) fn folder_trials(dir: &Path) -> anyhow::Result<Vec<(String, Value)>> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("reading results {}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let listing = std::fs::read_dir(dir).with_context(|| format!("reading results {}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = listing.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     paths.sort();
-    let is_trial =
+    let is_result =
         |p: &PathBuf| p.extension().is_some_and(|e| e == "json") && p.file_name().is_some_and(|n| n != "results.json");
     let mut trials = Vec::new();
-    for path in paths.into_iter().filter(is_trial) {
-        let t: Value = serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}", path.display()))?;
-        trials.push((path.display().to_string(), t));
+    for path in paths.into_iter().filter(is_result) {
+        match read_json(&path)? {
+            Value::Array(merged) => trials.extend(entries(&path, merged)),
+            trial => trials.push((path.display().to_string(), trial)),
+        }
     }
     Ok(trials)
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    serde_json::from_slice(&std::fs::read(path)?).with_context(|| format!("{}", path.display()))
+}
+
+/// A merged file's trials, each named `path[i]`.
+fn entries(path: &Path, trials: Vec<Value>) -> Vec<(String, Value)> {
+    trials.into_iter().enumerate().map(|(i, t)| (format!("{}[{i}]", path.display()), t)).collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod merge;
 mod plots;
 mod table;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -20,18 +21,18 @@ pub struct ReportArgs {
     #[arg(long, default_value = "default")]
     pub tier: String,
     /// Report the trial results of these folders instead (shards' `target/kvbench-results/<tier>`,
-    /// or `KVBENCH_RESULTS` folders, copied here), merged. A merged `results.json` (a committed
-    /// report's, such as `docs/report-full/results.json`) counts as a source too, so a report
-    /// can grow run by run. Repeatable.
+    /// or `KVBENCH_RESULTS` folders, copied here), merged. A report's merged results (a committed
+    /// report's `results/` folder, such as `docs/report-full/results`, or one file of it) count
+    /// as a source too, so a report can grow run by run. Repeatable.
     #[arg(long = "merge", value_name = "DIR|FILE")]
     pub merge: Vec<PathBuf>,
-    /// Where to write report.md, the plots and results.json (default: the results folder, or
+    /// Where to write report.md, the plots and the merged results/ (default: the results folder, or
     /// `target/kvbench-results/<tier>-merged` with --merge).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
 
-/// Trial results in `dir` (every `*.json` but the merged `results.json`), sorted by trial name.
+/// Trial results in `dir` (its per-trial JSONs), sorted by trial name.
 pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
     let found = merge::folder_trials(dir)
         .with_context(|| format!("no results in {}: run `cargo xtask bench` (or pass --merge)", dir.display()))?;
@@ -46,10 +47,40 @@ pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
     Ok(trials)
 }
 
-/// The merged results: a JSON array with one trial per line, so that a landing that adds trials
-/// adds lines (pretty-printed, each of the full tier's trials ran to thousands of lines, and the
-/// file to 6 MB at 220 trials, rewritten by every task's landing).
-fn results_json(trials: &[Value]) -> serde_json::Result<Vec<u8>> {
+/// The merged results, one file per task (`results/<task>.json`): a JSON array with one trial
+/// per line, so that a landing that adds trials adds lines to its task's file only. (Pretty-printed,
+/// each of the full tier's trials ran to thousands of lines; as one file, the full tier's 308
+/// trials, each with its samples' predictions, would be 7 MB.) Files of tasks no longer present
+/// are removed, and so is the single `results.json` that older reports wrote.
+fn write_merged(out: &Path, trials: &[Value]) -> anyhow::Result<()> {
+    let dir = out.join("results");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            std::fs::remove_file(&path).with_context(|| format!("removing the old {}", path.display()))?;
+        }
+    }
+    let legacy = out.join("results.json");
+    if legacy.is_file() {
+        std::fs::remove_file(&legacy).with_context(|| format!("removing the old {}", legacy.display()))?;
+    }
+    let mut by_task: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for t in trials {
+        let Some(task) = t["task"].as_str() else {
+            bail!("trial {} has no task: not a trial result", t["trial"]);
+        };
+        by_task.entry(task).or_default().push(t);
+    }
+    for (task, trials) in by_task {
+        let path = dir.join(format!("{task}.json"));
+        std::fs::write(&path, results_json(&trials)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One merged file: a JSON array with one trial per line.
+fn results_json(trials: &[&Value]) -> serde_json::Result<Vec<u8>> {
     let mut out = b"[".to_vec();
     for (i, trial) in trials.iter().enumerate() {
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
@@ -71,7 +102,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         (trials, args.out.unwrap_or(merged))
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("results.json"), results_json(&trials)?)?;
+    write_merged(&out, &trials)?;
 
     let needle = !plots::needle_cells(&trials).is_empty();
     let md = table::markdown(&args.tier, &trials, needle);
@@ -84,7 +115,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     ];
     println!("{md}");
     eprintln!(
-        "report: {} with score-vs-ratio.{{svg,png}}, {}results.json ({} trials)",
+        "report: {} with score-vs-ratio.{{svg,png}}, {}results/<task>.json ({} trials)",
         out.join("report.md").display(),
         if needle { "needle-heatmap.{svg,png}, " } else { "" },
         trials.len(),
@@ -105,9 +136,39 @@ mod tests {
             serde_json::json!({"trial": "a::x", "kl": 0.1 + 0.2, "samples": [{"prediction": "1\n2"}]}),
             serde_json::json!({"trial": "b::x", "kl": 1e-300}),
         ];
-        let bytes = results_json(&trials).unwrap();
+        let bytes = results_json(&trials.iter().collect::<Vec<_>>()).unwrap();
         assert_eq!(String::from_utf8(bytes.clone()).unwrap().lines().count(), 4);
         assert_eq!(serde_json::from_slice::<Vec<Value>>(&bytes).unwrap(), trials);
         assert_eq!(serde_json::from_slice::<Vec<Value>>(&results_json(&[]).unwrap()).unwrap(), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn merged_results_are_split_by_task_and_merge_back_whole() {
+        let out = std::env::temp_dir().join(format!("kvbench-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(out.join("results")).unwrap();
+        // left by an older report, or by an earlier report that had a task this one lacks
+        std::fs::write(out.join("results.json"), "[]").unwrap();
+        std::fs::write(out.join("results/summarization.json"), "[]").unwrap();
+        let trials: Vec<Value> = ["full::code", "h2o-2x::code", "full::needle"]
+            .iter()
+            .map(|n| serde_json::json!({"trial": n, "task": n.split("::").nth(1).unwrap(), "mode": "m"}))
+            .collect();
+        write_merged(&out, &trials).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(out.join("results"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["code.json", "needle.json"]);
+        assert!(!out.join("results.json").exists());
+        let mut back = merge(&[out.join("results")]).unwrap();
+        back.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
+        let mut want = trials.clone();
+        want.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
+        assert_eq!(back, want);
+        let e = write_merged(&out, &[serde_json::json!({"trial": "x::y"})]).unwrap_err().to_string();
+        assert!(e.contains("no task"), "{e}");
+        std::fs::remove_dir_all(out).unwrap();
     }
 }
