@@ -149,6 +149,12 @@ fn main() {
         p.install(|| best_ms(rounds, || q8_matmul(&rows32, HIDDEN, &head_codes, &head_scales, &mut logits32)))
     });
     row("Q8Linear head over 32 rows (teacher forcing; not a decode step)", head32);
+    let rows512 = noise.f32s(512 * HIDDEN, 2.0);
+    let mut logits512 = vec![0.0f32; 512 * VOCAB];
+    let head512 = pools.each_ref().map(|p| {
+        p.install(|| best_ms(rounds.min(5), || q8_matmul(&rows512, HIDDEN, &head_codes, &head_scales, &mut logits512)))
+    });
+    row("Q8Linear head over 512 rows (a prompt chunk LLMLingua scores; not a decode step)", head512);
 
     for n in [1024usize, 4096] {
         // one cache per layer, as in a decode step: 30 layers stream from memory, f32 (the `full`

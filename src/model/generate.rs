@@ -385,9 +385,15 @@ pub fn teacher_force(rt: &mut Runtime, prefilled: &Prefilled, reference: &[u32])
 
 /// `log softmax(logits)`.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_z = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let log_z = log_sum_exp(logits);
     logits.iter().map(|&x| x - log_z).collect()
+}
+
+/// `log Σ exp(logits)`, shifted by the maximum: `log_softmax(logits)[i] == logits[i] − this`, bit
+/// for bit.
+fn log_sum_exp(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
 }
 
 /// The `k` most likely `(id, log-prob)`, best first (ties to the lower id).
@@ -434,7 +440,14 @@ fn compress_prompt(
 /// on the budget, so the benchmark's four `lingua` ratios of a sample score it once instead of
 /// four times (each scoring pass computes full-vocabulary logits for every prompt token).
 fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Arc<Vec<f32>>, ModelError> {
-    type Memo = HashMap<(String, usize, usize, Vec<u32>), Arc<Vec<f32>>>;
+    /// Model, threads, chunk size and the scored tokens.
+    type Key = (String, usize, usize, Vec<u32>);
+    /// The scores by key, and how many tokens their keys hold together.
+    #[derive(Default)]
+    struct Memo {
+        scores: HashMap<Key, Arc<Vec<f32>>>,
+        tokens: usize,
+    }
     /// Scored tokens kept before the memo starts over: 8 bytes each (key and score), so 32 MiB
     /// and some 200 bytes per prompt. It must hold every prompt a run scores before the next
     /// ratio asks for it again: a trial walks its task's samples in order, and a whole-tier run
@@ -447,7 +460,7 @@ fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Ar
     let key = (rt.gguf_sha256().to_string(), rt.threads(), chunk, scored.to_vec());
     // the memo holds finished entries only, so a lock poisoned by a panic elsewhere is still sound
     let lock = || memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(hit) = lock().get(&key).cloned() {
+    if let Some(hit) = lock().scores.get(&key).cloned() {
         return Ok(hit);
     }
     rt.reset(Arc::new(Full))?;
@@ -461,16 +474,18 @@ fn self_information(rt: &mut Runtime, scored: &[u32], chunk: usize) -> Result<Ar
         let logits = rt.forward(part, &positions, &rows)?;
         for (j, row) in logits.chunks_exact(vocab).enumerate() {
             if let Some(&next) = scored.get(at + j + 1) {
-                information[at + j + 1] = -log_softmax(row)[next as usize];
+                information[at + j + 1] = -(row[next as usize] - log_sum_exp(row));
             }
         }
     }
     let information = Arc::new(information);
     let mut m = lock();
-    if m.keys().map(|k| k.3.len()).sum::<usize>() + scored.len() > MEMO_TOKENS {
-        m.clear();
+    if m.tokens + scored.len() > MEMO_TOKENS {
+        *m = Memo::default();
     }
-    m.insert(key, information.clone());
+    if m.scores.insert(key, information.clone()).is_none() {
+        m.tokens += scored.len();
+    }
     Ok(information)
 }
 

@@ -51,14 +51,23 @@ pub fn by_weight_row_blocks(
             tile
         })
         .collect();
-    for (task, tile) in tiles.iter().enumerate() {
-        for (i, dots) in tile.chunks_exact(m).enumerate() {
-            for (j, &val) in dots.iter().enumerate() {
-                out[j * n + task * rows_per_task + i] = val;
+    // transpose into `out` a band of input rows at a time: each tile row is read once per band
+    // and each band's output rows are written front to back (column by column, the writes of a
+    // prompt chunk's head had strided through 100 MB)
+    out.par_chunks_mut(BAND * n).enumerate().for_each(|(b, band)| {
+        let js = b * BAND..b * BAND + band.len() / n;
+        for (task, tile) in tiles.iter().enumerate() {
+            for (i, dots) in tile.chunks_exact(m).enumerate() {
+                for (jj, &val) in dots[js.clone()].iter().enumerate() {
+                    band[jj * n + task * rows_per_task + i] = val;
+                }
             }
         }
-    }
+    });
 }
+
+/// Input rows per band of the transposition: a 64-byte line of a tile row.
+const BAND: usize = 16;
 
 #[cfg(test)]
 mod tests {
