@@ -50,31 +50,39 @@ pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
 /// The merged results, one file per task (`results/<task>.json`): a JSON array with one trial
 /// per line, so that a landing that adds trials adds lines to its task's file only. (Pretty-printed,
 /// each of the full tier's trials ran to thousands of lines; as one file, the full tier's 308
-/// trials, each with its samples' predictions, would be 7 MB.) Files of tasks no longer present
-/// are removed, and so is the single `results.json` that older reports wrote.
+/// trials, each with its samples' predictions, would be 7 MB.) Each file is replaced atomically;
+/// then the files of tasks no longer present are removed, and so is the single `results.json`
+/// that older reports wrote.
 fn write_merged(out: &Path, trials: &[Value]) -> anyhow::Result<()> {
+    let mut by_task: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for t in trials {
+        match t["task"].as_str() {
+            Some(task) if !task.is_empty() && task.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+                by_task.entry(task).or_default().push(t)
+            }
+            _ => bail!("trial {} has no task name (letters, digits, '-'): not a trial result", t["trial"]),
+        }
+    }
     let dir = out.join("results");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (task, trials) in &by_task {
+        let path = dir.join(format!("{task}.json"));
+        kvbench::assets::write_atomic(&path, &results_json(trials)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let stale = |p: &Path| {
+        p.extension().is_some_and(|e| e == "json")
+            && p.file_stem().and_then(|s| s.to_str()).is_none_or(|task| !by_task.contains_key(task))
+    };
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") {
+        if stale(&path) {
             std::fs::remove_file(&path).with_context(|| format!("removing the old {}", path.display()))?;
         }
     }
     let legacy = out.join("results.json");
     if legacy.is_file() {
         std::fs::remove_file(&legacy).with_context(|| format!("removing the old {}", legacy.display()))?;
-    }
-    let mut by_task: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for t in trials {
-        let Some(task) = t["task"].as_str() else {
-            bail!("trial {} has no task: not a trial result", t["trial"]);
-        };
-        by_task.entry(task).or_default().push(t);
-    }
-    for (task, trials) in by_task {
-        let path = dir.join(format!("{task}.json"));
-        std::fs::write(&path, results_json(&trials)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -167,8 +175,12 @@ mod tests {
         let mut want = trials.clone();
         want.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
         assert_eq!(back, want);
-        let e = write_merged(&out, &[serde_json::json!({"trial": "x::y"})]).unwrap_err().to_string();
-        assert!(e.contains("no task"), "{e}");
+        // a bad result is refused before anything is written or removed
+        for bad in [serde_json::json!({"trial": "x::y"}), serde_json::json!({"trial": "x::y", "task": "../y"})] {
+            let e = write_merged(&out, &[bad]).unwrap_err().to_string();
+            assert!(e.contains("no task name"), "{e}");
+        }
+        assert!(out.join("results/code.json").exists());
         std::fs::remove_dir_all(out).unwrap();
     }
 }
