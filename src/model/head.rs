@@ -117,8 +117,8 @@ pub fn q8_matmul(x: &[f32], k: usize, codes: &[i8], scales: &[f32], out: &mut [f
             }
             // each quad of input rows meets every weight row of the block while it is in L1,
             // two weight rows at a time
+            let (pairs, odd) = w.split_at(count / 2 * 2 * k);
             for (q, xs) in x.chunks_exact(4 * k).enumerate() {
-                let (pairs, odd) = w.split_at(count / 2 * 2 * k);
                 for (p, wp) in pairs.chunks_exact(2 * k).enumerate() {
                     let (a, b) = dot_2x4(wp, xs);
                     dots[2 * p * n + 4 * q..][..4].copy_from_slice(&a);
@@ -331,7 +331,7 @@ mod tests {
 
     #[test]
     fn blocked_many_row_product_is_bit_identical_to_one_row_at_a_time() {
-        // 37 weight rows: two blocks of 16 and a short one of 5 (pairs and an odd row), over
+        // 37 weight rows: four blocks of 8 and a short one of 5 (pairs and an odd row), over
         // input-row counts with and without a remainder after the quads
         let (k, v) = (96, 37);
         let codes: Vec<i8> = (0..v * k).map(|i| ((i * 53 + i / 5) % 251) as i8).collect();

@@ -1,33 +1,14 @@
 //! Parallel products by weight row, shared by the quantized-linear operators.
 //!
-//! `Q8Linear` and `Q4Linear` both compute `out[m, n] = x[m, k] · Wᵀ` by streaming each of the `n`
+//! `Q8Linear` and `Q4Linear` both compute `out[m, n] = x[m, k] · Wᵀ` by reading each of the `n`
 //! weight rows once and dotting it with all `m` input rows. This splits the weight rows into
 //! tasks on rayon's pool, gathers each task's `[rows, m]` tile and writes it transposed into the
 //! row-major `[m, n]` output.
 
 use rayon::prelude::*;
 
-/// Fill `out` (`[m, n]`, row-major) row block by row block: `row(scratch, r, dots)` writes the
-/// `m` dot products of weight row `r` into `dots`. `scratch` is made once per task by `init`.
-pub fn by_weight_rows<S>(
-    n: usize,
-    m: usize,
-    rows_per_task: usize,
-    out: &mut [f32],
-    init: impl Fn() -> S + Sync,
-    row: impl Fn(&mut S, usize, &mut [f32]) + Sync,
-) {
-    by_weight_row_blocks(n, m, rows_per_task, out, |rows, tile| {
-        let mut scratch = init();
-        for (dots, r) in tile.chunks_exact_mut(m).zip(rows) {
-            row(&mut scratch, r, dots);
-        }
-    })
-}
-
-/// [`by_weight_rows`] for kernels that take several weight rows at once: `block(rows, tile)`
-/// writes the `m` dot products of each weight row in `rows` into consecutive `m`-value runs of
-/// `tile`.
+/// Fill `out` (`[m, n]`, row-major) task by task: `block(rows, tile)` writes the `m` dot
+/// products of each weight row in `rows` into consecutive `m`-value runs of `tile`.
 pub fn by_weight_row_blocks(
     n: usize,
     m: usize,
@@ -71,29 +52,31 @@ const BAND: usize = 16;
 
 #[cfg(test)]
 mod tests {
+    /// `out[j, r] = 10 j + r` through [`super::by_weight_row_blocks`], one weight row at a time.
+    fn fill(n: usize, m: usize, rows_per_task: usize) -> Vec<f32> {
+        let mut out = vec![0.0; n * m];
+        super::by_weight_row_blocks(n, m, rows_per_task, &mut out, |rows, tile| {
+            for (dots, r) in tile.chunks_exact_mut(m).zip(rows) {
+                for (j, d) in dots.iter_mut().enumerate() {
+                    *d = (10 * j + r) as f32;
+                }
+            }
+        });
+        out
+    }
+
     #[test]
     fn one_input_row_fills_the_output_in_place() {
-        let mut out = vec![0.0; 5];
-        super::by_weight_rows(5, 1, 2, &mut out, || (), |_, r, dots| dots[0] = r as f32);
-        assert_eq!(out, [0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(fill(5, 1, 2), [0.0, 1.0, 2.0, 3.0, 4.0]);
     }
 
     #[test]
     fn output_is_row_major_over_inputs() {
-        // out[j, r] = 10 j + r for 2 input rows and 5 weight rows, tasks of 2 rows
-        let mut out = vec![0.0; 10];
-        super::by_weight_rows(
-            5,
-            2,
-            2,
-            &mut out,
-            || (),
-            |_, r, dots| {
-                for (j, d) in dots.iter_mut().enumerate() {
-                    *d = (10 * j + r) as f32;
-                }
-            },
-        );
-        assert_eq!(out, [0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0, 13.0, 14.0]);
+        // 2 input rows and 5 weight rows, tasks of 2 rows
+        assert_eq!(fill(5, 2, 2), [0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0, 13.0, 14.0]);
+        // 37 input rows: two whole bands of the transposition and a short one
+        let (n, m) = (5, 37);
+        let want: Vec<f32> = (0..m).flat_map(|j| (0..n).map(move |r| (10 * j + r) as f32)).collect();
+        assert_eq!(fill(n, m, 2), want);
     }
 }

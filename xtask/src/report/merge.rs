@@ -9,8 +9,9 @@ use serde_json::Value;
 
 /// The trial results of every source in `sources`, by trial name. A source is a folder of
 /// per-trial JSONs and merged files (a report's `results/` folder is one, with a file per task),
-/// or a merged file itself, so a report can grow by runs on different days or machines. A trial found twice must be identical both times (shards are disjoint; the
-/// same shard copied twice is harmless); every trial must have run in the same mode.
+/// or a merged file itself, so a report can grow by runs on different days or machines. A trial
+/// found twice must be identical both times (shards are disjoint; the same shard copied twice is
+/// harmless); every trial must have run in the same mode.
 pub fn merge(sources: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
     let mut seen: BTreeMap<String, (String, Value)> = BTreeMap::new();
     for source in sources {
