@@ -3,7 +3,9 @@
 //!
 //! - Binary scores (exact match, accuracy): Wilson's score interval, which stays inside [0, 1]
 //!   and behaves at 0 and n successes where the normal approximation does not.
-//! - Continuous scores (F1, ROUGE-L, edit similarity): Student's t interval of the mean.
+//! - Continuous scores (F1, ROUGE-L, edit similarity): Student's t interval of the mean, cut to
+//!   [0, 1] where every task score lies (so is the mean; cutting keeps the interval's coverage,
+//!   and at three samples the raw interval often reaches below 0).
 //! - The gate: a paired two-sided t test on per-sample scores, current against golden, plus a
 //!   materiality threshold on the mean difference; a trial fails only if the difference is both
 //!   significant and material. Identical scores give p = 1.
@@ -79,12 +81,15 @@ pub fn t_interval(xs: &[f64]) -> Estimate {
     Estimate { mean, lo: mean - half, hi: mean + half, n, method: Interval::T }
 }
 
-/// Wilson for scores that are all 0 or 1, t otherwise.
+/// The interval of a task score's mean (every task score lies in [0, 1]): Wilson for scores
+/// that are all 0 or 1, t otherwise, cut to [0, 1].
 pub fn estimate(scores: &[f64]) -> Estimate {
+    debug_assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "task scores lie in [0, 1]: {scores:?}");
     if scores.iter().all(|&s| s == 0.0 || s == 1.0) {
         wilson(scores.iter().filter(|&&s| s == 1.0).count(), scores.len())
     } else {
-        t_interval(scores)
+        let e = t_interval(scores);
+        Estimate { lo: e.lo.max(0.0), hi: e.hi.min(1.0), ..e }
     }
 }
 
@@ -148,6 +153,22 @@ mod tests {
         // mean 2.5, s² = 5/3, se = √(5/12) = 0.645497, t(3, 0.975) = 3.182446: half = 2.054260
         let e = t_interval(&[1.0, 2.0, 3.0, 4.0]);
         assert!((e.lo - 0.445740).abs() < 1e-5 && (e.hi - 4.554260).abs() < 1e-5, "{e:?}");
+    }
+
+    #[test]
+    fn score_intervals_stay_in_the_unit_interval() {
+        // mean 0.0896, s = 0.0563: the raw t interval is [−0.050, 0.229]
+        let scores = [0.0851, 0.0357, 0.1481];
+        let raw = t_interval(&scores);
+        assert!(raw.lo < -0.04, "{raw:?}");
+        let e = estimate(&scores);
+        assert_eq!((e.lo, e.hi, e.mean, e.method), (0.0, raw.hi, raw.mean, Interval::T));
+        let high = estimate(&[0.9, 1.0, 0.95, 0.5]);
+        assert_eq!(high.hi, 1.0);
+        assert!(high.lo > 0.0 && high.lo < high.mean);
+        // one sample: t has no interval, the unit interval is what is known
+        let one = estimate(&[0.3]);
+        assert_eq!((one.lo, one.hi), (0.0, 1.0));
     }
 
     #[test]

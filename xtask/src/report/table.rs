@@ -30,7 +30,7 @@ pub fn markdown(tier: &str, trials: &[Value], needle_heatmaps: bool) -> String {
         .collect();
     let mut md = format!(
         "# kvbench report: {tier} tier\n\n{} of the {expected} trials{}.\n\nTask scores ×100 with 95% intervals \
-         (Wilson for exact-match scores, t otherwise), n samples per cell; `ratio` is the mean measured ratio (fp16 \
+         (Wilson for exact-match scores, t cut to [0, 1] otherwise), n samples per cell; `ratio` is the mean measured ratio (fp16 \
          full-cache bytes / peak bytes held after compression), `top-1` the mean agreement with the full cache's \
          answer.\n\n![score versus measured ratio](score-vs-ratio.png)\n\n| method | ratio | top-1 |",
         expected - missing.len(),
@@ -60,7 +60,8 @@ pub fn markdown(tier: &str, trials: &[Value], needle_heatmaps: bool) -> String {
             match c {
                 Some(v) => {
                     let s = &v["score"];
-                    // scores live in [0, 1]: show t intervals clipped to it
+                    // scores live in [0, 1]; results of builds before stats::estimate cut t intervals to it
+                    // hold raw bounds, so cut them here too
                     let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN).clamp(0.0, 1.0) * 100.0;
                     md.push_str(&format!(" {:.0} [{:.0}, {:.0}] n={} |", f("mean"), f("lo"), f("hi"), s["n"]));
                 }
