@@ -16,6 +16,10 @@
 //! so a step reads up to `block − 1` tokens more than the budget (as InfLLM, which offloads whole
 //! blocks); the bytes read are reported as read.
 //!
+//! Positions: every token is read at its own position (the cache is post-RoPE), and blocks are
+//! ranked per kv head. The reference gives every memory token (sinks, retrieved blocks) one
+//! distance, `n_local`, and ranks blocks once per layer; see docs/METHODS.md, "Positions".
+//!
 //! Nothing is freed: bytes held are the full fp16 cache, the attention scores kept for choosing
 //! representatives and the representatives' indices; what InfLLM saves is bytes **read** per step.
 

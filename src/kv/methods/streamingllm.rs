@@ -7,6 +7,8 @@
 //! (the paper's 4 sink tokens); the rest of the budget is the most recent window. The rule holds
 //! from the first prefill chunk on (chunked prefill, 512 tokens a chunk by default): each chunk
 //! attends to the sinks, the window and itself, then the cache is cut back to the budget.
+//! Positions: kept tokens keep their own (the cache is post-RoPE), where the reference re-rotates
+//! keys by their slot in the cache; see docs/METHODS.md, "Positions".
 
 use serde_json::json;
 
