@@ -251,7 +251,7 @@ fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
         let layers = (0..cache.layers())
             .map(|l| cache.layer(l).and_then(|s| s.as_prefill()).cloned().ok_or("recording lost a layer"))
             .collect::<Result<Vec<_>, _>>()?;
-        recordings.push(Recorded { layers, prompt: ids.len() });
+        recordings.push(Recorded { layers, prompt: ids.len(), rope_base: rt.config().rope_base });
     }
     let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(args.chunk)).collect();
     let mut rows = Vec::new();

@@ -45,6 +45,8 @@ pub struct Recorded {
     pub layers: Vec<FullStore>,
     /// Prompt tokens (the rest were decoded).
     pub prompt: usize,
+    /// The model's RoPE base.
+    pub rope_base: f32,
 }
 
 impl Recorded {
@@ -115,7 +117,13 @@ pub fn evaluate(method: &dyn Method, recordings: &[Recorded], prefills: &[Vec<Fu
         let layers = recorded.layers.len();
         let fp16_per_token = 2 * kv_heads * d * 2;
         for (l, prefilled) in prefills.iter().enumerate() {
-            let ctx = StoreContext { layer: l, layers, shape, compressed_tokens: recorded.prompt };
+            let ctx = StoreContext {
+                layer: l,
+                layers,
+                shape,
+                compressed_tokens: recorded.prompt,
+                rope_base: recorded.rope_base,
+            };
             let mut full: Box<dyn LayerStore> = Box::new(prefilled.clone());
             let mut store: Box<dyn LayerStore> = match method.acts() {
                 Acts::AfterPrefill => method.after_prefill(&ctx, prefilled).unwrap_or_else(|| full.clone()),
@@ -217,7 +225,7 @@ mod tests {
             store.append(&k, &v, 1);
             store.attend(&q, 128, 1, &mut out);
         }
-        Recorded { layers: vec![store], prompt }
+        Recorded { layers: vec![store], prompt, rope_base: 10_000.0 }
     }
 
     #[test]

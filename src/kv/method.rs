@@ -44,6 +44,9 @@ pub struct StoreContext {
     pub shape: Heads,
     /// Tokens the method's budget is relative to.
     pub compressed_tokens: usize,
+    /// The model's RoPE frequency base (keys arrive rotated; a method that re-positions them
+    /// needs it).
+    pub rope_base: f32,
 }
 
 /// A KV-cache method: what is stored, how, and how attention reads it.

@@ -26,6 +26,7 @@ pub struct KvCache {
     method: Arc<dyn Method>,
     shape: Heads,
     n_layers: usize,
+    rope_base: f32,
     layers: Vec<Box<dyn LayerStore>>,
     compressed_tokens: usize,
     prefilled: bool,
@@ -58,12 +59,13 @@ pub struct CacheSnapshot {
 }
 
 impl KvCache {
-    /// An empty cache of `layers` layers for `method`.
-    pub fn new(method: Arc<dyn Method>, shape: Heads, n_layers: usize) -> Self {
+    /// An empty cache of `layers` layers for `method`, for a model with RoPE base `rope_base`.
+    pub fn new(method: Arc<dyn Method>, shape: Heads, n_layers: usize, rope_base: f32) -> Self {
         let mut cache = Self {
             method,
             shape,
             n_layers,
+            rope_base,
             layers: Vec::new(),
             compressed_tokens: 0,
             prefilled: false,
@@ -74,7 +76,13 @@ impl KvCache {
     }
 
     fn context(&self, layer: usize) -> StoreContext {
-        StoreContext { layer, layers: self.n_layers, shape: self.shape, compressed_tokens: self.compressed_tokens }
+        StoreContext {
+            layer,
+            layers: self.n_layers,
+            shape: self.shape,
+            compressed_tokens: self.compressed_tokens,
+            rope_base: self.rope_base,
+        }
     }
 
     /// Wrap into a shareable handle.
@@ -90,7 +98,7 @@ impl KvCache {
 
     /// Start a new sequence, possibly with another method.
     pub fn reset(&mut self, method: Arc<dyn Method>) {
-        *self = Self::new(method, self.shape, self.n_layers);
+        *self = Self::new(method, self.shape, self.n_layers, self.rope_base);
     }
 
     /// Start the sequence: empty stores sized for a method budget relative to `compressed_tokens`
@@ -283,7 +291,7 @@ mod tests {
     #[test]
     fn snapshot_restore_round_trips_and_bytes_follow() {
         let shape = Heads { heads: 2, kv_heads: 1, head_dim: 4 };
-        let mut cache = KvCache::new(Arc::new(Full), shape, 3);
+        let mut cache = KvCache::new(Arc::new(Full), shape, 3, 10_000.0);
         let row = [0.5f32; 4];
         for l in 0..3 {
             cache.layer_mut(l).unwrap().append(&row, &row, 1);

@@ -139,7 +139,8 @@ impl Runtime {
         let kernel_threads = options.kernel_threads.unwrap_or(threads).max(1);
         let _ = rayon::ThreadPoolBuilder::new().num_threads(kernel_threads).build_global();
         let shape = Heads { heads: config.heads, kv_heads: config.kv_heads, head_dim: config.head_dim };
-        let cache = KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers).into_handle();
+        let cache =
+            KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers, config.rope_base).into_handle();
         let open = |onnx: &Path, kind: GraphKind| -> Result<Session, ModelError> {
             let mut builder = Session::builder(env)?;
             if let Some(prefix) = std::env::var_os("KVBENCH_ORT_PROFILE") {

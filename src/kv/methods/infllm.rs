@@ -19,6 +19,11 @@
 //! Positions: every token is read at its own position (the cache is post-RoPE), and blocks are
 //! ranked per kv head. The reference gives every memory token (sinks, retrieved blocks) one
 //! distance, `n_local`, and ranks blocks once per layer; see docs/METHODS.md, "Positions".
+//! `infllm-ref-Nx` ([`Ranking::Reference`]) ranks blocks as the reference does — position-free,
+//! the representatives' keys un-rotated against the queries rotated to the window's length,
+//! summed over every head, one choice per layer — and still attends at original positions; it is
+//! not in the trial matrix, it is there to measure what the ranking changes (`kvbench fidelity`,
+//! `kvbench compare`).
 //!
 //! Nothing is freed: bytes held are the full fp16 cache, the attention scores kept for choosing
 //! representatives and the representatives' indices; what InfLLM saves is bytes **read** per step.
@@ -29,6 +34,7 @@ use super::Budget;
 use crate::kv::attention::{Heads, Queries};
 use crate::kv::evict::top_with_protected;
 use crate::kv::method::{Acts, StoreContext};
+use crate::kv::rope;
 use crate::kv::tokens::TokenRows;
 use crate::kv::{LayerStore, Method};
 
@@ -44,6 +50,20 @@ pub const REPRESENTATIVES: usize = 4;
 pub struct InfLlm {
     /// Token budget.
     pub budget: Budget,
+    /// How blocks are ranked.
+    pub ranking: Ranking,
+}
+
+/// How blocks are ranked for retrieval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranking {
+    /// Per kv head, by the product of the chunk's queries with the representatives' keys, both at
+    /// their own positions: the logits the model's attention would give them (`infllm-Nx`).
+    OwnPositions,
+    /// As thunlp/InfLLM ranks: representatives' keys un-rotated (position 0) against the queries
+    /// rotated to the local window's length, summed over every head; one choice for the layer
+    /// (`infllm-ref-Nx`).
+    Reference,
 }
 
 /// How a budget splits.
@@ -74,13 +94,20 @@ impl Plan {
 
 impl Method for InfLlm {
     fn name(&self) -> String {
-        format!("infllm-{}", self.budget.suffix())
+        match self.ranking {
+            Ranking::OwnPositions => format!("infllm-{}", self.budget.suffix()),
+            Ranking::Reference => format!("infllm-ref-{}", self.budget.suffix()),
+        }
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "budget": self.budget.settings(), "sink_share": SHARES.0, "window_share": SHARES.1,
+        let mut settings = json!({ "budget": self.budget.settings(), "sink_share": SHARES.0, "window_share": SHARES.1,
                 "retrieved_share": SHARES.2, "block": BLOCK, "representatives": REPRESENTATIVES,
-                "applies_to_prefill": true })
+                "applies_to_prefill": true });
+        if self.ranking == Ranking::Reference {
+            settings["ranking"] = json!("position-free, summed over heads, one choice per layer (thunlp/InfLLM)");
+        }
+        settings
     }
 
     fn nominal_ratio(&self) -> Option<f64> {
@@ -97,6 +124,9 @@ impl Method for InfLlm {
             rows: TokenRows::new(ctx.shape),
             mass: vec![Vec::new(); ctx.shape.kv_heads],
             reps: vec![Vec::new(); ctx.shape.kv_heads],
+            unrotated: vec![Vec::new(); ctx.shape.kv_heads],
+            ranking: self.ranking,
+            rope_base: ctx.rope_base,
             plan,
             read: 0,
             last_read: Vec::new(),
@@ -110,6 +140,11 @@ pub struct InfLlmStore {
     rows: TokenRows,
     mass: Vec<Vec<f32>>,
     reps: Vec<Vec<u32>>,
+    /// [`Ranking::Reference`]: per kv head, each block's representative keys un-rotated and
+    /// summed (`head_dim` values a block).
+    unrotated: Vec<Vec<f32>>,
+    ranking: Ranking,
+    rope_base: f32,
     plan: Plan,
     read: usize,
     /// Rows the last attention read, per head (for measurement, not part of the cache).
@@ -130,29 +165,65 @@ impl InfLlmStore {
         let window_start = chunk.saturating_sub(window).max(sinks).min(chunk);
         let complete = window_start.saturating_sub(sinks) / block;
         let local_start = (sinks + complete * block).min(window_start);
-        (0..kv_heads)
-            .map(|g| {
-                // representatives of blocks completed since the last step
-                while self.reps[g].len() / REPRESENTATIVES < complete {
-                    let b = self.reps[g].len() / REPRESENTATIVES;
-                    let start = sinks + b * block;
-                    let keep = top_with_protected(&self.mass[g][start..start + block], REPRESENTATIVES, |_| false);
-                    self.reps[g].extend((0..block).filter(|&i| keep[i]).map(|i| (start + i) as u32));
+        for g in 0..kv_heads {
+            // representatives of blocks completed since the last step
+            while self.reps[g].len() / REPRESENTATIVES < complete {
+                let b = self.reps[g].len() / REPRESENTATIVES;
+                let start = sinks + b * block;
+                let keep = top_with_protected(&self.mass[g][start..start + block], REPRESENTATIVES, |_| false);
+                let chosen: Vec<usize> = (0..block).filter(|&i| keep[i]).map(|i| start + i).collect();
+                if self.ranking == Ranking::Reference {
+                    let head = &self.rows.heads[g];
+                    let mut sum = vec![0.0f32; d];
+                    for &i in &chosen {
+                        let mut k = head.key(i);
+                        rope::apply(&mut k, d, -i64::from(head.positions()[i]), self.rope_base);
+                        sum.iter_mut().zip(&k).for_each(|(s, x)| *s += x);
+                    }
+                    self.unrotated[g].extend(sum);
                 }
-                let head = &self.rows.heads[g];
-                let mut qsum = vec![0.0f32; d];
+                self.reps[g].extend(chosen.iter().map(|&i| i as u32));
+            }
+        }
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        // per kv head, each complete block's score
+        let scores: Vec<Vec<f32>> = match self.ranking {
+            Ranking::OwnPositions => (0..kv_heads)
+                .map(|g| {
+                    let head = &self.rows.heads[g];
+                    let mut qsum = vec![0.0f32; d];
+                    for j in 0..t {
+                        for h in g * group..(g + 1) * group {
+                            qsum.iter_mut().zip(&q[j * q_stride + h * d..][..d]).for_each(|(s, x)| *s += x);
+                        }
+                    }
+                    self.reps[g]
+                        .chunks_exact(REPRESENTATIVES)
+                        .map(|r| r.iter().map(|&i| dot(&head.key(i as usize), &qsum)).sum())
+                        .collect()
+                })
+                .collect(),
+            Ranking::Reference => {
+                // each query at distance `window` from every memory token: R(window − p) q
+                let positions = self.rows.heads[0].positions();
+                let mut qsum = vec![vec![0.0f32; d]; kv_heads];
                 for j in 0..t {
-                    for h in g * group..(g + 1) * group {
-                        qsum.iter_mut().zip(&q[j * q_stride + h * d..][..d]).for_each(|(s, x)| *s += x);
+                    let mut row = q[j * q_stride..][..heads * d].to_vec();
+                    rope::apply(&mut row, d, window as i64 - i64::from(positions[chunk + j]), self.rope_base);
+                    for (h, x) in row.chunks_exact(d).enumerate() {
+                        qsum[h / group].iter_mut().zip(x).for_each(|(s, x)| *s += x);
                     }
                 }
-                let scores: Vec<f32> = self.reps[g]
-                    .chunks_exact(REPRESENTATIVES)
-                    .map(|r| {
-                        r.iter().map(|&i| head.key(i as usize).iter().zip(&qsum).map(|(k, q)| k * q).sum::<f32>()).sum()
-                    })
+                let layer: Vec<f32> = (0..complete)
+                    .map(|b| (0..kv_heads).map(|g| dot(&self.unrotated[g][b * d..][..d], &qsum[g])).sum())
                     .collect();
-                let chosen = top_with_protected(&scores, blocks, |_| false);
+                vec![layer; kv_heads]
+            }
+        };
+        scores
+            .iter()
+            .map(|scores| {
+                let chosen = top_with_protected(scores, blocks, |_| false);
                 let mut rows: Vec<usize> = (0..sinks.min(local_start)).collect();
                 for (b, _) in chosen.iter().enumerate().filter(|(_, c)| **c) {
                     rows.extend(sinks + b * block..sinks + (b + 1) * block);
@@ -221,8 +292,8 @@ mod tests {
     #[test]
     fn reads_sinks_window_and_the_matching_block_within_budget() {
         let shape = Heads { heads: 1, kv_heads: 1, head_dim: 4 };
-        let method = InfLlm { budget: Budget::Tokens(400) };
-        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000 };
+        let method = InfLlm { budget: Budget::Tokens(400), ranking: Ranking::OwnPositions };
+        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000, rope_base: 10_000.0 };
         let plan = Plan::new(400);
         let mut store = method.layer_store(&ctx);
         let n = 1500;
@@ -252,6 +323,57 @@ mod tests {
         let reps = complete * REPRESENTATIVES * 4 * 2;
         assert_eq!(store.bytes_read(), rows_read * 4 * 2 * 2 + reps);
     }
+
+    #[test]
+    fn reference_ranking_finds_a_key_by_its_unrotated_direction_for_every_head() {
+        // Post-RoPE keys: zero but token 700's, whose un-rotated key is `dir` (all its energy in
+        // the fastest-turning pair, so at its own position it points elsewhere: cos 700 < 0). The
+        // decode query, un-rotated and carried to distance `window`, is `dir` too. The reference
+        // ranking must find block 5 for both kv heads, although the second head's keys are all zero.
+        let (d, base) = (4, 10_000.0f32);
+        let shape = Heads { heads: 2, kv_heads: 2, head_dim: d };
+        let method = InfLlm { budget: Budget::Tokens(400), ranking: Ranking::Reference };
+        assert_eq!(method.name(), "infllm-ref-400tok");
+        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000, rope_base: base };
+        let plan = Plan::new(400);
+        let mut store = method.layer_store(&ctx);
+        let dir = [3.0f32, 0.0, 0.0, 0.0];
+        let n = 1500;
+        let mut keys = vec![0.0f32; n * 2 * d];
+        let mut k700 = dir.to_vec();
+        rope::apply(&mut k700, d, 700, base);
+        assert!(k700[0] < 0.0, "at its own position the key points away: {k700:?}");
+        keys[700 * 2 * d..][..d].copy_from_slice(&k700);
+        // prefill queries that attend to token 700, so it becomes one of block 5's representatives
+        let prefill_queries = [k700.as_slice(), &[0.0; 4]].concat().repeat(500);
+        let mut out = vec![0.0; 500 * 2 * d];
+        for c in 0..3 {
+            let rows = &keys[c * 500 * 2 * d..(c + 1) * 500 * 2 * d];
+            store.append(rows, rows, 500);
+            store.attend(&prefill_queries, 2 * d, 500, &mut out);
+        }
+        store.append(&[0.0; 8], &[0.0; 8], 1);
+        let mut query = [dir, dir].concat();
+        rope::apply(&mut query, d, 1500 - plan.window as i64, base);
+        store.attend(&query, 2 * d, 1, &mut out[..2 * d]);
+        let block5 = (plan.sinks + 5 * plan.block) as u32;
+        for g in 0..2 {
+            let read = store.visible(g).unwrap();
+            assert!(read.contains(&block5) && read.contains(&700), "head {g} read block 5: {read:?}");
+        }
+        // ranked at own positions, block 5 scores below the all-zero blocks and is not read
+        let mut own = InfLlm { budget: Budget::Tokens(400), ranking: Ranking::OwnPositions }.layer_store(&ctx);
+        for c in 0..3 {
+            let rows = &keys[c * 500 * 2 * d..(c + 1) * 500 * 2 * d];
+            own.append(rows, rows, 500);
+            own.attend(&prefill_queries, 2 * d, 500, &mut out);
+        }
+        own.append(&[0.0; 8], &[0.0; 8], 1);
+        let mut query = [dir, dir].concat();
+        rope::apply(&mut query, d, 1500, base);
+        own.attend(&query, 2 * d, 1, &mut out[..2 * d]);
+        assert!(!own.visible(0).unwrap().contains(&700));
+    }
 }
 
 #[cfg(test)]
@@ -263,8 +385,8 @@ mod equivalence {
     #[test]
     fn a_budget_covering_the_prompt_reads_everything() {
         let shape = Heads { heads: 6, kv_heads: 2, head_dim: 8 };
-        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 1000 };
-        let mut a = InfLlm { budget: Budget::Ratio(1.0) }.layer_store(&ctx);
+        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 1000, rope_base: 10_000.0 };
+        let mut a = InfLlm { budget: Budget::Ratio(1.0), ranking: Ranking::OwnPositions }.layer_store(&ctx);
         let mut b = Fp16.layer_store(&ctx);
         let mut rng = StdRng::seed_from_u64(3);
         for t in [200, 200, 200, 200, 200, 1, 1] {

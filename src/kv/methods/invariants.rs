@@ -15,7 +15,7 @@ const DECODE: usize = 40;
 /// (`None` during prefill).
 fn drive(name: &str, mut check: impl FnMut(&KvCache, Option<usize>)) {
     let mut rng = StdRng::seed_from_u64(21);
-    let mut cache = KvCache::new(by_name(name).unwrap(), SHAPE, 3);
+    let mut cache = KvCache::new(by_name(name).unwrap(), SHAPE, 3, 10_000.0);
     cache.begin(PROMPT);
     let (qw, kw) = (SHAPE.heads * SHAPE.head_dim, SHAPE.kv_heads * SHAPE.head_dim);
     let mut step = |cache: &mut KvCache, t: usize| {
@@ -89,7 +89,7 @@ fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
 fn retrieval_methods_keep_everything_and_read_within_budget() {
     for ratio in [2, 4, 8] {
         let budget = PROMPT / ratio;
-        for family in ["quest", "infllm"] {
+        for family in ["quest", "infllm", "infllm-ref"] {
             let name = format!("{family}-{ratio}x");
             drive(&name, |cache, step| {
                 let Some(step) = step else { return };
@@ -135,7 +135,7 @@ fn selection_is_per_kv_head() {
 fn a_budget_above_the_sequence_changes_nothing() {
     let outputs = |name: &str| {
         let mut rng = StdRng::seed_from_u64(5);
-        let mut cache = KvCache::new(by_name(name).unwrap(), SHAPE, 3);
+        let mut cache = KvCache::new(by_name(name).unwrap(), SHAPE, 3, 10_000.0);
         cache.begin(PROMPT);
         let (qw, kw) = (SHAPE.heads * SHAPE.head_dim, SHAPE.kv_heads * SHAPE.head_dim);
         let (mut prefill, mut decode) = (Vec::new(), Vec::new());
@@ -157,7 +157,7 @@ fn a_budget_above_the_sequence_changes_nothing() {
         (prefill, decode)
     };
     let reference = outputs("fp16");
-    for family in super::BUDGETED.iter().filter(|&&f| f != "lingua") {
+    for family in super::BUDGETED.iter().filter(|&&f| f != "lingua").chain(&["infllm-ref"]) {
         let name = format!("{family}-100000tok");
         let got = outputs(&name);
         let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);

@@ -65,7 +65,7 @@ mod tests {
         let keys: Vec<f32> = (0..6).flat_map(|i| [i as f32, 0.0, (6 - i) as f32, 0.0]).collect();
         let mut full = FullStore::new(shape);
         full.append(&keys, &keys, 6);
-        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 6 };
+        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 6, rope_base: 10_000.0 };
         let store = Knorm { budget: Budget::Ratio(2.0) }.after_prefill(&ctx, &full).unwrap();
         let dbg = format!("{store:?}");
         assert!(dbg.contains("positions: [0, 1, 2]") && dbg.contains("positions: [3, 4, 5]"), "{dbg}");

@@ -5,7 +5,9 @@
 //! - no budget: `full`, `fp16`, `q8_0`, `q4_0`, `q4_0-rot`, `flexgen-4bit`, `kivi-2bit`, `kivi-4bit`;
 //! - with a budget, as a ratio of the compressed tokens (`-2x`, `-4x`, `-6x`, `-8x`, any number)
 //!   or in tokens (`-512tok`): `streamingllm`, `h2o`, `snapkv`, `pyramidkv`, `tova`, `knorm`,
-//!   `infllm`, `quest`, `lingua` — e.g. `h2o-4x`, `snapkv-1024tok`.
+//!   `infllm`, `quest`, `lingua` — e.g. `h2o-4x`, `snapkv-1024tok`;
+//! - a variant outside the trial matrix, for measuring one choice: `infllm-ref` (InfLLM ranking
+//!   blocks as its reference code does; see [`infllm::Ranking`]).
 
 pub mod flexgen;
 pub mod fp16;
@@ -117,7 +119,8 @@ pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
         "pyramidkv" => Arc::new(pyramidkv::PyramidKv { budget }),
         "tova" => Arc::new(tova::Tova { budget }),
         "knorm" => Arc::new(knorm::Knorm { budget }),
-        "infllm" => Arc::new(infllm::InfLlm { budget }),
+        "infllm" => Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::OwnPositions }),
+        "infllm-ref" => Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::Reference }),
         "quest" => Arc::new(quest::Quest { budget }),
         "lingua" => Arc::new(lingua::Lingua { budget }),
         _ => return Err(unknown()),

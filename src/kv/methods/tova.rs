@@ -80,7 +80,7 @@ mod tests {
         full.append(&keys, &keys, n);
         let mut out = vec![0.0; n * 4];
         full.attend(&[1.0; 40], 4, n, &mut out);
-        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: n };
+        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: n, rope_base: 10_000.0 };
         let mut store = Tova { budget: Budget::Tokens(5) }.after_prefill(&ctx, &full).unwrap();
         assert!(format!("{store:?}").contains("positions: [5, 6, 7, 8, 9]"));
         // a new token with a low key, then a query that prefers low keys: 5 (lowest kept) survives,
