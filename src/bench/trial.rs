@@ -314,7 +314,7 @@ mod tests {
             settings: serde_json::json!({}),
             task: "code".into(),
             mode: Mode::QueryAware,
-            score: stats::estimate(&[0.25, 0.5, 1.0]),
+            score: stats::estimate(&[0.4, 0.5, 0.6]),
             top1_agreement: 0.1 + 0.2,
             kl: 1.0 / 3.0,
             nominal_ratio: None,

@@ -20,8 +20,8 @@
 //! ranked per kv head. The reference gives every memory token (sinks, retrieved blocks) one
 //! distance, `n_local`, and ranks blocks once per layer; see docs/METHODS.md, "Positions".
 //! `infllm-ref-Nx` ([`Ranking::Reference`]) ranks blocks as the reference does — position-free,
-//! the representatives' keys un-rotated against the queries rotated to the window's length,
-//! summed over every head, one choice per layer — and still attends at original positions; it is
+//! the representatives' keys un-rotated against the queries rotated to the window's length less
+//! one, summed over every head, one choice per layer — and still attends at original positions; it is
 //! not in the trial matrix, it is there to measure what the ranking changes (`kvbench fidelity`,
 //! `kvbench compare`).
 //!
@@ -61,8 +61,9 @@ pub enum Ranking {
     /// their own positions: the logits the model's attention would give them (`infllm-Nx`).
     OwnPositions,
     /// As thunlp/InfLLM ranks: representatives' keys un-rotated (position 0) against the queries
-    /// rotated to the local window's length, summed over every head; one choice for the layer
-    /// (`infllm-ref-Nx`).
+    /// rotated to the window's length less one (its `n_local − 1`), summed over every head; one
+    /// choice for the layer (`infllm-ref-Nx`). The representatives are still chosen per kv head
+    /// from the attention its query heads gave (the reference chooses them per query head).
     Reference,
 }
 
@@ -204,12 +205,13 @@ impl InfLlmStore {
                 })
                 .collect(),
             Ranking::Reference => {
-                // each query at distance `window` from every memory token: R(window − p) q
+                // every memory token at one distance from each query: R(window − 1 − p) q (the
+                // reference rotates queries to angle index n_local − 1 against un-rotated keys)
                 let positions = self.rows.heads[0].positions();
                 let mut qsum = vec![vec![0.0f32; d]; kv_heads];
                 for j in 0..t {
                     let mut row = q[j * q_stride..][..heads * d].to_vec();
-                    rope::apply(&mut row, d, window as i64 - i64::from(positions[chunk + j]), self.rope_base);
+                    rope::apply(&mut row, d, window as i64 - 1 - i64::from(positions[chunk + j]), self.rope_base);
                     for (h, x) in row.chunks_exact(d).enumerate() {
                         qsum[h / group].iter_mut().zip(x).for_each(|(s, x)| *s += x);
                     }
@@ -249,14 +251,19 @@ impl LayerStore for InfLlmStore {
             s.iter().zip(m).for_each(|(&i, &p)| acc[i] += p);
         }
         let d = self.rows.shape.head_dim;
-        let reps: usize = self.reps.iter().map(|r| r.len() * d * 2).sum();
+        // the representatives' keys read for ranking: f16 keys, or one summed f32 key a block
+        let reps: usize = match self.ranking {
+            Ranking::OwnPositions => self.reps.iter().map(|r| r.len() * d * 2).sum(),
+            Ranking::Reference => self.unrotated.iter().map(|u| u.len() * 4).sum(),
+        };
         self.read = reps + self.rows.heads.iter().zip(&select).map(|(h, s)| h.row_bytes(s.len())).sum::<usize>();
         self.last_read = select;
     }
 
     fn bytes(&self) -> usize {
-        let side: usize =
-            self.mass.iter().map(|m| m.len() * 4).sum::<usize>() + self.reps.iter().map(|r| r.len() * 4).sum::<usize>();
+        let side: usize = self.mass.iter().map(|m| m.len() * 4).sum::<usize>()
+            + self.reps.iter().map(|r| r.len() * 4).sum::<usize>()
+            + self.unrotated.iter().map(|u| u.len() * 4).sum::<usize>();
         self.rows.bytes() + side
     }
 
@@ -328,14 +335,17 @@ mod tests {
     fn reference_ranking_finds_a_key_by_its_unrotated_direction_for_every_head() {
         // Post-RoPE keys: zero but token 700's, whose un-rotated key is `dir` (all its energy in
         // the fastest-turning pair, so at its own position it points elsewhere: cos 700 < 0). The
-        // decode query, un-rotated and carried to distance `window`, is `dir` too. The reference
-        // ranking must find block 5 for both kv heads, although the second head's keys are all zero.
+        // decode query, un-rotated and carried to angle `window − 1`, is `dir` too. The reference
+        // ranking must find block 5 for both kv heads, although the second head's keys are all
+        // zero. A budget of 403 makes the window 267 tokens: cos 266 < 0, so a ranking that
+        // left out the window's rotation would rank block 5 last as well.
         let (d, base) = (4, 10_000.0f32);
         let shape = Heads { heads: 2, kv_heads: 2, head_dim: d };
-        let method = InfLlm { budget: Budget::Tokens(400), ranking: Ranking::Reference };
-        assert_eq!(method.name(), "infllm-ref-400tok");
+        let method = InfLlm { budget: Budget::Tokens(403), ranking: Ranking::Reference };
+        assert_eq!(method.name(), "infllm-ref-403tok");
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000, rope_base: base };
-        let plan = Plan::new(400);
+        let plan = Plan::new(403);
+        assert_eq!(plan.window, 267);
         let mut store = method.layer_store(&ctx);
         let dir = [3.0f32, 0.0, 0.0, 0.0];
         let n = 1500;
@@ -354,15 +364,16 @@ mod tests {
         }
         store.append(&[0.0; 8], &[0.0; 8], 1);
         let mut query = [dir, dir].concat();
-        rope::apply(&mut query, d, 1500 - plan.window as i64, base);
+        rope::apply(&mut query, d, 1500 - (plan.window as i64 - 1), base);
         store.attend(&query, 2 * d, 1, &mut out[..2 * d]);
         let block5 = (plan.sinks + 5 * plan.block) as u32;
         for g in 0..2 {
             let read = store.visible(g).unwrap();
             assert!(read.contains(&block5) && read.contains(&700), "head {g} read block 5: {read:?}");
         }
-        // ranked at own positions, block 5 scores below the all-zero blocks and is not read
-        let mut own = InfLlm { budget: Budget::Tokens(400), ranking: Ranking::OwnPositions }.layer_store(&ctx);
+        // ranked at own positions with the query `dir` at its own position, block 5 scores below
+        // the all-zero blocks (cos 800 < 0) and is not read
+        let mut own = InfLlm { budget: Budget::Tokens(403), ranking: Ranking::OwnPositions }.layer_store(&ctx);
         for c in 0..3 {
             let rows = &keys[c * 500 * 2 * d..(c + 1) * 500 * 2 * d];
             own.append(rows, rows, 500);
