@@ -346,7 +346,6 @@ mod tests {
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000, rope_base: base };
         let plan = Plan::new(403);
         assert_eq!(plan.window, 267);
-        let mut store = method.layer_store(&ctx);
         let dir = [3.0f32, 0.0, 0.0, 0.0];
         let n = 1500;
         let mut keys = vec![0.0f32; n * 2 * d];
@@ -356,16 +355,21 @@ mod tests {
         keys[700 * 2 * d..][..d].copy_from_slice(&k700);
         // prefill queries that attend to token 700, so it becomes one of block 5's representatives
         let prefill_queries = [k700.as_slice(), &[0.0; 4]].concat().repeat(500);
-        let mut out = vec![0.0; 500 * 2 * d];
-        for c in 0..3 {
-            let rows = &keys[c * 500 * 2 * d..(c + 1) * 500 * 2 * d];
-            store.append(rows, rows, 500);
-            store.attend(&prefill_queries, 2 * d, 500, &mut out);
-        }
-        store.append(&[0.0; 8], &[0.0; 8], 1);
-        let mut query = [dir, dir].concat();
-        rope::apply(&mut query, d, 1500 - (plan.window as i64 - 1), base);
-        store.attend(&query, 2 * d, 1, &mut out[..2 * d]);
+        // prefill in three chunks, then one decode step whose query is `dir` rotated by `angle`
+        let run = |method: InfLlm, angle: i64| {
+            let mut store = method.layer_store(&ctx);
+            let mut out = vec![0.0; 500 * 2 * d];
+            for rows in keys.chunks_exact(500 * 2 * d) {
+                store.append(rows, rows, 500);
+                store.attend(&prefill_queries, 2 * d, 500, &mut out);
+            }
+            store.append(&[0.0; 8], &[0.0; 8], 1);
+            let mut query = [dir, dir].concat();
+            rope::apply(&mut query, d, angle, base);
+            store.attend(&query, 2 * d, 1, &mut out[..2 * d]);
+            store
+        };
+        let store = run(method, 1500 - (plan.window as i64 - 1));
         let block5 = (plan.sinks + 5 * plan.block) as u32;
         for g in 0..2 {
             let read = store.visible(g).unwrap();
@@ -373,16 +377,7 @@ mod tests {
         }
         // ranked at own positions with the query `dir` at its own position, block 5 scores below
         // the all-zero blocks (cos 800 < 0) and is not read
-        let mut own = InfLlm { budget: Budget::Tokens(403), ranking: Ranking::OwnPositions }.layer_store(&ctx);
-        for c in 0..3 {
-            let rows = &keys[c * 500 * 2 * d..(c + 1) * 500 * 2 * d];
-            own.append(rows, rows, 500);
-            own.attend(&prefill_queries, 2 * d, 500, &mut out);
-        }
-        own.append(&[0.0; 8], &[0.0; 8], 1);
-        let mut query = [dir, dir].concat();
-        rope::apply(&mut query, d, 1500, base);
-        own.attend(&query, 2 * d, 1, &mut out[..2 * d]);
+        let own = run(InfLlm { ranking: Ranking::OwnPositions, ..method }, 1500);
         assert!(!own.visible(0).unwrap().contains(&700));
     }
 }
