@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli_replay;
 mod cli_task;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,9 @@ enum Command {
     Fidelity(FidelityArgs),
     /// Task samples and their calibration (see docs/TASKS.md).
     Task(cli_task::TaskArgs),
+    /// Methods, including variants outside the trial matrix, over one task's recorded trace,
+    /// compared sample by sample (no snapshots, no gate).
+    Replay(cli_replay::ReplayArgs),
 }
 
 #[derive(clap::Args)]
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => run_compare(args),
         Command::Fidelity(args) => run_fidelity(args),
         Command::Task(args) => cli_task::run(args),
+        Command::Replay(args) => cli_replay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -318,6 +323,8 @@ fn run_generate(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
             "prompt_ids": generation.prompt_ids,
             "context_tokens": prompt.context,
             "prefilled_tokens": generation.prefilled_ids.len(),
+            // what the model read: the prompt itself, or what prompt compression kept of it
+            "prefilled_text": rt.tokenizer().decode(&generation.prefilled_ids)?,
             "output_ids": generation.output_ids,
             "text": text,
             "prompt_tokens": generation.prompt_ids.len(),

@@ -199,10 +199,24 @@ pub fn run(
     mode: Mode,
     prefills: &PrefillCache,
 ) -> Result<TrialResult, ModelError> {
+    run_reporting(rt, method, trace, mode, prefills, |_| {})
+}
+
+/// [`run`], handing each sample's outcome to `done` as it finishes (for progress).
+pub fn run_reporting(
+    rt: &mut Runtime,
+    method: &Arc<dyn Method>,
+    trace: &Trace,
+    mode: Mode,
+    prefills: &PrefillCache,
+    mut done: impl FnMut(&SampleOutcome),
+) -> Result<TrialResult, ModelError> {
     let clock = Instant::now();
     let mut samples = Vec::with_capacity(trace.samples.len());
     for sample in &trace.samples {
-        samples.push(run_sample(rt, method, sample, trace.header.chunk, mode, prefills)?);
+        let outcome = run_sample(rt, method, sample, trace.header.chunk, mode, prefills)?;
+        done(&outcome);
+        samples.push(outcome);
     }
     let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
     let mean = |f: fn(&SampleOutcome) -> f64| samples.iter().map(f).sum::<f64>() / samples.len().max(1) as f64;

@@ -76,10 +76,29 @@ pub trait Method: Send + Sync + fmt::Debug {
         None
     }
 
-    /// For prompt compression: how many of `context` tokens to keep.
-    fn prompt_budget(&self, _context: usize) -> Option<usize> {
+    /// For prompt compression: how many of `context` tokens to keep, and in what units they are
+    /// kept or dropped.
+    fn prompt_budget(&self, _context: usize) -> Option<PromptBudget> {
         None
     }
+}
+
+/// What a prompt compressor keeps of the context ([`Method::prompt_budget`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptBudget {
+    /// Context tokens to keep (forced tokens count towards it and are kept even past it).
+    pub tokens: usize,
+    /// Whether tokens are kept one by one or whole words at a time.
+    pub granularity: Granularity,
+}
+
+/// The unit a prompt compressor keeps or drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// Each token on its own (LLMLingua's original criterion).
+    Token,
+    /// Whole words: a word's tokens stay or go together (LLMLingua-2's).
+    Word,
 }
 
 /// One layer's cache for one sequence.

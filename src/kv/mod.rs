@@ -21,5 +21,5 @@ pub mod store;
 pub mod tokens;
 
 pub use attention::Heads;
-pub use method::{Acts, LayerStore, Method, StoreContext};
+pub use method::{Acts, Granularity, LayerStore, Method, PromptBudget, StoreContext};
 pub use store::{CacheHandle, CacheSnapshot, CacheStats, KvCache};

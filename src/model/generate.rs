@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::session::{ModelError, Runtime};
 use crate::codec;
 use crate::kv::methods::{Full, lingua};
-use crate::kv::{Acts, CacheSnapshot, CacheStats};
+use crate::kv::{Acts, CacheSnapshot, CacheStats, Granularity, PromptBudget};
 
 /// Where a method compresses, relative to the question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -408,15 +408,16 @@ pub fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 }
 
 /// LLMLingua-style compression of the context ([`lingua`]): score each context token's
-/// self-information with the full model (after the question when query-aware), keep `budget`.
+/// self-information with the full model (after the question when query-aware), keep `budget`
+/// tokens, one by one or whole words.
 fn compress_prompt(
     rt: &mut Runtime,
     prompt: &Prompt,
-    budget: usize,
+    budget: PromptBudget,
     options: GenerateOptions,
 ) -> Result<Prompt, ModelError> {
     let (context, question) = prompt.ids.split_at(prompt.context);
-    if context.len() < 2 || budget >= context.len() {
+    if context.len() < 2 || budget.tokens >= context.len() {
         return Ok(prompt.clone());
     }
     let conditioning: &[u32] = if options.mode == Mode::QueryAware { question } else { &[] };
@@ -424,11 +425,17 @@ fn compress_prompt(
     let information = self_information(rt, &scored, options.chunk.max(1))?;
     let information = &information[conditioning.len()..];
     let tokenizer = rt.tokenizer();
-    let forced: Vec<bool> = context
-        .iter()
-        .map(|&id| tokenizer.decode(&[id]).map(|t| t.contains(lingua::FORCED)).unwrap_or(false))
-        .collect();
-    let keep = lingua::select(information, &forced, budget);
+    // a token that does not decode on its own (part of a multi-byte character) is neither forced
+    // nor the start of a word
+    let texts: Vec<String> = context.iter().map(|&id| tokenizer.decode(&[id]).unwrap_or_default()).collect();
+    let forced: Vec<bool> = texts.iter().map(|t| lingua::is_forced(t)).collect();
+    let keep = match budget.granularity {
+        Granularity::Token => lingua::select(information, &forced, budget.tokens),
+        Granularity::Word => {
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            lingua::select_words(information, &forced, &lingua::words(&texts), budget.tokens)
+        }
+    };
     let kept: Vec<u32> = keep.iter().map(|&i| context[i]).collect();
     Ok(Prompt::split(&kept, question))
 }

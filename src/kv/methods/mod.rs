@@ -6,8 +6,10 @@
 //! - with a budget, as a ratio of the compressed tokens (`-2x`, `-4x`, `-6x`, `-8x`, any number)
 //!   or in tokens (`-512tok`): `streamingllm`, `h2o`, `snapkv`, `pyramidkv`, `tova`, `knorm`,
 //!   `infllm`, `quest`, `lingua` — e.g. `h2o-4x`, `snapkv-1024tok`;
-//! - a variant outside the trial matrix, for measuring one choice: `infllm-ref` (InfLLM ranking
-//!   blocks as its reference code does; see [`infllm::Ranking`]).
+//! - variants outside the trial matrix, each for measuring one choice (`kvbench replay` runs
+//!   them over a tier's traces): `infllm-ref` (InfLLM ranking blocks as its reference code does;
+//!   see [`infllm::Ranking`]) and `lingua-word` (prompt compression keeping whole words, as
+//!   LLMLingua-2; see [`lingua`]).
 
 pub mod flexgen;
 pub mod fp16;
@@ -32,7 +34,7 @@ pub use full::Full;
 
 use std::sync::Arc;
 
-use super::Method;
+use super::{Granularity, Method};
 
 /// A token budget: a ratio of the tokens a method compresses, or an absolute count.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,6 +95,9 @@ pub const FIXED: &[&str] = &["full", "fp16", "q8_0", "q4_0", "q4_0-rot", "flexge
 pub const BUDGETED: &[&str] =
     &["streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "infllm", "quest", "lingua"];
 
+/// Budgeted variants outside the trial matrix, each measuring one choice of a family above.
+pub const VARIANTS: &[&str] = &["infllm-ref", "lingua-word"];
+
 /// Resolve a method by its command-line name.
 pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
     let fixed: Option<Arc<dyn Method>> = match name {
@@ -122,7 +127,8 @@ pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
         "infllm" => Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::OwnPositions }),
         "infllm-ref" => Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::Reference }),
         "quest" => Arc::new(quest::Quest { budget }),
-        "lingua" => Arc::new(lingua::Lingua { budget }),
+        "lingua" => Arc::new(lingua::Lingua { budget, granularity: Granularity::Token }),
+        "lingua-word" => Arc::new(lingua::Lingua { budget, granularity: Granularity::Word }),
         _ => return Err(unknown()),
     })
 }
@@ -139,8 +145,9 @@ pub fn all_at(ratios: &[u32]) -> Vec<String> {
 /// A method name that is not known.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown method {name:?}; known methods: {fixed}, and {budgeted} with a budget suffix such as -4x or -512tok",
-    fixed = FIXED.join(", "), budgeted = BUDGETED.join(", ")
+    "unknown method {name:?}; known methods: {fixed}, and {budgeted} with a budget suffix such as -4x or -512tok \
+     (also {variants}, outside the trial matrix)",
+    fixed = FIXED.join(", "), budgeted = BUDGETED.join(", "), variants = VARIANTS.join(", ")
 )]
 pub struct UnknownMethod {
     name: String,
@@ -152,7 +159,9 @@ mod tests {
 
     #[test]
     fn every_name_round_trips() {
-        for name in all_at(&[2, 4, 6, 8]).into_iter().chain(["h2o-512tok".into(), "snapkv-1.5x".into()]) {
+        let variants = VARIANTS.iter().map(|v| format!("{v}-4x"));
+        for name in all_at(&[2, 4, 6, 8]).into_iter().chain(["h2o-512tok".into(), "snapkv-1.5x".into()]).chain(variants)
+        {
             assert_eq!(by_name(&name).unwrap().name(), name);
         }
         for bad in ["h2o", "h2o-0x", "h2o-0.5x", "h2o-x", "kivi-3bit", "snapkv-4", "nope-4x", "q8_0-2x"] {
