@@ -68,7 +68,7 @@ fn evicting_methods_never_exceed_their_budget() {
 fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
     for ratio in [2, 4, 8] {
         let budget = PROMPT / ratio;
-        for family in ["snapkv", "pyramidkv", "knorm"] {
+        for family in ["snapkv", "snapkv-wide", "pyramidkv", "knorm"] {
             let name = format!("{family}-{ratio}x");
             drive(&name, |cache, step| {
                 let Some(step) = step else { return };
@@ -157,7 +157,8 @@ fn a_budget_above_the_sequence_changes_nothing() {
         (prefill, decode)
     };
     let reference = outputs("fp16");
-    for family in super::BUDGETED.iter().filter(|&&f| f != "lingua").chain(&["infllm-ref"]) {
+    let cache_methods = super::BUDGETED.iter().chain(super::VARIANTS).filter(|f| !f.starts_with("lingua"));
+    for family in cache_methods {
         let name = format!("{family}-100000tok");
         let got = outputs(&name);
         let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);

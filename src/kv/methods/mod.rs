@@ -8,8 +8,9 @@
 //!   `infllm`, `quest`, `lingua` — e.g. `h2o-4x`, `snapkv-1024tok`;
 //! - variants outside the trial matrix, each for measuring one choice (`kvbench replay` runs
 //!   them over a tier's traces): `infllm-ref` (InfLLM ranking blocks as its reference code does;
-//!   see [`infllm::Ranking`]) and `lingua-word` (prompt compression keeping whole words, as
-//!   LLMLingua-2; see [`lingua`]).
+//!   see [`infllm::Ranking`]), `lingua-word` (prompt compression keeping whole words, as
+//!   LLMLingua-2; see [`lingua`]) and `snapkv-wide` (SnapKV pooling over 15 tokens instead of 7;
+//!   see [`snapkv`]).
 
 pub mod flexgen;
 pub mod fp16;
@@ -96,7 +97,7 @@ pub const BUDGETED: &[&str] =
     &["streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "infllm", "quest", "lingua"];
 
 /// Budgeted variants outside the trial matrix, each measuring one choice of a family above.
-pub const VARIANTS: &[&str] = &["infllm-ref", "lingua-word"];
+pub const VARIANTS: &[&str] = &["infllm-ref", "lingua-word", "snapkv-wide"];
 
 /// Resolve a method by its command-line name.
 pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
@@ -120,7 +121,8 @@ pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
     Ok(match family {
         "streamingllm" => Arc::new(streamingllm::StreamingLlm { budget }),
         "h2o" => Arc::new(h2o::H2o { budget }),
-        "snapkv" => Arc::new(snapkv::SnapKv { budget }),
+        "snapkv" => Arc::new(snapkv::SnapKv { budget, kernel: snapkv::POOL_KERNEL }),
+        "snapkv-wide" => Arc::new(snapkv::SnapKv { budget, kernel: snapkv::WIDE_POOL_KERNEL }),
         "pyramidkv" => Arc::new(pyramidkv::PyramidKv { budget }),
         "tova" => Arc::new(tova::Tova { budget }),
         "knorm" => Arc::new(knorm::Knorm { budget }),

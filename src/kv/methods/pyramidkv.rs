@@ -66,7 +66,7 @@ impl Method for PyramidKv {
     fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
         let budget = self.budget.tokens(ctx.compressed_tokens);
         let b = layer_budget(budget, ctx.compressed_tokens, ctx.layer, ctx.layers);
-        Some(Box::new(snapkv::snap(prefill, b)))
+        Some(Box::new(snapkv::snap(prefill, b, snapkv::POOL_KERNEL)))
     }
 }
 
