@@ -1,16 +1,18 @@
 //! `kvbench replay`: methods — the trial matrix's, or variants outside it such as `infllm-ref`
 //! and `lingua-word` — over one task's recorded trace, compared sample by sample.
 //!
-//! It runs exactly what a trial runs ([`trial::run`]) on the same trace, so a variant is measured
-//! on the benchmark's own samples and scored by its metric; it writes no golden snapshot and
-//! gates nothing. The first method is the one the others are paired with.
+//! It runs what a trial runs ([`trial::run`]) on the same trace, so a variant is measured on the
+//! benchmark's own samples and scored by its metric; at the default one thread it computes a
+//! trial's very bits (more threads may move the last bits: ONNX Runtime splits its products by
+//! thread count). It writes no golden snapshot and gates nothing. The first method is the one
+//! the others are paired with.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use kvbench::bench::golden;
 use kvbench::bench::stats::paired_p;
-use kvbench::bench::{PrefillCache, Tier, TrialResult, trial};
+use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, trial};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
@@ -37,10 +39,11 @@ pub struct ReplayArgs {
     /// Compress with the question in the prompt (query-aware) or before it (query-agnostic).
     #[arg(long, value_enum, default_value_t = Mode::QueryAware)]
     mode: Mode,
-    /// Threads.
-    #[arg(long, default_value_t = 2)]
+    /// Threads (1, as in a trial, gives a trial's bits).
+    #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Write each method's result (a trial result's JSON) into this directory.
+    /// Write each method's result (a trial result's JSON, with what it was computed from) into
+    /// this directory. Not for `cargo xtask report --merge`: it may hold a subset of the samples.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -50,24 +53,21 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let tier = Tier::from_name(&args.tier)?;
     let names: Vec<&str> = args.methods.split(',').map(str::trim).collect();
     let methods = names.iter().map(|n| methods::by_name(n)).collect::<std::result::Result<Vec<_>, _>>()?;
-    let path = tier.trace_path(task);
-    if !path.is_file() {
-        return Err(format!(
-            "no trace {}: record it with `cargo xtask record --tier {} --task {}`",
-            path.display(),
-            tier.name(),
-            task.name()
-        )
-        .into());
-    }
+    let path = tier.recorded_trace(task)?;
     let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
     let mut trace = Trace::read(&path, Some(&model_id(&rt)))?;
     trace.samples = evenly_spaced(std::mem::take(&mut trace.samples), args.samples)
         .map_err(|why| format!("--samples: {why} ({})", path.display()))?;
-    let prefills = PrefillCache::default();
+    let provenance = Provenance { build: build_id()?, trace: kvbench::assets::sha256_file(&path)? };
+    // methods acting after prefill share each sample's prefill, in memory and on disk as in the
+    // trials (`KVBENCH_PREFILL_CACHE`, `KVBENCH_PREFILL_CACHE_GB`)
+    let prefills = match DiskPrefills::from_env()? {
+        Some(disk) => PrefillCache::with_disk(disk),
+        None => PrefillCache::default(),
+    };
     let mut results: Vec<TrialResult> = Vec::new();
+    let total = trace.samples.len();
     for (m, method) in methods.iter().enumerate() {
-        let total = trace.samples.len();
         let mut done = 0;
         let result = trial::run_reporting(&mut rt, method, &trace, args.mode, &prefills, |s| {
             done += 1;
@@ -83,6 +83,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 s.seconds
             );
         })?;
+        let result = TrialResult { provenance: provenance.clone(), ..result };
         if let Some(dir) = &args.out {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let out = dir.join(format!("{}.json", golden::file_name(&result.trial)));

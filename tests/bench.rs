@@ -95,18 +95,7 @@ fn with_runtime<R: Send>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed> + Sen
 
 /// The path of `task`'s trace, which must exist.
 fn trace_path(task: Task) -> Result<PathBuf, Failed> {
-    let tier = shared().tier;
-    let path = tier.trace_path(task);
-    if !path.is_file() {
-        return Err(format!(
-            "no trace {}: record it with `cargo xtask record --tier {} --task {}`",
-            path.display(),
-            tier.name(),
-            task.name()
-        )
-        .into());
-    }
-    Ok(path)
+    Ok(shared().tier.recorded_trace(task)?)
 }
 
 fn trace(task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {

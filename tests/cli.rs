@@ -1,6 +1,10 @@
 //! The command line as a new user meets it: clear errors on bad input.
 
+use std::path::Path;
 use std::process::Command;
+
+use kvbench::bench::golden::{self, GoldenTrial, Verdict};
+use kvbench::bench::{Tier, TrialResult};
 
 fn kvbench(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().unwrap();
@@ -45,49 +49,58 @@ fn missing_prompt_file_and_unknown_method_are_clear_errors() {
 #[test]
 fn replay_rejects_bad_input_clearly() {
     let (ok, err) = kvbench(&["replay", "--task", "nope", "--methods", "full"]);
-    assert!(!ok && err.contains("nope"), "{err}");
+    assert!(!ok && err.contains("unknown task \"nope\""), "{err}");
     let (ok, err) = kvbench(&["replay", "--task", "needle", "--methods", "full,nope-2x"]);
     assert!(!ok && err.contains("unknown method \"nope-2x\""), "{err}");
     let (ok, err) = kvbench(&["replay", "--task", "needle", "--tier", "huge", "--methods", "full"]);
     assert!(!ok && err.contains("unknown tier \"huge\""), "{err}");
 }
 
-/// `replay` runs what a trial runs: over the default tier's needle trace it gives `q8_0::needle`
-/// the per-sample scores of its golden snapshot, and runs a variant outside the trial matrix.
-#[test]
-fn replay_reproduces_a_trial_and_runs_variants() {
-    let out_dir = std::env::temp_dir().join(format!("kvbench-cli-replay-{}", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_kvbench"))
-        .args(["replay", "--task", "needle", "--methods", "q8_0,lingua-word-4x", "--threads", "1", "--out"])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
+/// Run `kvbench replay` with `args`, which must succeed; its stdout and stderr.
+fn replay(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvbench")).arg("replay").args(args).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
+    (stdout.into_owned(), stderr.into_owned())
+}
+
+fn replayed(dir: &Path, trial: &str) -> TrialResult {
+    let path = dir.join(format!("{}.json", golden::file_name(trial)));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `replay` runs what a trial runs: over the default tier's needle trace it gives `q8_0::needle`
+/// and `quest-2x::needle` (whose scores are mixed) their golden snapshots' settings and
+/// per-sample scores, passing the gate; it runs a variant outside the trial matrix; and
+/// `--samples` takes an evenly spaced subset.
+#[test]
+fn replay_reproduces_trials_and_runs_variants() {
+    let dir = std::env::temp_dir().join(format!("kvbench-cli-replay-{}", std::process::id()));
+    let (stdout, stderr) =
+        replay(&["--task", "needle", "--methods", "q8_0,quest-2x,lingua-word-4x", "--out", dir.to_str().unwrap()]);
     assert!(stdout.contains("3 samples of the default tier's needle trace"), "{stdout}");
     assert!(stdout.contains("| q8_0 |") && stdout.contains("| lingua-word-4x |"), "{stdout}");
-    assert!(stderr.contains("[2/2] lingua-word-4x: sample 3/3"), "{stderr}");
+    assert!(stderr.contains("[3/3] lingua-word-4x: sample 3/3"), "{stderr}");
+    let golden_dir = Tier::Default.golden_dir();
+    for trial in ["q8_0::needle", "quest-2x::needle"] {
+        let result = replayed(&dir, trial);
+        let golden = golden::read(&golden::path(&golden_dir, trial)).unwrap().expect("a golden snapshot");
+        assert_eq!(golden::check(&GoldenTrial::of(&result, "default"), &golden), Verdict::Same, "{trial}");
+        let got: Vec<(&str, f64)> = result.samples.iter().map(|s| (s.id.as_str(), s.score)).collect();
+        let want: Vec<(&str, f64)> = golden.samples.iter().map(|s| (s.0.as_str(), s.1)).collect();
+        assert_eq!(got, want, "{trial}");
+        assert!(!result.provenance.build.is_empty() && !result.provenance.trace.is_empty(), "{trial}");
+    }
+    let word = replayed(&dir, "lingua-word-4x::needle");
+    assert!(word.settings["granularity"].as_str().is_some_and(|g| g.starts_with("word")), "{}", word.settings);
 
-    let read = |path: std::path::PathBuf| -> serde_json::Value {
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        // an insta snapshot is a header between `---` lines, then the JSON
-        let json = text.rsplit_once("---\n").map_or(text.as_str(), |(_, body)| body);
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    };
-    let replayed = read(out_dir.join("q8_0__needle.json"));
-    let golden = read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/trials/default/q8_0__needle.snap"));
-    let golden_scores: Vec<(String, f64)> = golden["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s[0].as_str().unwrap().to_string(), s[1].as_f64().unwrap()))
-        .collect();
-    let replayed_scores: Vec<(String, f64)> = replayed["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["id"].as_str().unwrap().to_string(), s["score"].as_f64().unwrap()))
-        .collect();
-    assert_eq!(replayed_scores, golden_scores);
-    let _ = std::fs::remove_dir_all(&out_dir);
+    let (stdout, _) =
+        replay(&["--task", "needle", "--methods", "quest-2x", "--samples", "2", "--out", dir.to_str().unwrap()]);
+    assert!(stdout.contains("2 samples of the default tier's needle trace"), "{stdout}");
+    let subset = replayed(&dir, "quest-2x::needle");
+    let ids: Vec<&str> = subset.samples.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["needle/s0/n256/pg-essays/d0", "needle/s1/n256/pg-essays/d10"]);
+    assert_eq!(subset.samples.iter().map(|s| s.score).collect::<Vec<_>>(), [0.0, 1.0]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -77,6 +77,21 @@ impl Tier {
         self.trace_dir().join(format!("{}.trace.zst", task.name()))
     }
 
+    /// The trace of `task`, which must have been recorded: an error says how to record it.
+    pub fn recorded_trace(self, task: Task) -> Result<PathBuf, String> {
+        let path = self.trace_path(task);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "no trace {}: record it with `cargo xtask record --tier {} --task {}`",
+                path.display(),
+                self.name(),
+                task.name()
+            ))
+        }
+    }
+
     /// Where this tier's per-trial results are written: `$KVBENCH_RESULTS`, else
     /// `target/kvbench-results/<tier>`.
     pub fn results_dir(self) -> PathBuf {

@@ -425,8 +425,8 @@ fn compress_prompt(
     let information = self_information(rt, &scored, options.chunk.max(1))?;
     let information = &information[conditioning.len()..];
     let tokenizer = rt.tokenizer();
-    // a token that does not decode on its own (part of a multi-byte character) is neither forced
-    // nor the start of a word
+    // a token that is part of a multi-byte character decodes to U+FFFD, neither forced nor the
+    // start of a word; one that does not decode at all (an unknown id) counts as empty
     let texts: Vec<String> = context.iter().map(|&id| tokenizer.decode(&[id]).unwrap_or_default()).collect();
     let forced: Vec<bool> = texts.iter().map(|t| lingua::is_forced(t)).collect();
     let keep = match budget.granularity {

@@ -19,9 +19,9 @@
 //! each word and words are kept by that mean (`__merge_token_to_word` and
 //! `token_prob_to_word_prob` in the reference). Here a word's score is the mean self-information of
 //! its tokens; a word starts at a token whose text begins with whitespace, and every forced token
-//! is a word of its own (as the reference splits words at its force tokens). Words are taken best
-//! first while they fit in the token budget, so both variants keep the same number of tokens and
-//! their measured ratios compare. On SmolLM2, which gives each digit its own token, this keeps a
+//! is a word of its own (as the reference splits words at its force tokens). Each word, best
+//! first, is taken if it still fits in the token budget, so the word variant keeps at most the
+//! token variant's count, usually within a token or two, and their measured ratios compare. On SmolLM2, which gives each digit its own token, this keeps a
 //! number whole or not at all (docs/METHODS.md, "Prompt compression by words").
 //!
 //! The compressed prompt is prefilled into an fp16 cache ([`Fp16Store`](super::fp16::Fp16Store)),
@@ -118,21 +118,24 @@ pub fn words(texts: &[&str]) -> Vec<Range<usize>> {
 
 /// Indices (ascending) of the context tokens to keep, whole words at a time: every forced token,
 /// then words by the mean `self_information` of their tokens, best first (earlier first on
-/// ties), each taken if it still fits in `budget` tokens. `words` covers the tokens in order
-/// ([`words`]).
+/// ties), each taken if it still fits in `budget` tokens. `words` covers the tokens in order,
+/// each forced token a word of its own ([`words`]).
 pub fn select_words(self_information: &[f32], forced: &[bool], words: &[Range<usize>], budget: usize) -> Vec<usize> {
     assert_eq!(self_information.len(), forced.len());
     assert_eq!(words.last().map_or(0, |w| w.end), forced.len(), "the words cover every token");
+    debug_assert!(words.first().is_none_or(|w| w.start == 0), "the words start at the first token");
+    debug_assert!(words.windows(2).all(|p| p[0].end == p[1].start), "the words are contiguous");
+    debug_assert!(words.iter().all(|w| w.len() == 1 || !forced[w.clone()].contains(&true)), "forced words");
     let mut keep = forced.to_vec();
     let mut room = budget.saturating_sub(forced.iter().filter(|&&f| f).count());
     let score = |w: &Range<usize>| self_information[w.clone()].iter().sum::<f32>() / w.len() as f32;
     let mut ranked: Vec<(f32, &Range<usize>)> =
-        words.iter().filter(|w| !forced[(*w).clone()].iter().any(|&f| f)).map(|w| (score(w), w)).collect();
+        words.iter().filter(|w| !forced[w.start..w.end].contains(&true)).map(|w| (score(w), w)).collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.start.cmp(&b.1.start)));
     for (_, word) in ranked {
         if word.len() <= room {
             room -= word.len();
-            keep[word.clone()].iter_mut().for_each(|k| *k = true);
+            keep[word.clone()].fill(true);
         }
     }
     (0..keep.len()).filter(|&i| keep[i]).collect()

@@ -121,8 +121,8 @@ pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
     Ok(match family {
         "streamingllm" => Arc::new(streamingllm::StreamingLlm { budget }),
         "h2o" => Arc::new(h2o::H2o { budget }),
-        "snapkv" => Arc::new(snapkv::SnapKv { budget, kernel: snapkv::POOL_KERNEL }),
-        "snapkv-wide" => Arc::new(snapkv::SnapKv { budget, kernel: snapkv::WIDE_POOL_KERNEL }),
+        "snapkv" => Arc::new(snapkv::SnapKv { budget, pooling: snapkv::Pooling::Reference }),
+        "snapkv-wide" => Arc::new(snapkv::SnapKv { budget, pooling: snapkv::Pooling::Wide }),
         "pyramidkv" => Arc::new(pyramidkv::PyramidKv { budget }),
         "tova" => Arc::new(tova::Tova { budget }),
         "knorm" => Arc::new(knorm::Knorm { budget }),

@@ -36,21 +36,40 @@ pub const WIDE_POOL_KERNEL: usize = 15;
 pub struct SnapKv {
     /// Token budget.
     pub budget: Budget,
-    /// Max-pooling kernel (odd): [`POOL_KERNEL`], or [`WIDE_POOL_KERNEL`] for `snapkv-wide`.
-    pub kernel: usize,
+    /// The pooling kernel.
+    pub pooling: Pooling,
+}
+
+/// SnapKV's max-pooling kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// [`POOL_KERNEL`], the reference's (`snapkv-Nx`).
+    Reference,
+    /// [`WIDE_POOL_KERNEL`] (`snapkv-wide-Nx`).
+    Wide,
+}
+
+impl Pooling {
+    /// The kernel's width in tokens (odd).
+    pub fn kernel(self) -> usize {
+        match self {
+            Self::Reference => POOL_KERNEL,
+            Self::Wide => WIDE_POOL_KERNEL,
+        }
+    }
 }
 
 impl Method for SnapKv {
     fn name(&self) -> String {
-        match self.kernel {
-            POOL_KERNEL => format!("snapkv-{}", self.budget.suffix()),
-            _ => format!("snapkv-wide-{}", self.budget.suffix()),
+        match self.pooling {
+            Pooling::Reference => format!("snapkv-{}", self.budget.suffix()),
+            Pooling::Wide => format!("snapkv-wide-{}", self.budget.suffix()),
         }
     }
 
     fn settings(&self) -> serde_json::Value {
         json!({ "budget": self.budget.settings(), "window": OBSERVATION_WINDOW, "pooling": "max",
-                "kernel": self.kernel, "selection": "per kv head" })
+                "kernel": self.pooling.kernel(), "selection": "per kv head" })
     }
 
     fn nominal_ratio(&self) -> Option<f64> {
@@ -62,7 +81,7 @@ impl Method for SnapKv {
     }
 
     fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
-        Some(Box::new(snap(prefill, self.budget.tokens(ctx.compressed_tokens), self.kernel)))
+        Some(Box::new(snap(prefill, self.budget.tokens(ctx.compressed_tokens), self.pooling.kernel())))
     }
 }
 
