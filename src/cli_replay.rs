@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clap::Args;
 use kvbench::bench::golden;
 use kvbench::bench::stats::paired_p;
-use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, trial};
+use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, RATIOS, Tier, TrialResult, build_id, trial};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
@@ -30,7 +30,8 @@ pub struct ReplayArgs {
     /// The tier whose trace is replayed (`default` or `full`).
     #[arg(long, default_value = "default")]
     tier: String,
-    /// Comma-separated method names; the first is the baseline the others are paired with.
+    /// Comma-separated method names, or `all` for the trial matrix's; the first is the baseline
+    /// the others are paired with.
     #[arg(long)]
     methods: String,
     /// Replay this many of the trace's samples, evenly spaced through it (every one by default).
@@ -51,7 +52,7 @@ pub struct ReplayArgs {
 pub fn run(args: ReplayArgs) -> Result<()> {
     let task = Task::from_name(&args.task)?;
     let tier = Tier::from_name(&args.tier)?;
-    let names: Vec<&str> = args.methods.split(',').map(str::trim).collect();
+    let names = crate::method_names(&args.methods, &RATIOS)?;
     let methods = names.iter().map(|n| methods::by_name(n)).collect::<std::result::Result<Vec<_>, _>>()?;
     let path = tier.recorded_trace(task)?;
     let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
@@ -91,7 +92,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         }
         results.push(result);
     }
-    print!("{}", table(&results, tier, trace.samples.len()));
+    print!("{}", table(&results, tier));
     Ok(())
 }
 
@@ -115,7 +116,8 @@ fn evenly_spaced<T>(samples: Vec<T>, count: Option<usize>) -> std::result::Resul
 }
 
 /// The results as a markdown table, each method after the first paired with it.
-fn table(results: &[TrialResult], tier: Tier, samples: usize) -> String {
+fn table(results: &[TrialResult], tier: Tier) -> String {
+    let samples = results.first().map_or(0, |r| r.samples.len());
     let mut out = format!(
         "{} samples of the {} tier's {} trace\n\n\
          | method | score [95% CI] | vs {}: better / worse, paired p | top-1 agreement | KL | measured ratio | seconds |\n\

@@ -292,7 +292,7 @@ fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `all` (every method at `ratios`) or a comma-separated list, each name checked.
-fn method_names(list: &str, ratios: &[u32]) -> Result<Vec<String>, methods::UnknownMethod> {
+pub(crate) fn method_names(list: &str, ratios: &[u32]) -> Result<Vec<String>, methods::UnknownMethod> {
     let names: Vec<String> =
         if list == "all" { methods::all_at(ratios) } else { list.split(',').map(|s| s.trim().to_string()).collect() };
     for name in &names {
