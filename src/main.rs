@@ -30,7 +30,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Run one prompt through many KV-cache methods and tabulate ratios and answers.
     Compare(CompareArgs),
-    /// Model-free attention fidelity of methods on queries, keys and values recorded from prompts.
+    /// Model-free attention fidelity of methods on queries, keys and values recorded from prompts,
+    /// or kept in a trace's attention probes.
     Fidelity(FidelityArgs),
     /// Task samples and their calibration (see docs/TASKS.md).
     Task(cli_task::TaskArgs),
@@ -116,8 +117,12 @@ struct CompareArgs {
 #[derive(clap::Args)]
 struct FidelityArgs {
     /// Prompt files (raw text) to record from; the tables pool them.
-    #[arg(long = "prompt-file", required = true)]
+    #[arg(long = "prompt-file", required_unless_present = "traces", conflicts_with = "traces")]
     prompt_files: Vec<PathBuf>,
+    /// Replay the attention probes of traces (`traces/default/<task>.trace.zst`; repeat to pool
+    /// several) instead: no model is loaded, and the steps compared are the reference answer's.
+    #[arg(long = "trace", conflicts_with = "decode")]
+    traces: Vec<PathBuf>,
     /// Tokens decoded after each prompt (the steps compared).
     #[arg(long, default_value_t = 16)]
     decode: usize,
@@ -238,26 +243,15 @@ fn run_compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
     let names = method_names(&args.methods, &args.ratios)?;
-    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
-    let mut recordings = Vec::new();
-    for path in &args.prompt_files {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let ids = rt.tokenizer().encode(&text)?;
-        eprintln!("kvbench: recording {} ({} tokens + {} decoded)", path.display(), ids.len(), args.decode);
-        rt.reset(Arc::new(Recording))?;
-        let options = GenerateOptions {
-            max_new_tokens: args.decode + 1,
-            chunk: args.chunk,
-            ignore_eos: true,
-            ..Default::default()
-        };
-        generate_prompt(&mut rt, &SplitPrompt::whole(&ids), options)?;
-        let cache = KvCache::lock(rt.cache())?;
-        let layers = (0..cache.layers())
-            .map(|l| cache.layer(l).and_then(|s| s.as_prefill()).cloned().ok_or("recording lost a layer"))
-            .collect::<Result<Vec<_>, _>>()?;
-        recordings.push(Recorded { layers, prompt: ids.len(), rope_base: rt.config().rope_base });
-    }
+    let recordings = if args.traces.is_empty() {
+        record_prompts(&args)?
+    } else {
+        let mut recordings = Vec::new();
+        for path in &args.traces {
+            recordings.extend(probe_recordings(path)?);
+        }
+        recordings
+    };
     let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(args.chunk)).collect();
     let mut rows = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -289,6 +283,56 @@ fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
         print!("{}", fidelity::markdown(&rows));
     }
     Ok(())
+}
+
+/// The recordings held in `path`'s attention probes.
+fn probe_recordings(path: &std::path::Path) -> Result<Vec<Recorded>, Box<dyn std::error::Error>> {
+    let trace = kvbench::trace::Trace::read(path, None)?;
+    let spec = trace.header.probe.as_ref().ok_or_else(|| {
+        format!("{} holds no attention probes: record them with `cargo xtask record --probe-samples N`", path.display())
+    })?;
+    let recordings: Vec<_> =
+        trace.samples.iter().filter_map(|s| s.probe.as_ref().map(|p| p.recorded(spec, s.meta.prompt_len))).collect();
+    eprintln!(
+        "kvbench: {} probe(s) of layer(s) {:?} from {} ({} tokens in all)",
+        recordings.len(),
+        spec.layers,
+        path.display(),
+        trace.samples.iter().filter_map(|s| s.probe.as_ref()).map(|p| p.tokens).sum::<usize>()
+    );
+    Ok(recordings)
+}
+
+/// Record every query, key and value of `args`' prompt files and the tokens decoded after them.
+fn record_prompts(args: &FidelityArgs) -> Result<Vec<Recorded>, Box<dyn std::error::Error>> {
+    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
+    let mut recordings = Vec::new();
+    for path in &args.prompt_files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let ids = rt.tokenizer().encode(&text)?;
+        eprintln!("kvbench: recording {} ({} tokens + {} decoded)", path.display(), ids.len(), args.decode);
+        rt.reset(Arc::new(Recording))?;
+        let options = GenerateOptions {
+            max_new_tokens: args.decode + 1,
+            chunk: args.chunk,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        generate_prompt(&mut rt, &SplitPrompt::whole(&ids), options)?;
+        let cache = KvCache::lock(rt.cache())?;
+        let layers = (0..cache.layers())
+            .map(|l| cache.layer(l).and_then(|s| s.as_prefill()).cloned().ok_or("recording lost a layer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let layer_ids = (0..layers.len()).collect();
+        recordings.push(Recorded {
+            layer_ids,
+            model_layers: layers.len(),
+            layers,
+            prompt: ids.len(),
+            rope_base: rt.config().rope_base,
+        });
+    }
+    Ok(recordings)
 }
 
 /// `all` (every method at `ratios`) or a comma-separated list, each name checked.

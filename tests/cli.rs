@@ -104,3 +104,28 @@ fn replay_reproduces_trials_and_runs_variants() {
     assert_eq!(subset.samples.iter().map(|s| s.score).collect::<Vec<_>>(), [0.0, 1.0]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn fidelity_replays_a_traces_probes_without_the_model() {
+    let trace = concat!(env!("CARGO_MANIFEST_DIR"), "/traces/default/needle.trace.zst");
+    let out = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["fidelity", "--trace", trace, "--methods", "full,q8_0,snapkv-2x", "--json"])
+        // no model may be needed: point the model at nothing
+        .env("KVBENCH_GGUF", "/nonexistent/model.gguf")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let field = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    assert_eq!(rows.len(), 3, "{stderr}");
+    assert_eq!((field(0, "relative_error"), field(0, "mass_kept")), (0.0, 1.0));
+    assert!(field(1, "relative_error") > 0.0 && field(1, "relative_error") < 0.05 && field(1, "mass_kept") == 1.0);
+    assert!(field(2, "mass_kept") < 1.0);
+
+    // the full tier's traces hold no probes: say so, and how to get them
+    let full = concat!(env!("CARGO_MANIFEST_DIR"), "/traces/full/needle.trace.zst");
+    let (ok, err) = kvbench(&["fidelity", "--trace", full]);
+    assert!(!ok && err.contains("holds no attention probes") && err.contains("--probe-samples"), "{err}");
+}

@@ -1,10 +1,14 @@
 //! The methods through the model, on the 3,712-token needle prompt (`golden/prompts/08`):
-//! the full cache and `q8_0` retrieve the hidden number, and a method that acts after prefill
+//! the full cache and `q8_0` retrieve the hidden number, the recording store that traces' attention
+//! probes come from answers exactly as the full cache does, and a method that acts after prefill
 //! gives the same answer and bytes whether its prefill is recomputed, shared, or read back from
 //! the prefill cache on disk.
 
+use std::sync::Arc;
+
 use kvbench::bench::prefill_disk::{DiskPrefills, PrefillInputs};
 use kvbench::kv::methods;
+use kvbench::kv::methods::full::Recording;
 use kvbench::model::generate::{GenerateOptions, Prompt, generate_prompt, generate_shared, shared_prefill};
 use kvbench::model::session::{LoadOptions, Runtime};
 
@@ -26,18 +30,30 @@ fn full_and_q8_0_retrieve_the_needle_and_shared_prefill_changes_nothing() {
     let prompt = needle_prompt(&rt);
     assert!(prompt.ids.len() > 3000);
     let options = GenerateOptions { max_new_tokens: 8, ..GenerateOptions::default() };
+    let with_top_k = GenerateOptions { top_k: 8, ..options };
+    let mut full = None;
     for name in ["full", "q8_0"] {
         let method = methods::by_name(name).unwrap();
         rt.reset(method.clone()).unwrap();
-        let g = generate_prompt(&mut rt, &prompt, options).unwrap();
+        let g = generate_prompt(&mut rt, &prompt, with_top_k).unwrap();
         let text = answer(&rt, &g.output_ids);
         assert!(text.contains(NEEDLE), "{name} answered {text:?}");
+        if name == "full" {
+            full = Some(g.clone());
+        }
         if name == "q8_0" {
             let nominal = method.nominal_ratio().unwrap();
             let measured = g.measured_ratio();
             assert!((measured - nominal).abs() / nominal < 0.05, "q8_0 holds {measured:.3}×, nominal {nominal:.3}×");
         }
     }
+
+    // `cargo xtask record` runs probed samples on a recording store (every query kept, through
+    // 8 prefill chunks here): their reference answers must be the full cache's, log-probs included
+    rt.reset(Arc::new(Recording)).unwrap();
+    let recorded = generate_prompt(&mut rt, &prompt, with_top_k).unwrap();
+    let full = full.expect("full ran");
+    assert_eq!((&recorded.output_ids, &recorded.top_logprobs), (&full.output_ids, &full.top_logprobs));
 
     let kivi = methods::by_name("kivi-4bit").unwrap();
     rt.reset(kivi.clone()).unwrap();

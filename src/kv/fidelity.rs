@@ -38,11 +38,16 @@ pub struct Fidelity {
     pub read_ratio: f64,
 }
 
-/// A recorded run: per layer, a recording [`FullStore`] of every token, and the prompt length.
+/// A recorded run: per recorded layer, a recording [`FullStore`] of every token, and the prompt
+/// length.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    /// One store per layer, holding every query.
+    /// One store per recorded layer, holding every query.
     pub layers: Vec<FullStore>,
+    /// The model layer each store is of (every layer, or a trace's probed ones).
+    pub layer_ids: Vec<usize>,
+    /// Layers of the model.
+    pub model_layers: usize,
     /// Prompt tokens (the rest were decoded).
     pub prompt: usize,
     /// The model's RoPE base.
@@ -114,12 +119,11 @@ pub fn evaluate(method: &dyn Method, recordings: &[Recorded], prefills: &[Vec<Fu
         let group = heads / kv_heads;
         let w = heads * d;
         let n = recorded.tokens();
-        let layers = recorded.layers.len();
         let fp16_per_token = 2 * kv_heads * d * 2;
         for (l, prefilled) in prefills.iter().enumerate() {
             let ctx = StoreContext {
-                layer: l,
-                layers,
+                layer: recorded.layer_ids[l],
+                layers: recorded.model_layers,
                 shape,
                 compressed_tokens: recorded.prompt,
                 rope_base: recorded.rope_base,
@@ -225,7 +229,7 @@ mod tests {
             store.append(&k, &v, 1);
             store.attend(&q, 128, 1, &mut out);
         }
-        Recorded { layers: vec![store], prompt, rope_base: 10_000.0 }
+        Recorded { layers: vec![store], layer_ids: vec![0], model_layers: 1, prompt, rope_base: 10_000.0 }
     }
 
     #[test]

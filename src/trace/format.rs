@@ -7,8 +7,11 @@
 //! sections, per sample in header order:
 //!           prompt ids (u32 × prompt_len) | reference ids (u32 × reference_len)
 //!           | top-k (reference_len × top_k × (id: u32, log-prob: f32))
+//!           | probe, for the first `probe.samples` samples (version 2):
+//!             tokens: u32 | per probed layer: queries, keys, values (f16, token-major)
 //! ```
-//! All integers little-endian. Reading checks the magic, the version, the declared length against
+//! Version 2 added the optional attention probes ([`super::probe`]); version 1 files (no
+//! probes) are still read. All integers little-endian. Reading checks the magic, the version, the declared length against
 //! [`MAX_PAYLOAD`] before decompressing (and caps the decompressor at the declared length), the
 //! checksum, and that the sections are exactly as long as the header says. Every failure is a
 //! [`TraceError`] naming the file. Writes go to a temporary file renamed into place.
@@ -16,13 +19,18 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use half::f16;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::probe::{Probe, ProbeLayer, ProbeSpec};
+
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"KVBTRACE";
-/// Format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// Format version this build writes.
+pub const VERSION: u32 = 2;
+/// Oldest format version this build reads (version 1: no probes).
+pub const OLDEST_VERSION: u32 = 1;
 /// Largest payload accepted (decompressed), so a hostile file cannot exhaust memory.
 pub const MAX_PAYLOAD: u64 = 256 << 20;
 
@@ -80,6 +88,9 @@ pub struct TraceHeader {
     pub top_k: usize,
     /// kvbench version that recorded it.
     pub recorded_by: String,
+    /// The attention probes the first samples carry, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
     /// The samples.
     pub samples: Vec<SampleMeta>,
 }
@@ -95,6 +106,8 @@ pub struct TraceSample {
     pub reference_ids: Vec<u32>,
     /// Per reference step, the top-k `(id, log-prob)` of the full cache, best first.
     pub reference_topk: Vec<Vec<(u32, f32)>>,
+    /// The sample's attention probe (the header's `probe` says which samples have one).
+    pub probe: Option<Probe>,
 }
 
 /// A whole trace.
@@ -148,12 +161,22 @@ impl Trace {
         let mut payload = Vec::new();
         payload.extend_from_slice(&(json.len() as u32).to_le_bytes());
         payload.extend_from_slice(&json);
-        for s in &self.samples {
+        let probed = self.header.probe.as_ref().map_or(0, |p| p.samples);
+        for (i, s) in self.samples.iter().enumerate() {
             s.prompt_ids.iter().chain(&s.reference_ids).for_each(|x| payload.extend_from_slice(&x.to_le_bytes()));
             for step in &s.reference_topk {
                 for &(id, lp) in step {
                     payload.extend_from_slice(&id.to_le_bytes());
                     payload.extend_from_slice(&lp.to_le_bytes());
+                }
+            }
+            assert_eq!(s.probe.is_some(), i < probed, "sample {i}: a probe exactly where the header's `probe` says");
+            if let Some(probe) = &s.probe {
+                payload.extend_from_slice(&(probe.tokens as u32).to_le_bytes());
+                for layer in &probe.layers {
+                    for x in layer.queries.iter().chain(&layer.keys).chain(&layer.values) {
+                        payload.extend_from_slice(&x.to_bits().to_le_bytes());
+                    }
                 }
             }
         }
@@ -168,9 +191,10 @@ impl Trace {
             return Err(bad("not a kvbench trace (bad magic or shorter than its preamble)".into()));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(bad(format!(
-                "format version {version}, this kvbench reads version {VERSION}; re-record with `cargo xtask record`"
+                "format version {version}, this kvbench reads versions {OLDEST_VERSION} to {VERSION}; \
+                 re-record with `cargo xtask record`"
             )));
         }
         let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -189,7 +213,11 @@ impl Trace {
         if Sha256::digest(&payload)[..] != bytes[20..52] {
             return Err(bad("checksum mismatch: the file is corrupt".into()));
         }
-        Self::from_payload(&payload, path)
+        let trace = Self::from_payload(&payload, path)?;
+        if version < 2 && trace.header.probe.is_some() {
+            return Err(bad(format!("format version {version} cannot hold probes, yet the header has some")));
+        }
+        Ok(trace)
     }
 
     /// Decode a decompressed, checksummed payload read from `path` (named in errors). Public so
@@ -200,8 +228,11 @@ impl Trace {
         let json_len = cur.u32().ok_or_else(|| bad("payload ends before the header".into()))? as usize;
         let json = cur.take(json_len).ok_or_else(|| bad("payload ends inside the header".into()))?;
         let header: TraceHeader = serde_json::from_slice(json).map_err(|e| bad(format!("header: {e}")))?;
+        if let Some(problem) = header.probe.as_ref().and_then(|p| p.problem(header.samples.len())) {
+            return Err(bad(problem));
+        }
         let mut samples = Vec::with_capacity(header.samples.len());
-        for meta in &header.samples {
+        for (i, meta) in header.samples.iter().enumerate() {
             let short = || bad(format!("sample {} runs past the end of the payload", meta.id));
             if meta.context_len > meta.prompt_len || meta.reference_len > meta.max_new_tokens {
                 return Err(bad(format!("sample {}: inconsistent lengths", meta.id)));
@@ -216,7 +247,11 @@ impl Trace {
                     .ok_or_else(short)?;
                 reference_topk.push(step);
             }
-            samples.push(TraceSample { meta: meta.clone(), prompt_ids, reference_ids, reference_topk });
+            let probe = match &header.probe {
+                Some(spec) if i < spec.samples => Some(read_probe(&mut cur, spec, meta).map_err(bad)?),
+                _ => None,
+            };
+            samples.push(TraceSample { meta: meta.clone(), prompt_ids, reference_ids, reference_topk, probe });
         }
         if cur.at != payload.len() {
             return Err(bad(format!("{} bytes after the last sample", payload.len() - cur.at)));
@@ -256,6 +291,28 @@ impl Trace {
     }
 }
 
+/// A probe's section for sample `meta`: its token count, then each layer's rows.
+fn read_probe(cur: &mut Cursor, spec: &ProbeSpec, meta: &SampleMeta) -> Result<Probe, String> {
+    let short = || format!("sample {}: its probe runs past the end of the payload", meta.id);
+    let tokens = cur.u32().ok_or_else(short)? as usize;
+    // the prompt, then the reference tokens fed back (the last one never is)
+    if tokens < meta.prompt_len || tokens > meta.prompt_len + meta.reference_len {
+        return Err(format!(
+            "sample {}: a probe of {tokens} tokens, not the prompt's {} plus at most {} answer tokens",
+            meta.id, meta.prompt_len, meta.reference_len
+        ));
+    }
+    let (q_width, kv_width) = spec.widths();
+    let mut rows = |width: usize| cur.f16s(tokens.checked_mul(width)?);
+    let layers = spec
+        .layers
+        .iter()
+        .map(|_| Some(ProbeLayer { queries: rows(q_width)?, keys: rows(kv_width)?, values: rows(kv_width)? }))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(short)?;
+    Ok(Probe { tokens, layers })
+}
+
 struct Cursor<'a> {
     data: &'a [u8],
     at: usize,
@@ -271,6 +328,11 @@ impl<'a> Cursor<'a> {
 
     fn u32(&mut self) -> Option<u32> {
         self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn f16s(&mut self, n: usize) -> Option<Vec<f16>> {
+        let bytes = self.take(n.checked_mul(2)?)?;
+        Some(bytes.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect())
     }
 
     fn u32s(&mut self, n: usize) -> Option<Vec<u32>> {
@@ -301,6 +363,7 @@ mod tests {
             prompt_ids: (0..m.prompt_len as u32).collect(),
             reference_ids: (100..100 + m.reference_len as u32).collect(),
             reference_topk: (0..m.reference_len).map(|i| vec![(i as u32, -0.5), (9, -2.25)]).collect(),
+            probe: None,
             meta: m,
         };
         Trace {
@@ -312,6 +375,7 @@ mod tests {
                 chunk: 512,
                 top_k: 2,
                 recorded_by: "test".into(),
+                probe: None,
                 samples: vec![],
             },
             samples: vec![sample(meta("a", 10, 3)), sample(meta("b", 20, 0))],
@@ -350,6 +414,65 @@ mod tests {
         lie[12..20].copy_from_slice(&10u64.to_le_bytes());
         assert!(err(&lie).contains("preamble says 10"));
         assert!(err(b"not a trace at all, clearly not one of ours!!!!!!!!!!!!!!").contains("bad magic"));
+    }
+
+    /// `example()` with a probe of one layer on its first sample.
+    fn probed() -> Trace {
+        let mut t = example();
+        t.header.probe = Some(ProbeSpec {
+            layers: vec![1],
+            model_layers: 2,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 2,
+            rope_base: 1e4,
+            samples: 1,
+        });
+        let rows = |n: usize| (0..n).map(|i| f16::from_f32(i as f32 * 0.25 - 1.0)).collect::<Vec<_>>();
+        let tokens = 12; // 10 prompt tokens and 2 of the 3 answer tokens fed back
+        t.samples[0].probe = Some(Probe {
+            tokens,
+            layers: vec![ProbeLayer { queries: rows(4 * tokens), keys: rows(2 * tokens), values: rows(2 * tokens) }],
+        });
+        t
+    }
+
+    #[test]
+    fn probes_round_trip_and_version_1_still_reads() {
+        let t = probed();
+        let back = Trace::from_bytes(&t.to_bytes(), Path::new("x")).unwrap();
+        assert_eq!((back.samples, back.header.probe), (t.samples, t.header.probe));
+        // a version 1 file (no probes) reads; a version 1 file claiming probes does not
+        let mut v1 = example().to_bytes();
+        v1[8] = 1;
+        assert!(Trace::from_bytes(&v1, Path::new("x")).is_ok());
+        let mut v1 = probed().to_bytes();
+        v1[8] = 1;
+        assert!(err(&v1).contains("cannot hold probes"));
+    }
+
+    #[test]
+    fn bad_probes_are_errors() {
+        let rewrite = |t: &Trace, payload: Vec<u8>| {
+            let mut bytes = t.to_bytes()[..20].to_vec();
+            bytes[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&Sha256::digest(&payload));
+            bytes.extend_from_slice(&zstd::encode_all(&payload[..], 1).unwrap());
+            err(&bytes)
+        };
+        let t = probed();
+        let payload = t.to_payload();
+        // cut inside the probe's rows (sample "b", 20 prompt ids and no answer, comes after it)
+        let cut = payload.len() - 20 * 4 - 3;
+        assert!(rewrite(&t, payload[..cut].to_vec()).contains("a: its probe runs past the end"));
+        // more tokens than the prompt and answer hold
+        let mut long = probed();
+        long.samples[0].probe.as_mut().unwrap().tokens = 14;
+        assert!(err(&long.to_bytes()).contains("a probe of 14 tokens"));
+        // a spec naming a layer the model does not have
+        let mut layer = probed();
+        layer.header.probe.as_mut().unwrap().layers = vec![2];
+        assert!(err(&layer.to_bytes()).contains("not ascending layers"));
     }
 
     #[test]

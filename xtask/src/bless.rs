@@ -1,6 +1,7 @@
 //! `cargo xtask bless`: accept the pending golden snapshots (`*.snap.new`) that failing trials
-//! left under `golden/trials/<tier>/`, after listing them. This is the reviewed act that changes
-//! golden results; CI never does it.
+//! left under `golden/trials/<tier>/`, and that `tests/probes.rs` left under
+//! `golden/probes/<tier>/` (one table per task), after listing them. This is the reviewed act
+//! that changes golden results; CI never does it.
 
 use anyhow::Context;
 use kvbench::bench::golden;
@@ -20,9 +21,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let dir = crate::project_root().join("golden/trials").join(&args.tier);
+    let root = crate::project_root();
+    let dir = root.join("golden/trials").join(&args.tier);
+    let probes = root.join("golden/probes").join(&args.tier);
     let mut pending: Vec<_> = std::fs::read_dir(&dir)
         .with_context(|| format!("no golden snapshots in {}", dir.display()))?
+        .chain(std::fs::read_dir(&probes).into_iter().flatten())
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "new"))
@@ -31,13 +35,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     pending.sort();
     if pending.is_empty() {
         let only = args.filter.as_deref().map(|f| format!(" for trials matching {f:?}")).unwrap_or_default();
-        eprintln!("nothing to bless in {}{only}", dir.display());
+        eprintln!("nothing to bless in {} or {}{only}", dir.display(), probes.display());
         return Ok(());
     }
     for new in &pending {
         let target = new.with_extension("");
         let status = if target.exists() { "changed" } else { "new" };
-        eprintln!("{status:>8}  {}", target.file_name().unwrap_or_default().to_string_lossy());
+        let shown = target.strip_prefix(&root).unwrap_or(&target);
+        eprintln!("{status:>8}  {}", shown.display());
         if !args.list {
             std::fs::rename(new, &target).with_context(|| format!("accepting {}", new.display()))?;
         }

@@ -23,6 +23,14 @@ pub struct Args {
     /// Override the tier's prompt length in tokens.
     #[arg(long)]
     len: Option<usize>,
+    /// Record attention probes (one layer's queries, keys and values, fp16) for the first N
+    /// samples of each task; default: 1 at the default tier, 0 at the full tier, whose long
+    /// prompts would make probes of megabytes.
+    #[arg(long)]
+    probe_samples: Option<usize>,
+    /// Layers to probe, comma-separated (default: the middle layer).
+    #[arg(long, value_delimiter = ',')]
+    probe_layers: Vec<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -31,17 +39,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(name) => vec![Task::from_name(name)?],
         None => Task::ALL.to_vec(),
     };
+    let probes = record::ProbeOptions {
+        samples: args.probe_samples.unwrap_or(if tier == Tier::Default { 1 } else { 0 }),
+        layers: args.probe_layers.clone(),
+    };
     let mut rt = Runtime::load(&LoadOptions::default()).context("loading the model")?;
     for task in tasks {
         let samples = args.samples.unwrap_or(tier.samples(task));
         let lens = args.len.map_or_else(|| tier.lens(task), |l| vec![l]);
         let clock = Instant::now();
         eprintln!("record {}: {samples} samples of {lens:?} tokens ({} tier)", task.name(), tier.name());
-        let trace = record::record(&mut rt, task, samples, &lens, tier.name(), |done, total, s| {
+        let trace = record::record(&mut rt, task, samples, &lens, tier.name(), &probes, |done, total, s| {
             eprintln!(
-                "  [{done}/{total}] {} ({} tokens): {:?} score {:.2} ({:.0} s so far)",
+                "  [{done}/{total}] {} ({} tokens{}): {:?} score {:.2} ({:.0} s so far)",
                 s.meta.id,
                 s.meta.prompt_len,
+                if s.probe.is_some() { ", probed" } else { "" },
                 s.meta.reference_text.trim(),
                 s.meta.reference_score,
                 clock.elapsed().as_secs_f64()

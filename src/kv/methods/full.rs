@@ -105,6 +105,15 @@ impl FullStore {
         Self { query_limit: usize::MAX, ..Self::new(shape) }
     }
 
+    /// A recording made elsewhere (an attention probe): token-major key and value rows, and
+    /// every query row, `heads · head_dim` each, oldest first.
+    pub fn recorded(shape: Heads, keys: &[f32], values: &[f32], queries: Vec<f32>) -> Self {
+        let mut store = Self::recording(shape);
+        store.append(keys, values, keys.len() / (shape.kv_heads * shape.head_dim));
+        store.recent_queries = queries;
+        store
+    }
+
     /// Attention shape.
     pub fn shape(&self) -> Heads {
         self.shape
