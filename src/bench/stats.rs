@@ -1,8 +1,11 @@
 //! The statistics of a trial: confidence intervals of a task score and the paired test that
 //! gates a trial against its golden snapshot.
 //!
-//! - Binary scores (exact match, accuracy): Wilson's score interval, which stays inside [0, 1]
-//!   and behaves at 0 and n successes where the normal approximation does not.
+//! - Scores that are all 0 or 1: Wilson's score interval, which stays inside [0, 1] and behaves
+//!   at 0 and n successes where the normal approximation does not. Exact-match metrics always
+//!   score so; a continuous metric's cell does when every answer missed (or hit) entirely, and
+//!   there Wilson's interval says how little n samples of one value show, where t's would have
+//!   zero width. The choice is by the scores, not by the metric.
 //! - Continuous scores (F1, ROUGE-L, edit similarity): Student's t interval of the mean, cut to
 //!   [0, 1] where every task score lies (so is the mean; cutting keeps the interval's coverage,
 //!   and at three samples the raw interval often reaches below 0).

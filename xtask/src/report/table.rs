@@ -30,7 +30,7 @@ pub fn markdown(tier: &str, trials: &[Value], needle_heatmaps: bool) -> String {
         .collect();
     let mut md = format!(
         "# kvbench report: {tier} tier\n\n{} of the {expected} trials{}.\n\nTask scores ×100 with 95% intervals \
-         (Wilson for exact-match scores, t cut to [0, 1] otherwise), n samples per cell; `ratio` is the mean measured ratio (fp16 \
+         (Wilson where every score is 0 or 1, as exact-match scores are; t cut to [0, 1] otherwise), n samples per cell; `ratio` is the mean measured ratio (fp16 \
          full-cache bytes / peak bytes held after compression), `top-1` the mean agreement with the full cache's \
          answer.\n\n![score versus measured ratio](score-vs-ratio.png)\n\n| method | ratio | top-1 |",
         expected - missing.len(),
