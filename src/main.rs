@@ -120,8 +120,9 @@ struct FidelityArgs {
     #[arg(long = "prompt-file", required_unless_present = "traces", conflicts_with = "traces")]
     prompt_files: Vec<PathBuf>,
     /// Replay the attention probes of traces (`traces/default/<task>.trace.zst`; repeat to pool
-    /// several) instead: no model is loaded, and the steps compared are the reference answer's.
-    #[arg(long = "trace", conflicts_with = "decode")]
+    /// several) instead: no model is loaded, the steps compared are the reference answer's, and
+    /// the prefill chunk is the one the traces were recorded with.
+    #[arg(long = "trace", conflicts_with_all = ["decode", "chunk"])]
     traces: Vec<PathBuf>,
     /// Tokens decoded after each prompt (the steps compared).
     #[arg(long, default_value_t = 16)]
@@ -243,16 +244,9 @@ fn run_compare(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
     let names = method_names(&args.methods, &args.ratios)?;
-    let recordings = if args.traces.is_empty() {
-        record_prompts(&args)?
-    } else {
-        let mut recordings = Vec::new();
-        for path in &args.traces {
-            recordings.extend(probe_recordings(path)?);
-        }
-        recordings
-    };
-    let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(args.chunk)).collect();
+    let (recordings, chunk) =
+        if args.traces.is_empty() { (record_prompts(&args)?, args.chunk) } else { probe_recordings(&args.traces)? };
+    let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(chunk)).collect();
     let mut rows = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let method = methods::by_name(name)?;
@@ -265,7 +259,7 @@ fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let start = std::time::Instant::now();
-        let row = fidelity::evaluate(&*method, &recordings, &prefills, args.chunk);
+        let row = fidelity::evaluate(&*method, &recordings, &prefills, chunk);
         eprintln!(
             "[{}/{}] {name}: error {:.4}, mass {:.3} ({:.1} s)",
             i + 1,
@@ -285,22 +279,40 @@ fn run_fidelity(args: FidelityArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The recordings held in `path`'s attention probes.
-fn probe_recordings(path: &std::path::Path) -> Result<Vec<Recorded>, Box<dyn std::error::Error>> {
-    let trace = kvbench::trace::Trace::read(path, None)?;
-    let spec = trace.header.probe.as_ref().ok_or_else(|| {
-        format!("{} holds no attention probes: record them with `cargo xtask record --probe-samples N`", path.display())
-    })?;
-    let recordings: Vec<_> =
-        trace.samples.iter().filter_map(|s| s.probe.as_ref().map(|p| p.recorded(spec, s.meta.prompt_len))).collect();
-    eprintln!(
-        "kvbench: {} probe(s) of layer(s) {:?} from {} ({} tokens in all)",
-        recordings.len(),
-        spec.layers,
-        path.display(),
-        trace.samples.iter().filter_map(|s| s.probe.as_ref()).map(|p| p.tokens).sum::<usize>()
-    );
-    Ok(recordings)
+/// The recordings held in the attention probes of `paths`, and the prefill chunk they were
+/// recorded with.
+fn probe_recordings(paths: &[PathBuf]) -> Result<(Vec<Recorded>, usize), Box<dyn std::error::Error>> {
+    let (mut recordings, mut chunk) = (Vec::new(), None);
+    for path in paths {
+        let trace = kvbench::trace::Trace::read(path, None)?;
+        let spec = trace.header.probe.as_ref().ok_or_else(|| {
+            format!(
+                "{} holds no attention probes: record them with `cargo xtask record --probe-samples N`",
+                path.display()
+            )
+        })?;
+        if *chunk.get_or_insert(trace.header.chunk) != trace.header.chunk {
+            return Err(format!(
+                "{} was recorded with another prefill chunk than the traces before it",
+                path.display()
+            )
+            .into());
+        }
+        let probes: Vec<_> =
+            trace.samples.iter().filter_map(|s| Some((s.probe.as_ref()?, s.meta.prompt_len))).collect();
+        eprintln!(
+            "kvbench: {} probe(s) of layer(s) {:?} from {} ({} tokens in all)",
+            probes.len(),
+            spec.layers,
+            path.display(),
+            probes.iter().map(|(p, _)| p.tokens).sum::<usize>()
+        );
+        recordings.extend(probes.into_iter().map(|(p, prompt)| p.recorded(spec, prompt)));
+    }
+    match chunk {
+        Some(chunk) if !recordings.is_empty() => Ok((recordings, chunk)),
+        _ => Err("no probe to replay".into()),
+    }
 }
 
 /// Record every query, key and value of `args`' prompt files and the tokens decoded after them.

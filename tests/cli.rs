@@ -91,6 +91,18 @@ fn replay_reproduces_trials_and_runs_variants() {
         let want: Vec<(&str, f64)> = golden.samples.iter().map(|s| (s.0.as_str(), s.1)).collect();
         assert_eq!(got, want, "{trial}");
         assert!(!result.provenance.build.is_empty() && !result.provenance.trace.is_empty(), "{trial}");
+        // the bytes behind the ratio: an fp16 cache's bytes for the tokens held (K and V, 30
+        // layers, 3 kv heads of 64) over the peak bytes, a whole number of tokens from the prompt on
+        const FP16_PER_TOKEN: f64 = (2 * 30 * 3 * 64 * 2) as f64;
+        let peaks: Vec<f64> = result.samples.iter().map(|s| s.peak_bytes.expect("peak bytes kept") as f64).collect();
+        for (s, peak) in result.samples.iter().zip(&peaks) {
+            let tokens = s.measured_ratio * peak / FP16_PER_TOKEN;
+            assert!(
+                (tokens - tokens.round()).abs() < 1e-6 && tokens >= s.prompt_len as f64,
+                "{trial}: {tokens} tokens"
+            );
+        }
+        assert_eq!(result.mean_peak_bytes, Some(peaks.iter().sum::<f64>() / peaks.len() as f64), "{trial}");
     }
     let word = replayed(&dir, "lingua-word-4x::needle");
     assert!(word.settings["granularity"].as_str().is_some_and(|g| g.starts_with("word")), "{}", word.settings);

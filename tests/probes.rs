@@ -24,8 +24,6 @@ use serde::{Deserialize, Serialize};
 
 /// Largest move of a relative error or a kept mass (both near [0, 1]) that is float noise.
 const TOLERANCE: f64 = 2e-3;
-/// Prefill chunk, as the traces were recorded.
-const CHUNK: usize = kvbench::trace::record::CHUNK;
 
 /// One method's row in a task's golden table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,12 +77,14 @@ fn table(task: Task) -> BTreeMap<String, Fidelity> {
     let recordings: Vec<_> =
         trace.samples.iter().filter_map(|s| s.probe.as_ref().map(|p| p.recorded(spec, s.meta.prompt_len))).collect();
     assert!(!recordings.is_empty(), "{}: the header promises probes the samples lack", path.display());
-    let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(CHUNK)).collect();
+    // prefill in the chunks the reference run used, as the model would
+    let chunk = trace.header.chunk;
+    let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(chunk)).collect();
     cache_methods()
         .into_iter()
         .map(|name| {
             let method = methods::by_name(&name).expect("known");
-            let row = fidelity::evaluate(&*method, &recordings, &prefills, CHUNK);
+            let row = fidelity::evaluate(&*method, &recordings, &prefills, chunk);
             (name, row)
         })
         .collect()
@@ -98,7 +98,7 @@ fn golden_dir() -> PathBuf {
 fn golden(task: Task) -> Option<BTreeMap<String, Row>> {
     let path = golden_dir().join(format!("{}.snap", task.name()));
     let text = std::fs::read_to_string(&path).ok()?;
-    let body = text.strip_prefix("---\n").and_then(|rest| rest.split_once("\n---\n")).map_or(&text[..], |(_, b)| b);
+    let body = kvbench::bench::golden::snapshot_body(&text);
     Some(serde_json::from_str(body).unwrap_or_else(|e| panic!("{}: not a probe table: {e}", path.display())))
 }
 

@@ -92,11 +92,14 @@ pub fn read(path: &Path) -> Result<Option<GoldenTrial>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let body = match text.strip_prefix("---\n").and_then(|rest| rest.split_once("\n---\n")) {
-        Some((_, body)) => body,
-        None => &text,
-    };
-    serde_json::from_str(body).map(Some).map_err(|e| format!("{}: not a golden trial snapshot: {e}", path.display()))
+    serde_json::from_str(snapshot_body(&text))
+        .map(Some)
+        .map_err(|e| format!("{}: not a golden trial snapshot: {e}", path.display()))
+}
+
+/// The JSON of an insta snapshot file: what follows its front matter (`---` … `---`), if any.
+pub fn snapshot_body(text: &str) -> &str {
+    text.strip_prefix("---\n").and_then(|rest| rest.split_once("\n---\n")).map_or(text, |(_, body)| body)
 }
 
 /// How a run compares with its snapshot.

@@ -39,6 +39,10 @@ pub struct SampleOutcome {
     pub kl: f64,
     /// fp16 full-cache bytes over the peak bytes held after compression.
     pub measured_ratio: f64,
+    /// Those peak bytes, as the cache's stores counted them (absent in results written before
+    /// they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_bytes: Option<u64>,
     /// Wall seconds of this sample in this run. Work shared between trials (a reused prefill,
     /// LLMLingua's scoring of a prompt its other ratios already scored) counts in the trial that
     /// did it, so this is the harness's cost, not the method's.
@@ -68,6 +72,10 @@ pub struct TrialResult {
     pub nominal_ratio: Option<f64>,
     /// Mean measured ratio.
     pub measured_ratio: f64,
+    /// Mean over samples of their peak bytes held after compression (absent if a sample's are,
+    /// or there are no samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_peak_bytes: Option<f64>,
     /// Per sample.
     pub samples: Vec<SampleOutcome>,
     /// Seconds.
@@ -231,6 +239,12 @@ pub fn run_reporting(
         kl: mean(|s| s.kl),
         nominal_ratio: method.nominal_ratio(),
         measured_ratio: mean(|s| s.measured_ratio),
+        mean_peak_bytes: samples
+            .iter()
+            .map(|s| s.peak_bytes.map(|b| b as f64))
+            .sum::<Option<f64>>()
+            .filter(|_| !samples.is_empty())
+            .map(|total| total / samples.len() as f64),
         samples,
         seconds: clock.elapsed().as_secs_f64(),
         provenance: Provenance::default(),
@@ -308,6 +322,7 @@ fn run_sample(
         top1_agreement: if forced_rows.is_empty() { 1.0 } else { agree / steps },
         kl: kl / steps,
         measured_ratio,
+        peak_bytes: Some(stats.peak_bytes_after_prefill as u64),
         seconds: clock.elapsed().as_secs_f64(),
     })
 }
@@ -333,6 +348,7 @@ mod tests {
             kl: 1.0 / 3.0,
             nominal_ratio: None,
             measured_ratio: 1.0,
+            mean_peak_bytes: None,
             samples: Vec::new(),
             seconds: 1.5,
             provenance: provenance.clone(),

@@ -65,17 +65,7 @@ impl Recorded {
 
     /// Token-major key and value rows of tokens `range` of layer `l`.
     fn rows(&self, l: usize, range: std::ops::Range<usize>) -> (Vec<f32>, Vec<f32>) {
-        let Heads { kv_heads, head_dim: d, .. } = self.shape();
-        let layer = &self.layers[l];
-        let mut k = Vec::with_capacity(range.len() * kv_heads * d);
-        let mut v = Vec::with_capacity(range.len() * kv_heads * d);
-        for i in range {
-            for g in 0..kv_heads {
-                k.extend_from_slice(&layer.keys(g)[i * d..][..d]);
-                v.extend_from_slice(&layer.values(g)[i * d..][..d]);
-            }
-        }
-        (k, v)
+        self.layers[l].rows(range)
     }
 
     /// Query rows of tokens `range` of layer `l`.
@@ -114,6 +104,7 @@ pub fn evaluate(method: &dyn Method, recordings: &[Recorded], prefills: &[Vec<Fu
     let (mut err, mut reference, mut mass, mut mass_n) = (0.0f64, 0.0f64, 0.0f64, 0usize);
     let (mut held, mut fp16_held, mut read, mut fp16_read) = (0usize, 0usize, 0usize, 0usize);
     for (recorded, prefills) in recordings.iter().zip(prefills) {
+        assert_eq!(recorded.layers.len(), recorded.layer_ids.len(), "one model layer id per recorded layer");
         let shape = recorded.shape();
         let Heads { heads, kv_heads, head_dim: d } = shape;
         let group = heads / kv_heads;

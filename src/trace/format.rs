@@ -11,10 +11,15 @@
 //!             tokens: u32 | per probed layer: queries, keys, values (f16, token-major)
 //! ```
 //! Version 2 added the optional attention probes ([`super::probe`]); version 1 files (no
-//! probes) are still read. All integers little-endian. Reading checks the magic, the version, the declared length against
-//! [`MAX_PAYLOAD`] before decompressing (and caps the decompressor at the declared length), the
-//! checksum, and that the sections are exactly as long as the header says. Every failure is a
-//! [`TraceError`] naming the file. Writes go to a temporary file renamed into place.
+//! probes) are still read. All integers little-endian.
+//!
+//! Reading checks the magic, the version, the declared length against [`MAX_PAYLOAD`] before
+//! decompressing (and caps the decompressor at the declared length), the checksum, that the
+//! sections are exactly as long as the header says, and, for probes, that their shape is an
+//! attention shape of bounded width, that their layers are the model's, and that each covers
+//! the prompt and at most the answer. Every failure is a [`TraceError`] naming the file. Writes
+//! go to a temporary file renamed into place, and refuse a payload readers would refuse as too
+//! large.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,8 @@ pub const MAGIC: &[u8; 8] = b"KVBTRACE";
 pub const VERSION: u32 = 2;
 /// Oldest format version this build reads (version 1: no probes).
 pub const OLDEST_VERSION: u32 = 1;
+/// The first version that can hold attention probes.
+pub const PROBES_SINCE: u32 = 2;
 /// Largest payload accepted (decompressed), so a hostile file cannot exhaust memory.
 pub const MAX_PAYLOAD: u64 = 256 << 20;
 
@@ -171,7 +178,17 @@ impl Trace {
                 }
             }
             assert_eq!(s.probe.is_some(), i < probed, "sample {i}: a probe exactly where the header's `probe` says");
-            if let Some(probe) = &s.probe {
+            if let (Some(probe), Some(spec)) = (&s.probe, &self.header.probe) {
+                let (q, kv) = spec.widths();
+                let fits = |l: &ProbeLayer| {
+                    l.queries.len() == probe.tokens * q
+                        && l.keys.len() == probe.tokens * kv
+                        && l.values.len() == probe.tokens * kv
+                };
+                assert!(
+                    probe.layers.len() == spec.layers.len() && probe.layers.iter().all(fits),
+                    "sample {i}: a probe of the header's shape"
+                );
                 payload.extend_from_slice(&(probe.tokens as u32).to_le_bytes());
                 for layer in &probe.layers {
                     for x in layer.queries.iter().chain(&layer.keys).chain(&layer.values) {
@@ -214,7 +231,7 @@ impl Trace {
             return Err(bad("checksum mismatch: the file is corrupt".into()));
         }
         let trace = Self::from_payload(&payload, path)?;
-        if version < 2 && trace.header.probe.is_some() {
+        if version < PROBES_SINCE && trace.header.probe.is_some() {
             return Err(bad(format!("format version {version} cannot hold probes, yet the header has some")));
         }
         Ok(trace)
@@ -279,10 +296,17 @@ impl Trace {
         Ok(trace)
     }
 
-    /// Write atomically.
+    /// Write atomically; a payload over [`MAX_PAYLOAD`], which no reader would accept, is an error.
     pub fn write(&self, path: &Path) -> Result<(), TraceError> {
-        crate::assets::write_atomic(path, &self.to_bytes())
-            .map_err(|e| TraceError::Invalid { path: path.to_path_buf(), what: e.to_string() })
+        let bad = |what: String| TraceError::Invalid { path: path.to_path_buf(), what };
+        let bytes = self.to_bytes();
+        let payload = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        if payload > MAX_PAYLOAD {
+            return Err(bad(format!(
+                "{payload} bytes of payload, over the {MAX_PAYLOAD}-byte limit readers accept: record fewer samples or probes"
+            )));
+        }
+        crate::assets::write_atomic(path, &bytes).map_err(|e| bad(e.to_string()))
     }
 
     /// sha256 of the encoded trace (keys caches derived from it).
@@ -296,7 +320,7 @@ fn read_probe(cur: &mut Cursor, spec: &ProbeSpec, meta: &SampleMeta) -> Result<P
     let short = || format!("sample {}: its probe runs past the end of the payload", meta.id);
     let tokens = cur.u32().ok_or_else(short)? as usize;
     // the prompt, then the reference tokens fed back (the last one never is)
-    if tokens < meta.prompt_len || tokens > meta.prompt_len + meta.reference_len {
+    if tokens == 0 || tokens < meta.prompt_len || tokens > meta.prompt_len + meta.reference_len {
         return Err(format!(
             "sample {}: a probe of {tokens} tokens, not the prompt's {} plus at most {} answer tokens",
             meta.id, meta.prompt_len, meta.reference_len
@@ -465,10 +489,19 @@ mod tests {
         // cut inside the probe's rows (sample "b", 20 prompt ids and no answer, comes after it)
         let cut = payload.len() - 20 * 4 - 3;
         assert!(rewrite(&t, payload[..cut].to_vec()).contains("a: its probe runs past the end"));
-        // more tokens than the prompt and answer hold
-        let mut long = probed();
-        long.samples[0].probe.as_mut().unwrap().tokens = 14;
-        assert!(err(&long.to_bytes()).contains("a probe of 14 tokens"));
+        // more tokens than the prompt and answer hold, or fewer than the prompt
+        for tokens in [14, 9] {
+            let mut t = probed();
+            let ones = |n: usize| vec![f16::ONE; n];
+            let layer = ProbeLayer { queries: ones(4 * tokens), keys: ones(2 * tokens), values: ones(2 * tokens) };
+            t.samples[0].probe = Some(Probe { tokens, layers: vec![layer] });
+            assert!(err(&t.to_bytes()).contains(&format!("a probe of {tokens} tokens")));
+        }
+        // probes promised for more samples than the trace has (same length, so only the JSON changes)
+        let mut promised = payload.clone();
+        let at = promised.windows(12).position(|w| w == b"\"samples\":1}").expect("the probe spec's sample count");
+        promised[at + 10] = b'3';
+        assert!(rewrite(&t, promised).contains("probes for 3 samples, but the trace has 2"));
         // a spec naming a layer the model does not have
         let mut layer = probed();
         layer.header.probe.as_mut().unwrap().layers = vec![2];

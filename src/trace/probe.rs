@@ -9,9 +9,10 @@
 //! `tests/probes.rs` gates, and what `kvbench fidelity --trace` prints.
 //!
 //! Probes are what keeps a trace from being small, so `cargo xtask record` keeps them to one
-//! layer (the middle one), in fp16, for the first sample of each task (`--probe-samples`,
-//! `--probe-layers`): about 500 KB per task at the default tier's 256 tokens. Because their
-//! inputs are already fp16, the `fp16` cache replays them without error.
+//! layer (the middle one), in fp16, for the first sample of each task of the default tier, and
+//! records none at the full tier unless asked (`--probe-samples`, `--probe-layers`): about
+//! 450 KB per task at the default tier's 256 tokens. Because their inputs are already fp16, the
+//! `fp16` cache replays them without error.
 
 use half::f16;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,11 @@ use crate::kv::LayerStore;
 use crate::kv::attention::Heads;
 use crate::kv::fidelity::Recorded;
 use crate::kv::methods::full::FullStore;
+
+/// Most values per token in one layer's queries that a probe may declare (SmolLM2 has 576).
+pub const MAX_QUERY_WIDTH: usize = 1 << 16;
+/// Most model layers a probe may declare.
+pub const MAX_LAYERS: usize = 1024;
 
 /// Which probes a trace holds and their shape (the trace header's `probe`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,21 +52,35 @@ impl ProbeSpec {
         Heads { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim }
     }
 
-    /// Values per token of queries and of keys (or values) in one layer.
+    /// Values per token of queries and of keys (or values) in one layer; for a spec that passed
+    /// [`Self::problem`], each is at least 2 and at most [`MAX_QUERY_WIDTH`].
     pub(super) fn widths(&self) -> (usize, usize) {
         (self.heads * self.head_dim, self.kv_heads * self.head_dim)
     }
 
-    /// Why this spec cannot describe a trace of `samples` samples, if it cannot.
+    /// Why this spec cannot describe a trace of `samples` samples, if it cannot. A spec that
+    /// passes makes every probed token cost payload bytes, so what a reader allocates stays in
+    /// proportion to the (capped) payload.
     pub(super) fn problem(&self, samples: usize) -> Option<String> {
         let Self { layers, model_layers, heads, kv_heads, head_dim, samples: probed, .. } = self;
-        if *kv_heads == 0 || *head_dim == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+        let width = heads.checked_mul(*head_dim).filter(|w| *w <= MAX_QUERY_WIDTH);
+        if *kv_heads == 0
+            || heads < kv_heads
+            || heads % kv_heads != 0
+            || *head_dim == 0
+            || head_dim % 2 != 0
+            || width.is_none()
+        {
             return Some(format!("probe shape {heads}/{kv_heads} heads of {head_dim} is not an attention shape"));
         }
-        if layers.is_empty() || !layers.is_sorted_by(|a, b| a < b) || layers.iter().any(|l| l >= model_layers) {
+        let ascending = layers.is_sorted_by(|a, b| a < b);
+        if layers.is_empty() || *model_layers > MAX_LAYERS || !ascending || layers.iter().any(|l| l >= model_layers) {
             return Some(format!("probe layers {layers:?} are not ascending layers of a {model_layers}-layer model"));
         }
-        (*probed > samples).then(|| format!("probes for {probed} samples, but the trace has {samples}"))
+        if *probed == 0 || *probed > samples {
+            return Some(format!("probes for {probed} samples, but the trace has {samples}"));
+        }
+        None
     }
 }
 
@@ -99,22 +119,9 @@ impl Probe {
                     store.tokens()
                 ));
             }
-            let token_major = |head: fn(&FullStore, usize) -> &[f32]| {
-                let mut rows = Vec::with_capacity(tokens * shape.kv_heads * shape.head_dim);
-                for t in 0..tokens {
-                    for g in 0..shape.kv_heads {
-                        rows.extend(
-                            head(store, g)[t * shape.head_dim..][..shape.head_dim].iter().map(|&x| f16::from_f32(x)),
-                        );
-                    }
-                }
-                rows
-            };
-            layers.push(ProbeLayer {
-                queries: store.recent_queries().iter().map(|&x| f16::from_f32(x)).collect(),
-                keys: token_major(FullStore::keys),
-                values: token_major(FullStore::values),
-            });
+            let half = |xs: &[f32]| xs.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+            let (keys, values) = store.rows(0..tokens);
+            layers.push(ProbeLayer { queries: half(store.recent_queries()), keys: half(&keys), values: half(&values) });
         }
         Ok(Self { tokens, layers })
     }
@@ -145,15 +152,17 @@ mod tests {
     fn captures_token_major_rows_and_replays_them() {
         let shape = Heads { heads: 4, kv_heads: 2, head_dim: 2 };
         let mut store = FullStore::recording(shape);
-        let rows: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let keys: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let values: Vec<f32> = (0..12).map(|i| -0.25 * i as f32).collect();
         let q: Vec<f32> = (0..24).map(|i| i as f32 * 0.5).collect();
-        store.append(&rows, &rows, 3);
+        store.append(&keys, &values, 3);
         store.attend(&q, 8, 3, &mut [0.0; 24]);
         let probe = Probe::capture(&[&store]).unwrap();
         assert_eq!(probe.tokens, 3);
-        // keys come back token-major, as the model hands them to the cache
-        assert_eq!(probe.layers[0].keys.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), rows);
-        assert_eq!(probe.layers[0].queries.len(), 24);
+        // keys and values come back token-major, as the model hands them to the cache
+        let wide = |xs: &[f16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+        assert_eq!((wide(&probe.layers[0].keys), wide(&probe.layers[0].values)), (keys.clone(), values.clone()));
+        assert_eq!(wide(&probe.layers[0].queries), q);
         let spec = ProbeSpec {
             layers: vec![7],
             model_layers: 30,
@@ -165,11 +174,11 @@ mod tests {
         };
         let rec = probe.recorded(&spec, 2);
         assert_eq!((rec.layer_ids.clone(), rec.model_layers, rec.prompt), (vec![7], 30, 2));
-        assert_eq!(rec.layers[0].keys(1), store.keys(1));
+        assert_eq!((rec.layers[0].keys(1), rec.layers[0].values(1)), (store.keys(1), store.values(1)));
         assert_eq!(rec.layers[0].recent_queries(), store.recent_queries());
         // a store that forgot its queries cannot be a probe
         let mut plain = FullStore::new(shape);
-        plain.append(&rows, &rows, 3);
+        plain.append(&keys, &values, 3);
         assert!(Probe::capture(&[&plain]).is_err());
     }
 
@@ -189,6 +198,11 @@ mod tests {
         assert!(ProbeSpec { layers: vec![30], ..good.clone() }.problem(3).is_some());
         assert!(ProbeSpec { layers: vec![15, 3], ..good.clone() }.problem(3).is_some());
         assert!(ProbeSpec { kv_heads: 2, ..good.clone() }.problem(3).is_some());
-        assert!(ProbeSpec { kv_heads: 0, ..good }.problem(3).is_some());
+        assert!(ProbeSpec { kv_heads: 0, ..good.clone() }.problem(3).is_some());
+        // shapes that would let a probe cost no payload bytes, or overflow its widths
+        assert!(ProbeSpec { heads: 0, ..good.clone() }.problem(3).is_some());
+        assert!(ProbeSpec { heads: usize::MAX / 3 * 3, ..good.clone() }.problem(3).is_some());
+        assert!(ProbeSpec { model_layers: MAX_LAYERS + 1, ..good.clone() }.problem(3).is_some());
+        assert!(ProbeSpec { samples: 0, ..good }.problem(3).unwrap().contains("probes for 0 samples"));
     }
 }

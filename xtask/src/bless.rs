@@ -17,6 +17,7 @@ pub struct Args {
     list: bool,
     /// Only the trials whose name contains this (as the bench's name filter: `multi-doc-qa`,
     /// `h2o-4x::`), so that one finished task can be accepted while another is still running.
+    /// Probe tables are named by task alone, so only a task name (`needle`) matches them.
     filter: Option<String>,
 }
 

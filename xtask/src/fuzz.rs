@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use kvbench::trace::Trace;
+use kvbench::trace::{ProbeSpec, Trace, TraceHeader};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -33,15 +33,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if !path.to_string_lossy().ends_with(".trace.zst") {
                 continue;
             }
-            let name = format!("{tier}-{}", path.file_name().expect("file").to_string_lossy());
+            let file = path.file_name().expect("file").to_string_lossy().into_owned();
             let bytes = std::fs::read(&path)?;
-            let seed = if args.target == "trace_file" {
-                bytes
-            } else {
-                Trace::from_bytes(&bytes, Path::new(&path)).map_err(anyhow::Error::from)?.to_payload()
-            };
-            std::fs::write(corpus.join(name), seed)?;
+            let trace = Trace::from_bytes(&bytes, Path::new(&path)).map_err(anyhow::Error::from)?;
+            let encode = |t: &Trace| if args.target == "trace_file" { t.to_bytes() } else { t.to_payload() };
+            std::fs::write(corpus.join(format!("{tier}-{file}")), encode(&trace))?;
             seeds += 1;
+            if let Some(small) = small_probed(&trace) {
+                std::fs::write(corpus.join(format!("{tier}-small-{file}")), encode(&small))?;
+                seeds += 1;
+            }
         }
     }
     eprintln!("{seeds} seeds from traces/ in {}", corpus.display());
@@ -61,4 +62,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A small copy of `trace` that keeps a probe: its first sample cut to 8 prompt tokens, and its
+/// probe to the same 8, so that libFuzzer mutates probe sections without half-megabyte inputs.
+fn small_probed(trace: &Trace) -> Option<Trace> {
+    let spec = trace.header.probe.clone()?;
+    let mut sample = trace.samples.first()?.clone();
+    let keep = 8.min(sample.meta.prompt_len);
+    let (q, kv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
+    let probe = sample.probe.as_mut()?;
+    probe.tokens = keep;
+    for layer in &mut probe.layers {
+        layer.queries.truncate(keep * q);
+        layer.keys.truncate(keep * kv);
+        layer.values.truncate(keep * kv);
+    }
+    sample.prompt_ids.truncate(keep);
+    sample.meta.prompt_len = keep;
+    sample.meta.context_len = sample.meta.context_len.min(keep);
+    let header = TraceHeader { probe: Some(ProbeSpec { samples: 1, ..spec }), ..trace.header.clone() };
+    Some(Trace { header, samples: vec![sample] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_small_seed_is_a_valid_probed_trace() {
+        let path = crate::project_root().join("traces/default/needle.trace.zst");
+        let trace = Trace::read(&path, None).unwrap();
+        let small = small_probed(&trace).expect("the default tier's traces carry probes");
+        let back = Trace::from_bytes(&small.to_bytes(), Path::new("small")).unwrap();
+        assert_eq!(back.samples[0].probe.as_ref().map(|p| p.tokens), Some(8));
+        assert!(small.to_payload().len() < 20_000);
+    }
 }

@@ -106,7 +106,8 @@ impl FullStore {
     }
 
     /// A recording made elsewhere (an attention probe): token-major key and value rows, and
-    /// every query row, `heads · head_dim` each, oldest first.
+    /// every query row, `heads · head_dim` each, oldest first. No attention has run on it, so its
+    /// observed mass is zero: it is replayed, not read as a prefill.
     pub fn recorded(shape: Heads, keys: &[f32], values: &[f32], queries: Vec<f32>) -> Self {
         let mut store = Self::recording(shape);
         store.append(keys, values, keys.len() / (shape.kv_heads * shape.head_dim));
@@ -122,6 +123,21 @@ impl FullStore {
     /// Key/value views for the attention kernel.
     pub fn views(&self) -> Vec<KvView<'_>> {
         self.keys.iter().zip(&self.values).map(|(k, v)| KvView { keys: k, values: v }).collect()
+    }
+
+    /// Token-major key and value rows (`[tokens, kv_heads · head_dim]` each, as `append` takes
+    /// them) of tokens `range`.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> (Vec<f32>, Vec<f32>) {
+        let d = self.shape.head_dim;
+        let width = self.shape.kv_heads * d;
+        let (mut k, mut v) = (Vec::with_capacity(range.len() * width), Vec::with_capacity(range.len() * width));
+        for i in range {
+            for g in 0..self.shape.kv_heads {
+                k.extend_from_slice(&self.keys[g][i * d..][..d]);
+                v.extend_from_slice(&self.values[g][i * d..][..d]);
+            }
+        }
+        (k, v)
     }
 
     /// Keys of kv head `g`, `[tokens, head_dim]`.
