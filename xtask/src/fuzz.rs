@@ -16,6 +16,11 @@ pub struct Args {
     /// How long to fuzz.
     #[arg(long, default_value_t = 300)]
     seconds: u64,
+    /// libFuzzer's input length limit (`-max_len`); by default the largest seed's. A probed
+    /// trace's payload is 0.4–1 MB, so a limit of tens of KB keeps to the small seeds and runs
+    /// far more inputs a second (longer seeds are cut to it).
+    #[arg(long)]
+    max_len: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -52,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .arg(&corpus)
         .arg("--")
         .arg(format!("-max_total_time={}", args.seconds))
+        .args(args.max_len.map(|n| format!("-max_len={n}")))
         .status()
         .context("running `cargo +nightly fuzz` (install it with `cargo install cargo-fuzz`)")?;
     if !status.success() {
