@@ -308,11 +308,6 @@ impl Trace {
         }
         crate::assets::write_atomic(path, &bytes).map_err(|e| bad(e.to_string()))
     }
-
-    /// sha256 of the encoded trace (keys caches derived from it).
-    pub fn hash(&self) -> String {
-        crate::assets::hex(&Sha256::digest(self.to_bytes()))
-    }
 }
 
 /// A probe's section for sample `meta`: its token count, then each layer's rows.
