@@ -298,16 +298,15 @@ fn probe_recordings(paths: &[PathBuf]) -> Result<(Vec<Recorded>, usize), Box<dyn
             )
             .into());
         }
-        let probes: Vec<_> =
-            trace.samples.iter().filter_map(|s| Some((s.probe.as_ref()?, s.meta.prompt_len))).collect();
+        let probed = trace.probe_recordings().unwrap_or_default();
         eprintln!(
             "kvbench: {} probe(s) of layer(s) {:?} from {} ({} tokens in all)",
-            probes.len(),
+            probed.len(),
             spec.layers,
             path.display(),
-            probes.iter().map(|(p, _)| p.tokens).sum::<usize>()
+            trace.samples.iter().filter_map(|s| s.probe.as_ref()).map(|p| p.tokens).sum::<usize>()
         );
-        recordings.extend(probes.into_iter().map(|(p, prompt)| p.recorded(spec, prompt)));
+        recordings.extend(probed);
     }
     match chunk {
         Some(chunk) if !recordings.is_empty() => Ok((recordings, chunk)),

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kvbench::bench::golden::round;
 use kvbench::bench::{RATIOS, Tier};
 use kvbench::kv::fidelity::{self, Fidelity};
 use kvbench::kv::{Acts, methods};
@@ -31,11 +32,6 @@ struct Row {
     relative_error: f64,
     mass_kept: f64,
     measured_ratio: f64,
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 impl Row {
@@ -67,15 +63,13 @@ fn cache_methods() -> Vec<String> {
 fn table(task: Task) -> BTreeMap<String, Fidelity> {
     let path = Tier::Default.trace_path(task);
     let trace = Trace::read(&path, None).unwrap_or_else(|e| panic!("{e}"));
-    let spec = trace.header.probe.as_ref().unwrap_or_else(|| {
+    let recordings = trace.probe_recordings().unwrap_or_else(|| {
         panic!(
             "{} holds no attention probes: re-record it with `cargo xtask record --task {}`",
             path.display(),
             task.name()
         )
     });
-    let recordings: Vec<_> =
-        trace.samples.iter().filter_map(|s| s.probe.as_ref().map(|p| p.recorded(spec, s.meta.prompt_len))).collect();
     assert!(!recordings.is_empty(), "{}: the header promises probes the samples lack", path.display());
     // prefill in the chunks the reference run used, as the model would
     let chunk = trace.header.chunk;

@@ -46,7 +46,8 @@ pub struct GoldenTrial {
     pub samples: Vec<(String, f64, f64)>,
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+/// `x` rounded to `digits` decimals, as snapshots hold numbers.
+pub fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }

@@ -54,7 +54,7 @@ impl ProbeSpec {
 
     /// Values per token of queries and of keys (or values) in one layer; for a spec that passed
     /// [`Self::problem`], each is at least 2 and at most [`MAX_QUERY_WIDTH`].
-    pub(super) fn widths(&self) -> (usize, usize) {
+    pub fn widths(&self) -> (usize, usize) {
         (self.heads * self.head_dim, self.kv_heads * self.head_dim)
     }
 

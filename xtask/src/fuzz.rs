@@ -76,7 +76,7 @@ fn small_probed(trace: &Trace) -> Option<Trace> {
     let spec = trace.header.probe.clone()?;
     let mut sample = trace.samples.first()?.clone();
     let keep = 8.min(sample.meta.prompt_len);
-    let (q, kv) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
+    let (q, kv) = spec.widths();
     let probe = sample.probe.as_mut()?;
     probe.tokens = keep;
     for layer in &mut probe.layers {
