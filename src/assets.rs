@@ -218,6 +218,11 @@ pub fn sha256_file(path: &Path) -> Result<String, AssetError> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Hex sha256 of bytes in memory.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -292,6 +297,7 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<(), AssetError
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    remove_orphans(dir, &name);
     let tmp = dir.join(format!(".{name}.{}.{unique}.tmp", std::process::id()));
     let written = (|| {
         let mut file = File::create(&tmp)?;
@@ -303,6 +309,26 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<(), AssetError
         return Err(io_err(path)(e));
     }
     Ok(())
+}
+
+/// Remove the temporary files that writers of `dir/name` killed mid-write left behind: those of
+/// processes no longer running (where `/proc` says; elsewhere, none are removed).
+fn remove_orphans(dir: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}.");
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 struct RemoveOnDrop(PathBuf);

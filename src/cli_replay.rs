@@ -17,7 +17,6 @@ use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
-use kvbench::trace::Trace;
 use kvbench::trace::record::model_id;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -56,7 +55,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let methods = names.iter().map(|n| methods::by_name(n)).collect::<std::result::Result<Vec<_>, _>>()?;
     let path = tier.recorded_trace(task)?;
     let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
-    let mut trace = Trace::read(&path, Some(&model_id(&rt)))?;
+    let mut trace = tier.read_trace(task, &model_id(&rt))?;
     trace.samples = evenly_spaced(std::mem::take(&mut trace.samples), args.samples)
         .map_err(|why| format!("--samples: {why} ({})", path.display()))?;
     let provenance = Provenance { build: build_id()?, trace: kvbench::assets::sha256_file(&path)? };
@@ -139,8 +138,15 @@ fn table(results: &[TrialResult], tier: Tier) -> String {
             format!("{better} / {worse}, p = {:.3}", paired_p(&own, &base))
         };
         out += &format!(
-            "| {} | {:.3} [{:.3}, {:.3}] | {paired} | {:.3} | {:.3} | {:.2}× | {:.0} |\n",
-            r.method, r.score.mean, r.score.lo, r.score.hi, r.top1_agreement, r.kl, r.measured_ratio, r.seconds
+            "| {} | {:.3} [{:.3}, {:.3}] | {paired} | {:.3} | {} | {:.2}× | {:.0} |\n",
+            r.method,
+            r.score.mean,
+            r.score.lo,
+            r.score.hi,
+            r.top1_agreement,
+            r.kl.map_or("not measured".to_string(), |kl| format!("{kl:.3}")),
+            r.measured_ratio,
+            r.seconds
         );
     }
     out

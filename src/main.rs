@@ -16,6 +16,7 @@ use kvbench::model::compare::{compare, markdown};
 use kvbench::model::generate::{GenerateOptions, Mode, Prompt as SplitPrompt, generate_prompt};
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::model::tokenizer::chatml;
+use kvbench::trace::format::MAX_CHUNK;
 
 #[derive(Parser)]
 #[command(name = "kvbench", version, about = "What KV-cache compression gives up, measured")]
@@ -62,8 +63,8 @@ struct PromptArgs {
     /// Compress with the question in the prompt (query-aware) or before it (query-agnostic).
     #[arg(long, value_enum, default_value_t = Mode::QueryAware)]
     mode: Mode,
-    /// Prefill chunk size in tokens.
-    #[arg(long, default_value_t = 512)]
+    /// Prefill chunk size in tokens (1 to 65,536).
+    #[arg(long, default_value_t = 512, value_parser = chunk_tokens())]
     chunk: usize,
     /// Threads.
     #[arg(long, default_value_t = 2)]
@@ -133,8 +134,8 @@ struct FidelityArgs {
     /// Ratios for `--methods all`.
     #[arg(long, value_delimiter = ',', default_value = "2,4,6,8")]
     ratios: Vec<u32>,
-    /// Prefill chunk size in tokens.
-    #[arg(long, default_value_t = 512)]
+    /// Prefill chunk size in tokens (1 to 65,536).
+    #[arg(long, default_value_t = 512, value_parser = chunk_tokens())]
     chunk: usize,
     /// Threads.
     #[arg(long, default_value_t = 2)]
@@ -142,6 +143,11 @@ struct FidelityArgs {
     /// Print JSON lines instead of a markdown table.
     #[arg(long)]
     json: bool,
+}
+
+/// `--chunk`'s parser: a prefill chunk of 1 to [`MAX_CHUNK`] tokens, as a trace may hold.
+fn chunk_tokens() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_CHUNK as u64)
 }
 
 fn main() -> ExitCode {
@@ -324,7 +330,7 @@ fn record_prompts(args: &FidelityArgs) -> Result<Vec<Recorded>, Box<dyn std::err
         eprintln!("kvbench: recording {} ({} tokens + {} decoded)", path.display(), ids.len(), args.decode);
         rt.reset(Arc::new(Recording))?;
         let options = GenerateOptions {
-            max_new_tokens: args.decode + 1,
+            max_new_tokens: args.decode.saturating_add(1),
             chunk: args.chunk,
             ignore_eos: true,
             ..Default::default()

@@ -103,7 +103,7 @@ fn trace(task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {
     if let Some(t) = s.traces.lock().expect("traces").get(&task) {
         return Ok(t.clone());
     }
-    let t = Arc::new(Trace::read(&trace_path(task)?, Some(&model_id(rt))).map_err(|e| e.to_string())?);
+    let t = Arc::new(shared().tier.read_trace(task, &model_id(rt))?);
     s.traces.lock().expect("traces").insert(task, t.clone());
     Ok(t)
 }

@@ -18,7 +18,6 @@ use kvbench::kv::{LayerStore, Method};
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
-use kvbench::trace::Trace;
 use kvbench::trace::record::model_id;
 
 /// StreamingLLM at 2× that forgets the sinks; it claims the real one's name and settings, as a
@@ -58,7 +57,7 @@ fn a_broken_method_fails_its_golden_and_the_real_one_passes() {
     let broken: Arc<dyn Method> = Arc::new(NoSinks);
     let mut caught = Vec::new();
     for task in Task::ALL {
-        let trace = Trace::read(&tier.trace_path(task), Some(&model_id(&rt))).unwrap_or_else(|e| panic!("{e}"));
+        let trace = tier.read_trace(task, &model_id(&rt)).unwrap_or_else(|e| panic!("{e}"));
         let name = format!("streamingllm-2x::{}", task.name());
         let snapshot = golden::path(&tier.golden_dir(), &name);
         let golden = golden::read(&snapshot).unwrap().unwrap_or_else(|| {

@@ -36,8 +36,8 @@ pub struct GoldenTrial {
     pub score_ci: (f64, f64),
     /// Mean top-1 agreement with the full cache.
     pub top1_agreement: f64,
-    /// Mean KL to the full cache.
-    pub kl: f64,
+    /// Mean KL to the full cache (`null`: not measured).
+    pub kl: Option<f64>,
     /// Nominal ratio.
     pub nominal_ratio: Option<f64>,
     /// Mean measured ratio.
@@ -64,7 +64,7 @@ impl GoldenTrial {
             score: round(result.score.mean, 3),
             score_ci: (round(result.score.lo, 3), round(result.score.hi, 3)),
             top1_agreement: round(result.top1_agreement, 3),
-            kl: round(result.kl, 3),
+            kl: result.kl.map(|kl| round(kl, 3)),
             nominal_ratio: result.nominal_ratio.map(|r| round(r, 3)),
             measured_ratio: round(result.measured_ratio, 2),
             samples: result
@@ -148,7 +148,7 @@ mod tests {
             score: 0.0,
             score_ci: (0.0, 0.0),
             top1_agreement: 0.0,
-            kl: 0.0,
+            kl: Some(0.0),
             nominal_ratio: None,
             measured_ratio: 1.0,
             samples: scores.iter().enumerate().map(|(i, &s)| (format!("s{i}"), s, 1.0)).collect(),

@@ -120,7 +120,7 @@ impl DiskPrefills {
     pub fn load(&self, inputs: &PrefillInputs) -> Option<SharedPrefill> {
         let path = self.path(inputs);
         let bytes = std::fs::read(&path).ok()?;
-        match decode(&bytes).filter(|p| p.ids() == inputs.ids && p.mode() == inputs.mode) {
+        match decode_entry(&bytes).filter(|p| p.ids() == inputs.ids && p.mode() == inputs.mode) {
             Some(p) => {
                 // a run reading its entries is using them: its folder's time says so (best
                 // effort; see `make_room`)
@@ -205,7 +205,16 @@ impl DiskPrefills {
     }
 }
 
-fn decode(bytes: &[u8]) -> Option<SharedPrefill> {
+/// The bytes of a disk entry holding `prefill` (what [`DiskPrefills::store`] writes: magic,
+/// version, sha256 of the payload, the payload), for tests and the fuzzer's seeds.
+pub fn encode_entry(prefill: &SharedPrefill) -> Vec<u8> {
+    let payload = prefill.encode();
+    [&MAGIC[..], &VERSION.to_le_bytes(), &Sha256::digest(&payload), &payload].concat()
+}
+
+/// The prefill a disk entry's bytes hold; `None` for anything else (the reader of untrusted
+/// bytes the fuzzer drives).
+pub fn decode_entry(bytes: &[u8]) -> Option<SharedPrefill> {
     if bytes.len() < PREAMBLE || &bytes[..8] != MAGIC || bytes[8..12] != VERSION.to_le_bytes() {
         return None;
     }
@@ -250,13 +259,13 @@ mod tests {
 
     #[test]
     fn bad_files_are_misses() {
-        assert!(decode(b"").is_none());
-        assert!(decode(b"KVBPFILL\x01\0\0\0").is_none());
+        assert!(decode_entry(b"").is_none());
+        assert!(decode_entry(b"KVBPFILL\x01\0\0\0").is_none());
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&VERSION.to_le_bytes());
         bytes.extend_from_slice(&Sha256::digest(b"junk"));
         bytes.extend_from_slice(b"junk");
-        assert!(decode(&bytes).is_none(), "a checksummed payload that is not a prefill");
+        assert!(decode_entry(&bytes).is_none(), "a checksummed payload that is not a prefill");
         // (that a flipped bit in a real entry's floats is caught by the checksum alone is checked
         // in tests/methods.rs, which has a model to make one)
     }

@@ -1,9 +1,11 @@
 //! Tiers: how many samples of what length each task gets. Tiers change sample counts and
 //! lengths, never which trials exist.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::tasks::Task;
+use crate::trace::Trace;
+use crate::trace::format::ModelId;
 
 /// The full tier's needle lengths (the longest leaves room for the answer in 8,192 tokens).
 pub const NEEDLE_GRID_LENS: [usize; 4] = [1024, 2048, 4096, 8000];
@@ -90,6 +92,33 @@ impl Tier {
                 task.name()
             ))
         }
+    }
+
+    /// The recorded trace of `task`, read and checked by [`Self::trace_at`].
+    pub fn read_trace(self, task: Task, model: &ModelId) -> Result<Trace, String> {
+        self.trace_at(&self.recorded_trace(task)?, task, model)
+    }
+
+    /// The trace at `path`, read and checked as `task`'s of this tier: recorded with `model`, and
+    /// with this task and tier in its header (a file renamed or copied into the wrong place is
+    /// refused, not replayed as another task).
+    pub fn trace_at(self, path: &Path, task: Task, model: &ModelId) -> Result<Trace, String> {
+        let trace = Trace::read(path, Some(model)).map_err(|e| e.to_string())?;
+        let header = &trace.header;
+        if header.task != task.name() || header.tier != self.name() {
+            return Err(format!(
+                "trace {}: its header says task {:?} of tier {:?}, but it is read as task {:?} of tier {:?}; \
+                 re-record it with `cargo xtask record --tier {} --task {}`",
+                path.display(),
+                header.task,
+                header.tier,
+                task.name(),
+                self.name(),
+                self.name(),
+                task.name()
+            ));
+        }
+        Ok(trace)
     }
 
     /// Where this tier's per-trial results are written: `$KVBENCH_RESULTS`, else

@@ -13,7 +13,7 @@ use super::prefill_disk::{DiskPrefills, PrefillInputs};
 use super::stats::{self, Estimate};
 use crate::kv::{Acts, Method};
 use crate::model::generate::{
-    GenerateOptions, Mode, Prompt, SharedPrefill, argmax, log_softmax, shared_prefill, start,
+    GenerateOptions, Mode, Prompt, SharedPrefill, argmax, check_prompt, log_softmax, shared_prefill, start,
 };
 use crate::model::session::{ModelError, Runtime};
 use crate::tasks::Metric;
@@ -35,8 +35,9 @@ pub struct SampleOutcome {
     pub prediction: String,
     /// Share of the reference answer's steps where the method's top-1 (teacher-forced) agrees.
     pub top1_agreement: f64,
-    /// Mean over reference steps of KL(reference top-k ‖ method), in nats.
-    pub kl: f64,
+    /// Mean over reference steps of KL(reference top-k ‖ method), in nats; `None` (`null`): not
+    /// measured, the trace keeps no log-probs (`top_k` 0).
+    pub kl: Option<f64>,
     /// fp16 full-cache bytes over the peak bytes held after compression.
     pub measured_ratio: f64,
     /// Those peak bytes, as the cache's stores counted them (absent in results written before
@@ -66,8 +67,8 @@ pub struct TrialResult {
     pub score: Estimate,
     /// Mean top-1 agreement with the full cache.
     pub top1_agreement: f64,
-    /// Mean KL to the full cache.
-    pub kl: f64,
+    /// Mean KL to the full cache (`None`: not measured, see [`SampleOutcome::kl`]).
+    pub kl: Option<f64>,
     /// Nominal ratio.
     pub nominal_ratio: Option<f64>,
     /// Mean measured ratio.
@@ -220,9 +221,15 @@ pub fn run_reporting(
     mut done: impl FnMut(&SampleOutcome),
 ) -> Result<TrialResult, ModelError> {
     let clock = Instant::now();
+    // every sample is checked against the model before any is run, so that a bad one fails the
+    // trial at once, not after the prefills of those before it (or its own)
+    for sample in &trace.samples {
+        check_sample(rt, sample, trace.header.chunk, mode)?;
+    }
     let mut samples = Vec::with_capacity(trace.samples.len());
     for sample in &trace.samples {
-        let outcome = run_sample(rt, method, sample, trace.header.chunk, mode, prefills)?;
+        let outcome = run_sample(rt, method, sample, trace.header.chunk, mode, prefills)
+            .map_err(|e| ModelError::Invalid(format!("sample {}: {e}", sample.meta.id)))?;
         done(&outcome);
         samples.push(outcome);
     }
@@ -236,7 +243,7 @@ pub fn run_reporting(
         mode,
         score: stats::estimate(&scores),
         top1_agreement: mean(|s| s.top1_agreement),
-        kl: mean(|s| s.kl),
+        kl: samples.iter().map(|s| s.kl).sum::<Option<f64>>().map(|total| total / samples.len().max(1) as f64),
         nominal_ratio: method.nominal_ratio(),
         measured_ratio: mean(|s| s.measured_ratio),
         mean_peak_bytes: samples
@@ -251,6 +258,32 @@ pub fn run_reporting(
     })
 }
 
+/// `sample`'s prompt and options, or an error naming it if they do not fit the model.
+fn check_sample(rt: &Runtime, sample: &TraceSample, chunk: usize, mode: Mode) -> Result<(), ModelError> {
+    let (prompt, options) = prompt_and_options(sample, chunk, mode)?;
+    check_prompt(rt, &prompt, options).map_err(|e| ModelError::Invalid(format!("sample {}: {e}", sample.meta.id)))?;
+    let vocab = rt.config().vocab;
+    let outside = sample.reference_ids.iter().chain(sample.reference_topk.iter().flatten().map(|(id, _)| id));
+    if let Some(id) = outside.copied().find(|&id| id as usize >= vocab) {
+        return Err(ModelError::Invalid(format!(
+            "sample {}: reference token {id} is outside the vocabulary of {vocab}",
+            sample.meta.id
+        )));
+    }
+    Ok(())
+}
+
+/// The prompt (context, then question) and generation options of `sample`.
+fn prompt_and_options(sample: &TraceSample, chunk: usize, mode: Mode) -> Result<(Prompt, GenerateOptions), ModelError> {
+    let meta = &sample.meta;
+    if meta.context_len > sample.prompt_ids.len() {
+        return Err(ModelError::Invalid(format!("sample {}: its context is longer than its prompt", meta.id)));
+    }
+    let prompt = Prompt::split(&sample.prompt_ids[..meta.context_len], &sample.prompt_ids[meta.context_len..]);
+    let options = GenerateOptions { max_new_tokens: meta.max_new_tokens, chunk, mode, ..GenerateOptions::default() };
+    Ok((prompt, options))
+}
+
 fn run_sample(
     rt: &mut Runtime,
     method: &Arc<dyn Method>,
@@ -261,10 +294,9 @@ fn run_sample(
 ) -> Result<SampleOutcome, ModelError> {
     let clock = Instant::now();
     let meta = &sample.meta;
-    let metric: Metric = serde_json::from_value(meta.metric.clone())
-        .map_err(|e| ModelError::Invalid(format!("sample {}: unknown metric: {e}", meta.id)))?;
-    let prompt = Prompt::split(&sample.prompt_ids[..meta.context_len], &sample.prompt_ids[meta.context_len..]);
-    let options = GenerateOptions { max_new_tokens: meta.max_new_tokens, chunk, mode, ..GenerateOptions::default() };
+    let metric: Metric =
+        serde_json::from_value(meta.metric.clone()).map_err(|e| ModelError::Invalid(format!("unknown metric: {e}")))?;
+    let (prompt, options) = prompt_and_options(sample, chunk, mode)?;
     let shared = if method.acts() == Acts::AfterPrefill { Some(prefills.get(rt, &prompt, options)?) } else { None };
     rt.reset(method.clone())?;
     let prefilled = start(rt, &prompt, options, shared.as_deref())?;
@@ -310,8 +342,10 @@ fn run_sample(
     let (mut agree, mut kl) = (0.0, 0.0);
     for ((row, &id), topk) in forced_rows.iter().zip(reference).zip(&sample.reference_topk) {
         agree += f64::from(u8::from(argmax(row) == id));
+        // ids were checked against the vocabulary in `check_sample`
         kl += topk.iter().map(|&(t, lp)| (lp as f64).exp() * (lp as f64 - row[t as usize] as f64)).sum::<f64>();
     }
+    let measured_kl = sample.reference_topk.iter().any(|step| !step.is_empty());
     let steps = forced_rows.len().max(1) as f64;
     Ok(SampleOutcome {
         id: meta.id.clone(),
@@ -320,7 +354,7 @@ fn run_sample(
         score,
         prediction,
         top1_agreement: if forced_rows.is_empty() { 1.0 } else { agree / steps },
-        kl: kl / steps,
+        kl: measured_kl.then_some(kl / steps),
         measured_ratio,
         peak_bytes: Some(stats.peak_bytes_after_prefill as u64),
         seconds: clock.elapsed().as_secs_f64(),
@@ -345,7 +379,7 @@ mod tests {
             mode: Mode::QueryAware,
             score: stats::estimate(&[0.4, 0.5, 0.6]),
             top1_agreement: 0.1 + 0.2,
-            kl: 1.0 / 3.0,
+            kl: Some(1.0 / 3.0),
             nominal_ratio: None,
             measured_ratio: 1.0,
             mean_peak_bytes: None,
@@ -358,7 +392,8 @@ mod tests {
         std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap()).unwrap();
         let back = stored("full::code", &provenance, Mode::QueryAware).unwrap().expect("same everything");
         // every float comes back with its bits
-        let bits = |r: &TrialResult| [r.score.mean, r.score.lo, r.score.hi, r.top1_agreement, r.kl].map(f64::to_bits);
+        let bits =
+            |r: &TrialResult| [r.score.mean, r.score.lo, r.score.hi, r.top1_agreement, r.kl.unwrap()].map(f64::to_bits);
         assert_eq!((back.trial.as_str(), bits(&back), back.seconds), ("full::code", bits(&result), 1.5));
         let other_build = Provenance { build: "c".repeat(64), ..provenance.clone() };
         let other_trace = Provenance { trace: "u".repeat(64), ..provenance.clone() };

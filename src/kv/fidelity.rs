@@ -76,8 +76,10 @@ impl Recorded {
 
     /// Feed the prompt of layer `l` to `store` as prefill would.
     fn prefill(&self, l: usize, store: &mut dyn LayerStore, chunk: usize) {
+        assert!(chunk > 0, "a prefill chunk of at least one token (callers check theirs)");
         let w = self.shape().heads * self.shape().head_dim;
-        let mut out = vec![0.0f32; chunk * w];
+        // a chunk longer than the prompt is the prompt: never allocate for more
+        let mut out = vec![0.0f32; chunk.min(self.prompt) * w];
         for start in (0..self.prompt).step_by(chunk) {
             let end = (start + chunk).min(self.prompt);
             let (k, v) = self.rows(l, start..end);

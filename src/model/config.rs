@@ -2,6 +2,9 @@
 
 use super::gguf::{GgufError, GgufFile};
 
+/// The one architecture the exporter writes (Gemma 3 comes with a model adapter of its own).
+pub const ARCHITECTURE: &str = "llama";
+
 /// Shapes and constants the exporter and the attention kernel need.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ModelConfig {
@@ -28,9 +31,17 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Read the llama hyper-parameters from GGUF metadata.
+    /// Read the llama hyper-parameters from GGUF metadata, and check that the file is a llama
+    /// model of that shape: the architecture kvbench exports, every tensor it reads present with
+    /// the shape the numbers imply, and no tensor it would silently ignore (a bias, say).
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, GgufError> {
+        let invalid = |what: String| GgufError::Invalid { path: gguf.path().to_path_buf(), what };
         let arch = gguf.get_str("general.architecture")?.to_string();
+        if arch != ARCHITECTURE {
+            return Err(invalid(format!(
+                "architecture {arch:?}: kvbench runs {ARCHITECTURE:?} models (SmolLM2, Llama) and would misread this one"
+            )));
+        }
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = gguf.get_u32(&key("embedding_length"))? as usize;
         let heads = gguf.get_u32(&key("attention.head_count"))? as usize;
@@ -52,15 +63,97 @@ impl ModelConfig {
             || !cfg.heads.is_multiple_of(cfg.kv_heads)
             || cfg.head_dim * cfg.heads != hidden
         {
-            return Err(GgufError::Invalid {
-                path: gguf.path().to_path_buf(),
-                what: format!(
-                    "inconsistent attention shape: {} heads, {} kv heads, hidden {hidden}",
-                    heads, cfg.kv_heads
-                ),
-            });
+            return Err(invalid(format!(
+                "inconsistent attention shape: {} heads, {} kv heads, hidden {hidden}",
+                heads, cfg.kv_heads
+            )));
         }
+        for (name, value) in
+            [("block_count", cfg.layers), ("feed_forward_length", cfg.ffn), ("context_length", cfg.context)]
+        {
+            if value == 0 {
+                return Err(invalid(format!("{} is 0: not a model kvbench can run", key(name))));
+            }
+        }
+        if let Ok(key_length) = gguf.get_u32(&key("attention.key_length"))
+            && key_length as usize != cfg.head_dim
+        {
+            return Err(invalid(format!(
+                "{} is {key_length}, but hidden {hidden} over {heads} heads is {}",
+                key("attention.key_length"),
+                cfg.head_dim
+            )));
+        }
+        for (name, x) in [("rope.freq_base", cfg.rope_base), ("attention.layer_norm_rms_epsilon", cfg.rms_eps)] {
+            if !(x.is_finite() && x > 0.0) {
+                return Err(invalid(format!("{} is {x}, not a positive number", key(name))));
+            }
+        }
+        cfg.check_tensors(gguf)?;
         Ok(cfg)
+    }
+
+    /// Every tensor the exporter reads, with its GGUF dimensions (`ne0`, the row length, first).
+    fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, q, kv) = (self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let mut out =
+            vec![("token_embd.weight".to_string(), vec![h, self.vocab]), ("output_norm.weight".into(), vec![h])];
+        for l in 0..self.layers {
+            let t = |s: &str| format!("blk.{l}.{s}.weight");
+            out.extend([
+                (t("attn_norm"), vec![h]),
+                (t("attn_q"), vec![h, q]),
+                (t("attn_k"), vec![h, kv]),
+                (t("attn_v"), vec![h, kv]),
+                (t("attn_output"), vec![q, h]),
+                (t("ffn_norm"), vec![h]),
+                (t("ffn_gate"), vec![h, self.ffn]),
+                (t("ffn_up"), vec![h, self.ffn]),
+                (t("ffn_down"), vec![self.ffn, h]),
+            ]);
+        }
+        out
+    }
+
+    /// The file's tensors are exactly [`Self::expected_tensors`] (plus an untied `output.weight`
+    /// of the embedding's shape), each of its expected shape.
+    fn check_tensors(&self, gguf: &GgufFile) -> Result<(), GgufError> {
+        let bad = |tensor: &str, reason: String| GgufError::BadTensor {
+            path: gguf.path().to_path_buf(),
+            tensor: tensor.to_string(),
+            reason,
+        };
+        let mut expected = self.expected_tensors();
+        if gguf.tensor_info("output.weight").is_ok() {
+            expected.push(("output.weight".into(), vec![self.hidden, self.vocab]));
+        }
+        for (name, dims) in &expected {
+            let info = gguf.tensor_info(name)?;
+            if info.dims.iter().map(|&d| d as usize).ne(dims.iter().copied()) {
+                return Err(bad(
+                    name,
+                    format!(
+                        "shape {:?}, but the metadata ({} layers, hidden {}, {} heads, {} kv heads, ffn {}, vocabulary {}) \
+                         imply {dims:?}",
+                        info.dims, self.layers, self.hidden, self.heads, self.kv_heads, self.ffn, self.vocab
+                    ),
+                ));
+            }
+        }
+        if gguf.tensors().len() != expected.len() {
+            let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+            let extra =
+                gguf.tensors().iter().find(|t| !known.contains(t.name.as_str())).expect("a tensor not expected");
+            return Err(bad(
+                &extra.name,
+                format!(
+                    "not part of a {ARCHITECTURE} model of {} layers: kvbench would ignore it (a bias, another \
+                     architecture's weight, a layer beyond block_count), so it refuses the file",
+                    self.layers
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Width of the fused q|k|v projection.

@@ -178,6 +178,7 @@ pub fn shared_prefill(
     prompt: &Prompt,
     options: GenerateOptions,
 ) -> Result<SharedPrefill, ModelError> {
+    check_prompt(rt, prompt, options)?;
     let start = Instant::now();
     rt.reset(Arc::new(Full))?;
     let compressed = compressed_len(prompt, options.mode);
@@ -277,6 +278,31 @@ pub struct Prefilled {
     pub seconds: f64,
 }
 
+/// An error unless `prompt` and `options` fit the runtime's model: a prompt that is not empty,
+/// whose context is a prefix of it, of known tokens, that with `max_new_tokens` more fits the
+/// context window, and a prefill chunk of at least one token. Checked before any work is done.
+pub fn check_prompt(rt: &Runtime, prompt: &Prompt, options: GenerateOptions) -> Result<(), ModelError> {
+    let config = rt.config();
+    if prompt.ids.is_empty() || prompt.context > prompt.ids.len() {
+        return Err(ModelError::Invalid("the prompt is empty or its context longer than itself".into()));
+    }
+    if let Some(&bad) = prompt.ids.iter().find(|&&id| id as usize >= config.vocab) {
+        return Err(ModelError::Invalid(format!("token id {bad} is outside the vocabulary of {}", config.vocab)));
+    }
+    if prompt.ids.len().checked_add(options.max_new_tokens).is_none_or(|total| total > config.context) {
+        return Err(ModelError::Invalid(format!(
+            "prompt of {} tokens plus {} new tokens exceeds the model's context of {}",
+            prompt.ids.len(),
+            options.max_new_tokens,
+            config.context
+        )));
+    }
+    if options.chunk == 0 {
+        return Err(ModelError::Invalid("the prefill chunk must be at least one token".into()));
+    }
+    Ok(())
+}
+
 /// Prefill `prompt` with the runtime's method (reusing `shared` where it applies, see
 /// [`generate_shared`]) and end prefill.
 pub fn start(
@@ -285,17 +311,7 @@ pub fn start(
     options: GenerateOptions,
     shared: Option<&SharedPrefill>,
 ) -> Result<Prefilled, ModelError> {
-    let context = rt.config().context;
-    if prompt.ids.is_empty() || prompt.context > prompt.ids.len() {
-        return Err(ModelError::Invalid("the prompt is empty or its context longer than itself".into()));
-    }
-    if prompt.ids.len() + options.max_new_tokens > context {
-        return Err(ModelError::Invalid(format!(
-            "prompt of {} tokens plus {} new tokens exceeds the model's context of {context}",
-            prompt.ids.len(),
-            options.max_new_tokens
-        )));
-    }
+    check_prompt(rt, prompt, options)?;
     let method = rt.lock_cache()?.method().clone();
     let clock = Instant::now();
     let prefilled = match method.prompt_budget(prompt.context) {
@@ -332,7 +348,7 @@ pub fn start(
 
 /// Greedy decoding after [`start`].
 pub fn decode(rt: &mut Runtime, prefilled: &Prefilled, options: GenerateOptions) -> Result<Generation, ModelError> {
-    let mut output_ids = Vec::with_capacity(options.max_new_tokens);
+    let mut output_ids = Vec::with_capacity(options.max_new_tokens.min(rt.config().context));
     let mut top_logprobs = Vec::new();
     let mut decode_steps = 0;
     let clock = Instant::now();

@@ -51,6 +51,9 @@ const SUPPORTED_VERSION: u32 = 3;
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// GGML never has more than four dimensions.
 const MAX_DIMS: u32 = 4;
+/// Metadata array elements a file may hold in all: a tokenizer of 262,144 tokens needs about
+/// 800k (tokens, scores, types), a byte-level BPE's merges as many again.
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 22;
 /// Arrays of arrays are legal; cap the nesting so a hostile file cannot
 /// exhaust the stack.
 const MAX_ARRAY_DEPTH: usize = 8;
@@ -524,11 +527,13 @@ struct Parser<'a> {
     path: &'a Path,
     bytes: &'a [u8],
     pos: usize,
+    /// Metadata array elements read so far (see [`MAX_ARRAY_ELEMENTS`]).
+    array_elements: u64,
 }
 
 impl<'a> Parser<'a> {
     fn new(path: &'a Path, bytes: &'a [u8]) -> Self {
-        Self { path, bytes, pos: 0 }
+        Self { path, bytes, pos: 0, array_elements: 0 }
     }
 
     fn truncated(&self, what: impl std::fmt::Display, needed: u64) -> GgufError {
@@ -652,6 +657,16 @@ impl<'a> Parser<'a> {
                 // length from turning into a huge allocation.
                 if len > (self.bytes.len() - self.pos) as u64 {
                     return Err(self.truncated(format_args!("{what} ({len} array elements)"), len));
+                }
+                // an element is one byte in the file but a [`MetaValue`] (32 bytes) in memory:
+                // a budget for them all keeps a file of one huge array from taking 32 times
+                // its size (a 50 MB file had taken 1.6 GB)
+                self.array_elements = self.array_elements.saturating_add(len);
+                if self.array_elements > MAX_ARRAY_ELEMENTS {
+                    return Err(self.invalid(format!(
+                        "{what}: the metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements in all, \
+                         more than any model's tokenizer needs"
+                    )));
                 }
                 let mut items = Vec::with_capacity(len as usize);
                 for _ in 0..len {

@@ -11,6 +11,7 @@ pub mod export;
 pub mod fused;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_write;
 pub mod head;
 pub mod onnx;
 pub mod qlinear;

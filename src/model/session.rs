@@ -134,9 +134,9 @@ impl Runtime {
         drop(gguf);
         let env = environment()?;
 
-        let threads = options.threads.max(1);
+        let threads = within_machine(options.threads, "threads");
         // One global pool for the attention kernel; the first caller's size wins.
-        let kernel_threads = options.kernel_threads.unwrap_or(threads).max(1);
+        let kernel_threads = within_machine(options.kernel_threads.unwrap_or(threads), "kernel threads");
         let _ = rayon::ThreadPoolBuilder::new().num_threads(kernel_threads).build_global();
         let shape = Heads { heads: config.heads, kv_heads: config.kv_heads, head_dim: config.head_dim };
         let cache =
@@ -251,24 +251,86 @@ impl Drop for Runtime {
     }
 }
 
+/// `asked` threads, at least one and at most the machine's parallelism: more only oversubscribe
+/// the cores (`--threads 100000` had pushed the load to 1,400), so they are cut, saying so.
+fn within_machine(asked: usize, what: &str) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if asked > cores {
+        eprintln!("kvbench: {asked} {what} asked for, but this machine runs {cores} at once; using {cores}");
+    }
+    asked.clamp(1, cores)
+}
+
 /// Path of the `kind` ONNX export of `gguf` (whose sha256 is `sha`), written first if the cache
-/// lacks it.
+/// lacks it. The export's own sha256 is written beside it (`<export>.sha256`, after the export,
+/// both atomically) and checked at every load: an export that does not match, or has no hash
+/// (a write cut short), is made again, since a corrupt graph can run and answer wrongly.
 fn exported_model(gguf: &GgufFile, sha: &str, config: &ModelConfig, kind: GraphKind) -> Result<PathBuf, ModelError> {
     let dir = assets::cache_dir().join("onnx");
     let stem = format!("{}-{}", &sha[..16], kind.name());
     let path = dir.join(format!("{stem}-exporter-v{EXPORTER_VERSION}.onnx"));
+    let recorded = hash_path(&path);
     if path.is_file() {
-        return Ok(path);
+        match verified(&path, &recorded)? {
+            true => return Ok(path),
+            false => eprintln!(
+                "kvbench: the cached ONNX export {} does not match its recorded sha256 (corrupt or cut short); \
+                 exporting it again",
+                path.display()
+            ),
+        }
     }
     // Exports by older exporter versions are dead weight (hundreds of MB): remove them.
     for old in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = old.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&stem) && name.ends_with(".onnx") {
+        if name.starts_with(&stem) && (name.ends_with(".onnx") || name.ends_with(".onnx.sha256")) {
             let _ = std::fs::remove_file(old.path());
         }
     }
     eprintln!("kvbench: exporting {} to ONNX (once; cached in {})", gguf.path().display(), path.display());
     let bytes = export::export(gguf, config, kind)?;
     assets::write_atomic(&path, &bytes)?;
+    assets::write_atomic(&recorded, assets::sha256_bytes(&bytes).as_bytes())?;
     Ok(path)
+}
+
+/// Where the sha256 of the export at `path` is kept.
+fn hash_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Whether the file at `path` has the sha256 recorded in `recorded` (false if none is).
+fn verified(path: &Path, recorded: &Path) -> Result<bool, ModelError> {
+    let Ok(expected) = std::fs::read_to_string(recorded) else { return Ok(false) };
+    Ok(assets::sha256_file(path)? == expected.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_is_trusted_only_with_its_recorded_hash() {
+        let dir = std::env::temp_dir().join(format!("kvbench-export-hash-{}", std::process::id()));
+        let path = dir.join("m-prefill-exporter-v1.onnx");
+        assets::write_atomic(&path, b"graph bytes").unwrap();
+        let recorded = hash_path(&path);
+        assert_eq!(recorded, dir.join("m-prefill-exporter-v1.onnx.sha256"));
+        assert!(!verified(&path, &recorded).unwrap(), "no recorded hash: an export cut short");
+        assets::write_atomic(&recorded, assets::sha256_bytes(b"graph bytes").as_bytes()).unwrap();
+        assert!(verified(&path, &recorded).unwrap());
+        assets::write_atomic(&path, b"graph bytez").unwrap();
+        assert!(!verified(&path, &recorded).unwrap(), "a changed byte");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn threads_stay_within_the_machine() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(within_machine(0, "threads"), 1);
+        assert_eq!(within_machine(1, "threads"), 1);
+        assert_eq!(within_machine(100_000, "threads"), cores);
+    }
 }

@@ -41,6 +41,16 @@ pub const OLDEST_VERSION: u32 = 1;
 pub const PROBES_SINCE: u32 = 2;
 /// Largest payload accepted (decompressed), so a hostile file cannot exhaust memory.
 pub const MAX_PAYLOAD: u64 = 256 << 20;
+/// Largest compressed stream read: zstd's worst case for [`MAX_PAYLOAD`] bytes, and some.
+const MAX_COMPRESSED: u64 = MAX_PAYLOAD + MAX_PAYLOAD / 128 + (1 << 20);
+/// Bytes before the compressed stream: magic, version, payload length, sha256 of the payload.
+const PREAMBLE: usize = MAGIC.len() + 4 + 8 + 32;
+/// Largest prefill chunk a header may name (a chunk is at most a prompt; 2^16 tokens).
+pub const MAX_CHUNK: usize = 1 << 16;
+/// Most log-probs per reference step a header may keep.
+pub const MAX_TOP_K: usize = 1 << 12;
+/// Most tokens a sample may ask to generate (the models' contexts are far below).
+pub const MAX_NEW_TOKENS: usize = 1 << 20;
 
 /// The model a trace was recorded with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,13 +140,13 @@ pub struct Trace {
 /// A trace that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    /// I/O.
-    #[error("trace {path}: {source}")]
+    /// I/O. The cause is in the message, not chained as a source, so that it is printed once.
+    #[error("trace {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Anything wrong with the contents.
     #[error("trace {path}: {what}")]
@@ -203,24 +213,34 @@ impl Trace {
 
     /// Decode bytes read from `path` (named in errors).
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, TraceError> {
+        Self::from_reader(bytes, path)
+    }
+
+    /// Decode a trace streamed from `input` (read from `path`, named in errors): the preamble is
+    /// checked before anything else is read, and no more than the preamble allows is read or
+    /// held, so a huge or endless input (`/dev/zero`) costs nothing.
+    fn from_reader(mut input: impl Read, path: &Path) -> Result<Self, TraceError> {
         let bad = |what: String| TraceError::Invalid { path: path.to_path_buf(), what };
-        let fixed = MAGIC.len() + 4 + 8 + 32;
-        if bytes.len() < fixed || &bytes[..8] != MAGIC {
+        let mut preamble = [0u8; PREAMBLE];
+        let got = read_up_to(&mut input, &mut preamble)
+            .map_err(|cause| TraceError::Io { path: path.to_path_buf(), cause })?;
+        if got < PREAMBLE || &preamble[..8] != MAGIC {
             return Err(bad("not a kvbench trace (bad magic or shorter than its preamble)".into()));
         }
-        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        let version = u32::from_le_bytes(preamble[8..12].try_into().expect("4 bytes"));
         if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(bad(format!(
                 "format version {version}, this kvbench reads versions {OLDEST_VERSION} to {VERSION}; \
                  re-record with `cargo xtask record`"
             )));
         }
-        let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let len = u64::from_le_bytes(preamble[12..20].try_into().expect("8 bytes"));
         if len > MAX_PAYLOAD {
             return Err(bad(format!("declares {len} bytes of payload, more than the {MAX_PAYLOAD}-byte limit")));
         }
-        let mut payload = Vec::with_capacity(len as usize);
-        let decoder = zstd::Decoder::new(&bytes[fixed..]).map_err(|e| bad(format!("zstd: {e}")))?;
+        // grown as the stream delivers, so a preamble's claim reserves nothing by itself
+        let mut payload = Vec::with_capacity((len as usize).min(1 << 20));
+        let decoder = zstd::Decoder::new(input.take(MAX_COMPRESSED)).map_err(|e| bad(format!("zstd: {e}")))?;
         decoder
             .take(len + 1)
             .read_to_end(&mut payload)
@@ -228,7 +248,7 @@ impl Trace {
         if payload.len() as u64 != len {
             return Err(bad(format!("payload is {} bytes, the preamble says {len}", payload.len())));
         }
-        if Sha256::digest(&payload)[..] != bytes[20..52] {
+        if Sha256::digest(&payload)[..] != preamble[20..52] {
             return Err(bad("checksum mismatch: the file is corrupt".into()));
         }
         let trace = Self::from_payload(&payload, path)?;
@@ -246,6 +266,9 @@ impl Trace {
         let json_len = cur.u32().ok_or_else(|| bad("payload ends before the header".into()))? as usize;
         let json = cur.take(json_len).ok_or_else(|| bad("payload ends inside the header".into()))?;
         let header: TraceHeader = serde_json::from_slice(json).map_err(|e| bad(format!("header: {e}")))?;
+        if let Some(problem) = header_problem(&header) {
+            return Err(bad(problem));
+        }
         if let Some(problem) = header.probe.as_ref().and_then(|p| p.problem(header.samples.len())) {
             return Err(bad(problem));
         }
@@ -255,14 +278,34 @@ impl Trace {
             if meta.context_len > meta.prompt_len || meta.reference_len > meta.max_new_tokens {
                 return Err(bad(format!("sample {}: inconsistent lengths", meta.id)));
             }
+            if meta.max_new_tokens > MAX_NEW_TOKENS {
+                return Err(bad(format!(
+                    "sample {}: max_new_tokens {} is over the {MAX_NEW_TOKENS} a trace may ask for",
+                    meta.id, meta.max_new_tokens
+                )));
+            }
+            // the lengths are checked against the bytes left before anything is allocated by them
+            let step = 4 + 8 * header.top_k;
+            let needed = (meta.reference_len.checked_mul(step))
+                .and_then(|r| r.checked_add(meta.prompt_len.checked_mul(4)?))
+                .ok_or_else(short)?;
+            if needed > payload.len() - cur.at {
+                return Err(short());
+            }
             let prompt_ids = cur.u32s(meta.prompt_len).ok_or_else(short)?;
             let reference_ids = cur.u32s(meta.reference_len).ok_or_else(short)?;
             let mut reference_topk = Vec::with_capacity(meta.reference_len);
-            for _ in 0..meta.reference_len {
+            for s in 0..meta.reference_len {
                 let step = (0..header.top_k)
                     .map(|_| Some((cur.u32()?, f32::from_bits(cur.u32()?))))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(short)?;
+                if let Some(&(id, lp)) = step.iter().find(|(_, lp)| lp.is_nan() || *lp > 0.0) {
+                    return Err(bad(format!(
+                        "sample {}: reference step {s} gives token {id} the log-prob {lp}, not a number ≤ 0",
+                        meta.id
+                    )));
+                }
                 reference_topk.push(step);
             }
             let probe = match &header.probe {
@@ -279,22 +322,32 @@ impl Trace {
 
     /// Read and validate `path`; with `model`, the trace must have been recorded with that GGUF.
     pub fn read(path: &Path, model: Option<&ModelId>) -> Result<Self, TraceError> {
-        let bytes = std::fs::read(path).map_err(|source| TraceError::Io { path: path.to_path_buf(), source })?;
-        let trace = Self::from_bytes(&bytes, path)?;
-        if let Some(m) = model
-            && m.gguf_sha256 != trace.header.model.gguf_sha256
-        {
-            return Err(TraceError::Invalid {
-                path: path.to_path_buf(),
-                what: format!(
-                    "recorded with model {} ({}), not the one loaded ({}); re-record with `cargo xtask record`",
-                    trace.header.model.name,
-                    &trace.header.model.gguf_sha256[..16.min(trace.header.model.gguf_sha256.len())],
-                    &m.gguf_sha256[..16.min(m.gguf_sha256.len())]
-                ),
-            });
+        let io = |cause| TraceError::Io { path: path.to_path_buf(), cause };
+        let file = std::fs::File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(io(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory, not a trace file")));
+        }
+        let trace = Self::from_reader(std::io::BufReader::new(file), path)?;
+        if let Some(m) = model {
+            trace.check_model(m, path)?;
         }
         Ok(trace)
+    }
+
+    /// An error naming `path` unless this trace was recorded with `model`'s GGUF.
+    pub fn check_model(&self, model: &ModelId, path: &Path) -> Result<(), TraceError> {
+        if model.gguf_sha256 == self.header.model.gguf_sha256 {
+            return Ok(());
+        }
+        Err(TraceError::Invalid {
+            path: path.to_path_buf(),
+            what: format!(
+                "recorded with model {} ({}), not the one loaded ({}); re-record with `cargo xtask record`",
+                self.header.model.name,
+                short_hash(&self.header.model.gguf_sha256),
+                short_hash(&model.gguf_sha256)
+            ),
+        })
     }
 
     /// The recordings of this trace's attention probes, one per probed sample, for model-free
@@ -316,6 +369,40 @@ impl Trace {
         }
         crate::assets::write_atomic(path, &bytes).map_err(|e| bad(e.to_string()))
     }
+}
+
+/// What is wrong with a header's own fields, if anything.
+fn header_problem(header: &TraceHeader) -> Option<String> {
+    let hash = &header.model.gguf_sha256;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some(format!("the model's sha256 {:?} is not 64 hex digits", short_hash(hash)));
+    }
+    if header.chunk == 0 || header.chunk > MAX_CHUNK {
+        return Some(format!("prefill chunk {} is not between 1 and {MAX_CHUNK} tokens", header.chunk));
+    }
+    if header.top_k > MAX_TOP_K {
+        return Some(format!("keeps {} log-probs per step, more than {MAX_TOP_K}", header.top_k));
+    }
+    None
+}
+
+/// Fill `buf` from `input` as far as it goes; how many bytes it got.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// The first 16 characters of a hash, for messages (whatever characters a hostile file put there).
+fn short_hash(hash: &str) -> String {
+    hash.chars().take(16).collect()
 }
 
 /// A probe's section for sample `meta`: its token count, then each layer's rows.
@@ -509,6 +596,55 @@ mod tests {
         let mut layer = probed();
         layer.header.probe.as_mut().unwrap().layers = vec![2];
         assert!(err(&layer.to_bytes()).contains("not ascending layers"));
+    }
+
+    /// The error reading `t`, whose header `edit` changed.
+    fn header_err(edit: impl FnOnce(&mut Trace)) -> String {
+        let mut t = example();
+        edit(&mut t);
+        err(&t.to_bytes())
+    }
+
+    #[test]
+    fn bad_header_fields_are_errors() {
+        assert!(header_err(|t| t.header.chunk = 0).contains("prefill chunk 0 is not between 1 and 65536"));
+        assert!(header_err(|t| t.header.chunk = 1 << 61).contains("is not between 1 and"));
+        assert!(header_err(|t| t.header.top_k = MAX_TOP_K + 1).contains("log-probs per step, more than 4096"));
+        // a hash that is not hex, with a multi-byte character across byte 16, is named, not sliced
+        let e = header_err(|t| t.header.model.gguf_sha256 = "xé".repeat(21) + "x");
+        assert!(e.contains("is not 64 hex digits") && e.contains("xéxéxé"), "{e}");
+        let e = header_err(|t| t.samples[0].meta.max_new_tokens = usize::MAX);
+        assert!(e.contains("sample a: max_new_tokens 18446744073709551615 is over"), "{e}");
+    }
+
+    #[test]
+    fn log_probs_must_be_numbers_at_most_zero() {
+        let e = header_err(|t| t.samples[0].reference_topk[1][0].1 = f32::NAN);
+        assert!(e.contains("sample a: reference step 1 gives token 1 the log-prob NaN"), "{e}");
+        assert!(header_err(|t| t.samples[0].reference_topk[0][1].1 = 0.5).contains("log-prob 0.5, not a number ≤ 0"));
+    }
+
+    #[test]
+    fn lengths_are_checked_against_the_payload_before_allocating() {
+        // one answer step claims 2^40 tokens: refused as running past the payload, at once
+        let mut t = example();
+        t.samples[1].meta.reference_len = 1 << 40;
+        t.samples[1].meta.max_new_tokens = 1 << 40;
+        assert!(err(&t.to_bytes()).contains("max_new_tokens"));
+        let mut t = example();
+        t.samples[1].meta.prompt_len = 1 << 40;
+        t.samples[1].meta.context_len = 0;
+        assert!(err(&t.to_bytes()).contains("sample b runs past the end of the payload"));
+    }
+
+    #[test]
+    fn a_directory_or_endless_input_is_refused_by_its_preamble() {
+        let dir = std::env::temp_dir();
+        let e = Trace::read(&dir, None).unwrap_err().to_string();
+        assert_eq!(e.matches("directory").count(), 1, "{e}");
+        assert!(std::error::Error::source(&Trace::read(&dir, None).unwrap_err()).is_none(), "said once");
+        let e = Trace::read(Path::new("/dev/zero"), None).unwrap_err().to_string();
+        assert!(e.contains("bad magic"), "{e}");
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
 
     let needle = !plots::needle_cells(&trials).is_empty();
     let md = table::markdown(&args.tier, &trials, needle);
-    std::fs::write(out.join("report.md"), &md)?;
+    // atomically, as every output: a run killed mid-write leaves the previous report whole
+    kvbench::assets::write_atomic(&out.join("report.md"), md.as_bytes())?;
     // the table stands without the plots (which need the font fetched): a plot that cannot be
     // drawn is reported, and the command fails at the end
     let plotted = [

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use anyhow::anyhow;
+use anyhow::{Context, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
@@ -96,8 +96,26 @@ pub fn score_vs_ratio(trials: &[Value], stem: &Path) -> anyhow::Result<()> {
     font()?;
     let (families, points) = score_points(trials);
     let size = (1600, 900);
-    draw_scores(SVGBackend::new(&stem.with_extension("svg"), size).into_drawing_area(), &families, &points)?;
-    draw_scores(BitMapBackend::new(&stem.with_extension("png"), size).into_drawing_area(), &families, &points)
+    atomically(&stem.with_extension("svg"), |tmp| {
+        draw_scores(SVGBackend::new(tmp, size).into_drawing_area(), &families, &points)
+    })?;
+    atomically(&stem.with_extension("png"), |tmp| {
+        draw_scores(BitMapBackend::new(tmp, size).into_drawing_area(), &families, &points)
+    })
+}
+
+/// Draw the image at `path` by drawing it (`draw`) into a temporary file beside it, which is
+/// then renamed over `path`: a run killed mid-drawing leaves the previous image whole, never a
+/// truncated one. The temporary name keeps the extension, by which plotters picks the format.
+fn atomically(path: &Path, draw: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()));
+    let drawn = draw(&tmp).and_then(|()| Ok(std::fs::rename(&tmp, path)?));
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn.with_context(|| format!("drawing {}", path.display()))
 }
 
 fn draw_scores<DB: DrawingBackend>(
@@ -202,8 +220,12 @@ pub fn needle_heatmaps(trials: &[Value], stem: &Path) -> anyhow::Result<()> {
     let cols = 8;
     let rows = cells.len().div_ceil(cols).max(1);
     let size = (cols as u32 * 220, rows as u32 * 190 + 50);
-    draw_heatmaps(SVGBackend::new(&stem.with_extension("svg"), size).into_drawing_area(), &cells, cols, rows)?;
-    draw_heatmaps(BitMapBackend::new(&stem.with_extension("png"), size).into_drawing_area(), &cells, cols, rows)
+    atomically(&stem.with_extension("svg"), |tmp| {
+        draw_heatmaps(SVGBackend::new(tmp, size).into_drawing_area(), &cells, cols, rows)
+    })?;
+    atomically(&stem.with_extension("png"), |tmp| {
+        draw_heatmaps(BitMapBackend::new(tmp, size).into_drawing_area(), &cells, cols, rows)
+    })
 }
 
 fn draw_heatmaps<DB: DrawingBackend>(
