@@ -184,4 +184,37 @@ mod tests {
         assert!(out.join("results/code.json").exists());
         std::fs::remove_dir_all(out).unwrap();
     }
+
+    /// Every output is replaced, never rewritten in place: a copy of the old file (a hard link to
+    /// it, as a reader holding it open would see it) keeps the old bytes, so a run killed
+    /// mid-write could not have left a truncated file where the old one was.
+    #[test]
+    fn outputs_are_replaced_atomically() {
+        let out = std::env::temp_dir().join(format!("kvbench-report-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
+        let outputs =
+            ["report.md", "score-vs-ratio.svg", "score-vs-ratio.png", "needle-heatmap.svg", "needle-heatmap.png"];
+        for name in outputs {
+            std::fs::write(out.join(name), "old").unwrap();
+            std::fs::hard_link(out.join(name), out.join(format!("{name}.old"))).unwrap();
+        }
+        let results = crate::project_root().join("docs/report-default/results");
+        report(ReportArgs { tier: "default".into(), merge: vec![results], out: Some(out.clone()) }).unwrap();
+        for name in outputs {
+            assert_eq!(
+                std::fs::read(out.join(format!("{name}.old"))).unwrap(),
+                b"old",
+                "{name} was rewritten in place"
+            );
+            assert_ne!(std::fs::read(out.join(name)).unwrap(), b"old", "{name} was not written");
+        }
+        let left: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        std::fs::remove_dir_all(out).unwrap();
+    }
 }
