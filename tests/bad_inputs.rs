@@ -206,8 +206,8 @@ fn a_zero_or_huge_chunk_is_refused() {
 #[test]
 fn a_non_ascii_model_hash_is_an_error() {
     let dir = temp("hash");
-    // "xé" is three bytes, so byte 16 falls inside an "é"
-    let path = trace_variant(&dir, |t| t.header.model.gguf_sha256 = "xé".repeat(21) + "x");
+    // 64 bytes whose byte 16 falls inside an "é" (bytes 15..17)
+    let path = trace_variant(&dir, |t| t.header.model.gguf_sha256 = format!("x{}x", "é".repeat(31)));
     let other = ModelId { name: "loaded".into(), gguf_sha256: "ab".repeat(32) };
     let e = Trace::read(&path, Some(&other)).unwrap_err().to_string();
     assert!(e.contains("is not 64 hex digits"), "{e}");
@@ -368,6 +368,18 @@ fn readers_allocate_by_what_they_have_checked() {
         t.samples[0].meta.reference_len = 1 << 20;
         t.samples[0].meta.max_new_tokens = 1 << 20;
     });
+    let (read, peak) = peak_bytes(|| Trace::read(&path, None));
+    assert!(read.unwrap_err().to_string().contains("runs past the end of the payload") && peak < 16 * MIB, "{peak}");
+    // and with the answer's ids really there (4 MB of zeros, a 2 KB file), so that only the
+    // check of the log-probs' length against the bytes left stops a 24 MB allocation
+    let path = trace_variant(&dir, |t| {
+        t.samples.truncate(1);
+        (t.header.probe, t.samples[0].probe) = (None, None);
+        t.samples[0].reference_ids = vec![0; 1 << 20];
+        t.samples[0].meta.reference_len = 1 << 20;
+        t.samples[0].meta.max_new_tokens = 1 << 20;
+    });
+    assert!(std::fs::metadata(&path).unwrap().len() < 16 * 1024);
     let (read, peak) = peak_bytes(|| Trace::read(&path, None));
     assert!(read.unwrap_err().to_string().contains("runs past the end of the payload") && peak < 16 * MIB, "{peak}");
 

@@ -611,8 +611,8 @@ mod tests {
         assert!(header_err(|t| t.header.chunk = 1 << 61).contains("is not between 1 and"));
         assert!(header_err(|t| t.header.top_k = MAX_TOP_K + 1).contains("log-probs per step, more than 4096"));
         // a hash that is not hex, with a multi-byte character across byte 16, is named, not sliced
-        let e = header_err(|t| t.header.model.gguf_sha256 = "xé".repeat(21) + "x");
-        assert!(e.contains("is not 64 hex digits") && e.contains("xéxéxé"), "{e}");
+        let e = header_err(|t| t.header.model.gguf_sha256 = format!("x{}x", "é".repeat(31)));
+        assert!(e.contains("is not 64 hex digits") && e.contains("xééé"), "{e}");
         let e = header_err(|t| t.samples[0].meta.max_new_tokens = usize::MAX);
         assert!(e.contains("sample a: max_new_tokens 18446744073709551615 is over"), "{e}");
     }
@@ -645,6 +645,15 @@ mod tests {
         assert!(std::error::Error::source(&Trace::read(&dir, None).unwrap_err()).is_none(), "said once");
         let e = Trace::read(Path::new("/dev/zero"), None).unwrap_err().to_string();
         assert!(e.contains("bad magic"), "{e}");
+    }
+
+    #[test]
+    fn a_hash_is_shortened_by_characters_not_bytes() {
+        let hash = format!("x{}x", "é".repeat(31));
+        assert_eq!(short_hash(&hash), format!("x{}", "é".repeat(15)));
+        let other = ModelId { name: "other".into(), gguf_sha256: hash };
+        let e = example().check_model(&other, Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("not the one loaded (xééé"), "{e}");
     }
 
     #[test]
