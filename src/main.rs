@@ -87,10 +87,8 @@ struct GenerateArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// KV-cache method: full, fp16, q8_0, q4_0, q4_0-rot, flexgen-4bit, kivi-2bit, kivi-4bit, or
-    /// streamingllm, h2o, snapkv, pyramidkv, tova, knorm, infllm, quest, lingua with a budget
-    /// suffix (`-4x`: a quarter of the prompt; `-512tok`: 512 tokens), e.g. `snapkv-4x`.
-    #[arg(long, default_value = "full")]
+    /// KV-cache method (the list comes from the method registry).
+    #[arg(long, default_value = "full", help = methods::registry::help())]
     method: String,
 }
 

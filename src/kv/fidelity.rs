@@ -18,7 +18,7 @@
 
 use serde::Serialize;
 
-use super::methods::full::FullStore;
+use super::prefill::FullStore;
 use super::{Acts, Heads, LayerStore, Method, StoreContext};
 
 /// One method's fidelity over a recording.

@@ -18,7 +18,7 @@
 use std::fmt;
 
 use super::attention::Heads;
-use super::methods::full::FullStore;
+use super::prefill::FullStore;
 
 /// When a method changes the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

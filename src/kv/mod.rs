@@ -8,12 +8,15 @@
 //! operator is registered.
 
 pub mod attention;
+pub mod budget;
 pub mod evict;
 pub mod fidelity;
 pub mod hadamard;
 pub mod method;
 pub mod methods;
+pub mod oneshot;
 pub mod op;
+pub mod prefill;
 pub mod quant;
 pub mod rope;
 pub mod rowquant;

@@ -12,7 +12,9 @@ use ort::operator::{Kernel, KernelContext, Operator, OperatorInput, OperatorOutp
 use ort::value::TensorElementType;
 
 use super::{CacheHandle, Heads, KvCache, rope};
-use crate::model::export::ATTENTION_OP;
+
+/// The operator's name in the exported graph (its domain is the exporter's, `kvbench`).
+pub const ATTENTION_OP: &str = "KvAttention";
 
 /// The operator descriptor, registered once per session.
 pub struct KvAttentionOp {

@@ -161,7 +161,7 @@ impl LayerStore for RowQuantStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::methods::full::FullStore;
+    use crate::kv::prefill::FullStore;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn rel_err(a: &[f32], b: &[f32]) -> f32 {

@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use super::method::{Acts, StoreContext};
-use super::methods::Full;
-use super::methods::full::FullStore;
+use super::prefill::{FullStore, PREFILL_METHOD};
 use super::{Heads, LayerStore, Method};
 use crate::codec;
 
@@ -267,7 +266,7 @@ impl CacheSnapshot {
         for _ in 0..n_layers {
             layers.push(Box::new(FullStore::decode(shape, input)?));
         }
-        Some(Self { method: Full.name(), layers, compressed_tokens, prefilled: prefilled == 1 })
+        Some(Self { method: PREFILL_METHOD.into(), layers, compressed_tokens, prefilled: prefilled == 1 })
     }
 }
 
@@ -287,6 +286,7 @@ pub struct SnapshotMismatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::methods::Full;
 
     #[test]
     fn snapshot_restore_round_trips_and_bytes_follow() {

@@ -16,7 +16,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::attention::{self, Heads, KvView, Queries};
-use super::methods::full::FullStore;
+use super::prefill::FullStore;
 
 /// One kv head's kept tokens: keys and values `[n, head_dim]` in f16, and their positions.
 #[derive(Debug, Clone, Default)]

@@ -39,6 +39,7 @@ use super::head::Q8_LINEAR_OP;
 use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT8, INT64, UINT8, UINT16};
 use super::qlinear::Q4_LINEAR_OP;
 use super::quant::{BLOCK, NBits};
+use crate::kv::op::ATTENTION_OP;
 
 /// Bump when the graph changes: cached exports are keyed by it.
 pub const EXPORTER_VERSION: u32 = 7;
@@ -62,9 +63,6 @@ impl GraphKind {
         }
     }
 }
-
-/// Name of the attention operator.
-pub const ATTENTION_OP: &str = "KvAttention";
 
 /// Build the ONNX model bytes for `gguf`.
 pub fn export(gguf: &GgufFile, cfg: &ModelConfig, kind: GraphKind) -> Result<Vec<u8>, GgufError> {

@@ -101,7 +101,7 @@ impl Task {
     ];
 
     /// The task's name, as used everywhere (CLI, trial names, traces).
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Task::Needle => "needle",
             Task::Synthetic => "synthetic",

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::kv::LayerStore;
 use crate::kv::attention::Heads;
 use crate::kv::fidelity::Recorded;
-use crate::kv::methods::full::FullStore;
+use crate::kv::prefill::FullStore;
 
 /// Most values per token in one layer's queries that a probe may declare (SmolLM2 has 576).
 pub const MAX_QUERY_WIDTH: usize = 1 << 16;

@@ -3,8 +3,9 @@
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::by_name;
-use crate::kv::{Heads, KvCache};
+use super::registry::{Kind, REGISTRY, families_of};
+use super::{by_name, pyramidkv};
+use crate::kv::{Acts, Heads, KvCache};
 
 const SHAPE: Heads = Heads { heads: 9, kv_heads: 3, head_dim: 64 };
 const PROMPT: usize = 600;
@@ -45,11 +46,13 @@ fn drive(name: &str, mut check: impl FnMut(&KvCache, Option<usize>)) {
 fn evicting_methods_never_exceed_their_budget() {
     for ratio in [2, 4, 8] {
         let budget = PROMPT / ratio;
-        for family in ["streamingllm", "h2o", "tova"] {
+        for family in families_of(Kind::Evicting) {
             let name = format!("{family}-{ratio}x");
+            // a method acting during prefill (StreamingLLM) holds its budget from prefill on;
+            // one acting after it (H2O, TOVA) fixes the budget when prefill ends
+            let from_prefill = by_name(&name).unwrap().acts() == Acts::DuringPrefill;
             drive(&name, |cache, step| {
-                // StreamingLLM holds from prefill on; H2O and TOVA fix the budget when prefill ends
-                if step.is_some() || family == "streamingllm" {
+                if step.is_some() || from_prefill {
                     assert!(
                         cache.tokens() <= budget,
                         "{name}: {} tokens, budget {budget}, step {step:?}",
@@ -68,16 +71,14 @@ fn evicting_methods_never_exceed_their_budget() {
 fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
     for ratio in [2, 4, 8] {
         let budget = PROMPT / ratio;
-        for family in ["snapkv", "snapkv-wide", "pyramidkv", "knorm"] {
+        for family in families_of(Kind::OneShot) {
             let name = format!("{family}-{ratio}x");
             drive(&name, |cache, step| {
                 let Some(step) = step else { return };
                 for l in 0..cache.layers() {
-                    let layer_budget = if family == "pyramidkv" {
-                        super::pyramidkv::layer_budget(budget, PROMPT, l, 3)
-                    } else {
-                        budget
-                    };
+                    // PyramidKV's budgets shrink with depth; every other keeps the same per layer
+                    let layer_budget =
+                        if family == "pyramidkv" { pyramidkv::layer_budget(budget, PROMPT, l, 3) } else { budget };
                     assert_eq!(cache.layer(l).unwrap().tokens(), layer_budget + step + 1, "{name} layer {l}");
                 }
             });
@@ -89,7 +90,7 @@ fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
 fn retrieval_methods_keep_everything_and_read_within_budget() {
     for ratio in [2, 4, 8] {
         let budget = PROMPT / ratio;
-        for family in ["quest", "infllm", "infllm-ref"] {
+        for family in families_of(Kind::Retrieval) {
             let name = format!("{family}-{ratio}x");
             drive(&name, |cache, step| {
                 let Some(step) = step else { return };
@@ -112,11 +113,17 @@ fn retrieval_methods_keep_everything_and_read_within_budget() {
     }
 }
 
-/// On random data each kv head keeps its own tokens. (H2O shares the per-head store of TOVA, but
-/// on random data accumulated attention favours the same early tokens in every head.)
+/// On random data each kv head keeps its own tokens, for every token method but three:
+/// StreamingLLM keeps positions (the same in every head); InfLLM's reference ranking makes one
+/// choice per layer, summed over every head; and H2O, though per head as TOVA, favours the same
+/// early tokens in every head on random data (accumulated attention).
 #[test]
 fn selection_is_per_kv_head() {
-    for name in ["snapkv-4x", "knorm-4x", "tova-4x", "quest-4x", "infllm-4x"] {
+    const SAME_IN_EVERY_HEAD: [&str; 3] = ["streamingllm", "infllm-ref", "h2o"];
+    let token_kinds = [Kind::Evicting, Kind::OneShot, Kind::Retrieval];
+    let families = token_kinds.into_iter().flat_map(families_of).filter(|f| !SAME_IN_EVERY_HEAD.contains(f));
+    for name in families.map(|f| format!("{f}-4x")) {
+        let name = name.as_str();
         let mut differs = false;
         drive(name, |cache, step| {
             if step == Some(DECODE - 1) {
@@ -157,8 +164,8 @@ fn a_budget_above_the_sequence_changes_nothing() {
         (prefill, decode)
     };
     let reference = outputs("fp16");
-    let cache_methods = super::BUDGETED.iter().chain(super::VARIANTS).filter(|f| !f.starts_with("lingua"));
-    for family in cache_methods {
+    let cache_methods = REGISTRY.iter().filter(|s| s.budgeted_family() && s.kind != Kind::PromptCompression);
+    for family in cache_methods.map(|s| s.name) {
         let name = format!("{family}-100000tok");
         let got = outputs(&name);
         let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);

@@ -31,7 +31,7 @@ use serde_json::json;
 
 use crate::kv::attention::{self, Heads, KvView, Queries};
 use crate::kv::method::{Acts, StoreContext};
-use crate::kv::methods::full::FullStore;
+use crate::kv::prefill::FullStore;
 use crate::kv::quant::{QK, minmax_bytes, minmax_decode, minmax_encode};
 use crate::kv::{LayerStore, Method};
 

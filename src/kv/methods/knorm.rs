@@ -9,47 +9,28 @@
 
 use serde_json::json;
 
-use super::Budget;
-use crate::kv::evict::{Eviction, KeptStore, top_with_protected};
-use crate::kv::method::{Acts, StoreContext};
-use crate::kv::methods::full::FullStore;
-use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::oneshot::{Selector, top_per_head};
+use crate::kv::prefill::FullStore;
 
-/// Knorm.
+/// Knorm's selection: per kv head, the keys of smallest L2 norm (`knorm-Nx` is
+/// [`OneShot`](crate::kv::oneshot::OneShot)`<Knorm>`).
 #[derive(Debug, Clone, Copy)]
-pub struct Knorm {
-    /// Token budget.
-    pub budget: Budget,
-}
+pub struct Knorm;
 
-impl Method for Knorm {
-    fn name(&self) -> String {
-        format!("knorm-{}", self.budget.suffix())
+impl Selector for Knorm {
+    fn family(&self) -> &'static str {
+        "knorm"
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "budget": self.budget.settings(), "score": "-L2 norm of the post-RoPE key, per kv head" })
+        json!({ "score": "-L2 norm of the post-RoPE key, per kv head" })
     }
 
-    fn nominal_ratio(&self) -> Option<f64> {
-        self.budget.nominal()
-    }
-
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
-    }
-
-    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
-        let budget = self.budget.tokens(ctx.compressed_tokens);
-        let d = ctx.shape.head_dim;
-        let mut rows = TokenRows::from_full(prefill);
-        for (g, head) in rows.heads.iter_mut().enumerate() {
-            let scores: Vec<f32> =
-                prefill.keys(g).chunks_exact(d).map(|k| -k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
-            head.retain(&top_with_protected(&scores, budget, |_| false));
-        }
-        Some(Box::new(KeptStore::new(rows, None, Eviction::Never)))
+    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+        let d = prefill.shape().head_dim;
+        top_per_head(prefill, budget, |g| {
+            prefill.keys(g).chunks_exact(d).map(|k| -k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
+        })
     }
 }
 
@@ -57,6 +38,9 @@ impl Method for Knorm {
 mod tests {
     use super::*;
     use crate::kv::attention::Heads;
+    use crate::kv::methods::Budget;
+    use crate::kv::oneshot::OneShot;
+    use crate::kv::{LayerStore, Method, StoreContext};
 
     #[test]
     fn keeps_the_smallest_keys_per_kv_head() {
@@ -66,7 +50,7 @@ mod tests {
         let mut full = FullStore::new(shape);
         full.append(&keys, &keys, 6);
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 6, rope_base: 10_000.0 };
-        let store = Knorm { budget: Budget::Ratio(2.0) }.after_prefill(&ctx, &full).unwrap();
+        let store = OneShot { budget: Budget::Ratio(2.0), selector: Knorm }.after_prefill(&ctx, &full).unwrap();
         let dbg = format!("{store:?}");
         assert!(dbg.contains("positions: [0, 1, 2]") && dbg.contains("positions: [3, 4, 5]"), "{dbg}");
     }

@@ -11,21 +11,17 @@
 
 use serde_json::json;
 
-use super::Budget;
 use super::snapkv;
-use crate::kv::method::{Acts, StoreContext};
-use crate::kv::methods::full::{FullStore, OBSERVATION_WINDOW};
-use crate::kv::{LayerStore, Method};
+use crate::kv::method::StoreContext;
+use crate::kv::oneshot::Selector;
+use crate::kv::prefill::{FullStore, OBSERVATION_WINDOW};
 
 /// Ratio of the average budget to the smallest (PyramidKV's `beta`).
 pub const BETA: f64 = 20.0;
 
-/// PyramidKV.
+/// PyramidKV's selection (`pyramidkv-Nx` is [`OneShot`](crate::kv::oneshot::OneShot)`<PyramidKv>`).
 #[derive(Debug, Clone, Copy)]
-pub struct PyramidKv {
-    /// Token budget (the average over layers).
-    pub budget: Budget,
-}
+pub struct PyramidKv;
 
 /// Budget of `layer` of `layers` when the average is `budget` tokens of a `prompt`-token prompt.
 pub fn layer_budget(budget: usize, prompt: usize, layer: usize, layers: usize) -> usize {
@@ -45,28 +41,22 @@ pub fn layer_budget(budget: usize, prompt: usize, layer: usize, layers: usize) -
     w + (max - step * layer as f64).round().max(0.0) as usize
 }
 
-impl Method for PyramidKv {
-    fn name(&self) -> String {
-        format!("pyramidkv-{}", self.budget.suffix())
+impl Selector for PyramidKv {
+    fn family(&self) -> &'static str {
+        "pyramidkv"
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "budget": self.budget.settings(), "window": OBSERVATION_WINDOW, "pooling": "max",
-                "kernel": snapkv::POOL_KERNEL, "beta": BETA, "layer_budgets": "linear, decreasing with depth" })
+        json!({ "window": OBSERVATION_WINDOW, "pooling": "max", "kernel": snapkv::POOL_KERNEL, "beta": BETA,
+                "layer_budgets": "linear, decreasing with depth" })
     }
 
-    fn nominal_ratio(&self) -> Option<f64> {
-        self.budget.nominal()
+    fn layer_budget(&self, budget: usize, ctx: &StoreContext) -> usize {
+        layer_budget(budget, ctx.compressed_tokens, ctx.layer, ctx.layers)
     }
 
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
-    }
-
-    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
-        let budget = self.budget.tokens(ctx.compressed_tokens);
-        let b = layer_budget(budget, ctx.compressed_tokens, ctx.layer, ctx.layers);
-        Some(Box::new(snapkv::snap(prefill, b, snapkv::POOL_KERNEL)))
+    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+        snapkv::select(prefill, budget, snapkv::POOL_KERNEL)
     }
 }
 

@@ -19,7 +19,7 @@ use serde_json::json;
 use super::Budget;
 use crate::kv::attention::{Heads, Queries};
 use crate::kv::method::{Acts, StoreContext};
-use crate::kv::methods::full::FullStore;
+use crate::kv::prefill::FullStore;
 use crate::kv::tokens::TokenRows;
 use crate::kv::{LayerStore, Method};
 

@@ -17,13 +17,10 @@
 
 use serde_json::json;
 
-use super::Budget;
 use crate::kv::attention::{self, Queries};
-use crate::kv::evict::{Eviction, KeptStore, top_with_protected};
-use crate::kv::method::{Acts, StoreContext};
-use crate::kv::methods::full::{FullStore, OBSERVATION_WINDOW};
-use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::evict::top_with_protected;
+use crate::kv::oneshot::Selector;
+use crate::kv::prefill::{FullStore, OBSERVATION_WINDOW};
 
 /// Max-pooling kernel over token scores.
 pub const POOL_KERNEL: usize = 7;
@@ -31,11 +28,9 @@ pub const POOL_KERNEL: usize = 7;
 /// The `snapkv-wide` variant's kernel: a hit on a 7-digit number's first digit reaches its last.
 pub const WIDE_POOL_KERNEL: usize = 15;
 
-/// SnapKV.
+/// SnapKV's selection (`snapkv-Nx` is [`OneShot`](crate::kv::oneshot::OneShot)`<SnapKv>`).
 #[derive(Debug, Clone, Copy)]
 pub struct SnapKv {
-    /// Token budget.
-    pub budget: Budget,
     /// The pooling kernel.
     pub pooling: Pooling,
 }
@@ -59,39 +54,22 @@ impl Pooling {
     }
 }
 
-impl Method for SnapKv {
-    fn name(&self) -> String {
+impl Selector for SnapKv {
+    fn family(&self) -> &'static str {
         match self.pooling {
-            Pooling::Reference => format!("snapkv-{}", self.budget.suffix()),
-            Pooling::Wide => format!("snapkv-wide-{}", self.budget.suffix()),
+            Pooling::Reference => "snapkv",
+            Pooling::Wide => "snapkv-wide",
         }
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "budget": self.budget.settings(), "window": OBSERVATION_WINDOW, "pooling": "max",
-                "kernel": self.pooling.kernel(), "selection": "per kv head" })
+        json!({ "window": OBSERVATION_WINDOW, "pooling": "max", "kernel": self.pooling.kernel(),
+                "selection": "per kv head" })
     }
 
-    fn nominal_ratio(&self) -> Option<f64> {
-        self.budget.nominal()
+    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+        select(prefill, budget, self.pooling.kernel())
     }
-
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
-    }
-
-    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
-        Some(Box::new(snap(prefill, self.budget.tokens(ctx.compressed_tokens), self.pooling.kernel())))
-    }
-}
-
-/// The store SnapKV's rule, pooling with `kernel`, leaves of `prefill` at `budget` tokens per kv
-/// head.
-pub fn snap(prefill: &FullStore, budget: usize, kernel: usize) -> KeptStore {
-    let keep = select(prefill, budget, kernel);
-    let mut rows = TokenRows::from_full(prefill);
-    rows.heads.iter_mut().zip(&keep).for_each(|(h, k)| h.retain(k));
-    KeptStore::new(rows, None, Eviction::Never)
 }
 
 /// Per kv head, which prefill tokens SnapKV keeps at `budget`, pooling with `kernel`.
@@ -135,6 +113,7 @@ pub fn max_pool(x: &[f32], kernel: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::LayerStore;
     use crate::kv::attention::Heads;
 
     #[test]

@@ -4,9 +4,16 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// Task categories, in the report's column order.
-pub const TASKS: [&str; 7] =
-    ["needle", "synthetic", "single-doc-qa", "multi-doc-qa", "summarization", "few-shot", "code"];
+/// Task categories, in the report's column order: the benchmark's own list.
+pub const TASKS: [&str; kvbench::tasks::Task::ALL.len()] = {
+    let mut names = [""; kvbench::tasks::Task::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = kvbench::tasks::Task::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Every method of the trial matrix, in its order.
 pub fn methods() -> Vec<String> {

@@ -1,0 +1,222 @@
+//! The one table of methods: every name the command line, the trial matrix, the help text, the
+//! unknown-name message and the kind-based invariant tests know comes from [`REGISTRY`]. A method
+//! added here is parsed, listed, benchmarked and held to every invariant of its [`Kind`].
+
+use std::sync::Arc;
+
+use super::{Budget, flexgen, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv, q4_0, q8_0, quest};
+use super::{snapkv, streamingllm, tova};
+use crate::kv::oneshot::OneShot;
+use crate::kv::{Granularity, Method};
+
+/// What a method does to the cache, which decides the invariants it is tested by
+/// (`kv/methods/invariants.rs`, `tests/probes.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// The uncompressed cache every other is measured against.
+    Reference,
+    /// Keeps every token, in fewer bits.
+    Quantizer,
+    /// Keeps a token budget and evicts to hold it through decode.
+    Evicting,
+    /// Selects the budget's tokens once, when prefill ends; decode tokens are appended.
+    OneShot,
+    /// Holds every token and reads a budget of them per step.
+    Retrieval,
+    /// Drops prompt tokens before prefill.
+    PromptCompression,
+}
+
+/// How a method is made from its name.
+#[derive(Clone, Copy)]
+pub enum Make {
+    /// A name without a budget (`kivi-2bit`).
+    Fixed(fn() -> Arc<dyn Method>),
+    /// A family that takes a budget suffix (`h2o-4x`, `h2o-512tok`).
+    Budgeted(fn(Budget) -> Arc<dyn Method>),
+}
+
+/// One entry of the registry.
+#[derive(Clone, Copy)]
+pub struct MethodSpec {
+    /// The name of a fixed method, or the family of a budgeted one.
+    pub name: &'static str,
+    /// What it does to the cache.
+    pub kind: Kind,
+    /// In the trial matrix (false for variants, each outside it to measure one choice of a
+    /// family; `kvbench replay` runs them).
+    pub matrix: bool,
+    /// Its constructor.
+    pub make: Make,
+}
+
+impl MethodSpec {
+    const fn fixed(name: &'static str, kind: Kind, make: fn() -> Arc<dyn Method>) -> Self {
+        Self { name, kind, matrix: true, make: Make::Fixed(make) }
+    }
+
+    const fn budgeted(name: &'static str, kind: Kind, make: fn(Budget) -> Arc<dyn Method>) -> Self {
+        Self { name, kind, matrix: true, make: Make::Budgeted(make) }
+    }
+
+    const fn variant(self) -> Self {
+        Self { matrix: false, ..self }
+    }
+
+    /// Whether it takes a budget suffix.
+    pub fn budgeted_family(&self) -> bool {
+        matches!(self.make, Make::Budgeted(_))
+    }
+}
+
+/// Every method kvbench knows, in the order the matrix and the help list them.
+pub const REGISTRY: &[MethodSpec] = &[
+    MethodSpec::fixed("full", Kind::Reference, || Arc::new(full::Full)),
+    MethodSpec::fixed("fp16", Kind::Quantizer, || Arc::new(fp16::Fp16)),
+    MethodSpec::fixed("q8_0", Kind::Quantizer, || Arc::new(q8_0::Q8_0)),
+    MethodSpec::fixed("q4_0", Kind::Quantizer, || Arc::new(q4_0::Q4_0 { rotate: false })),
+    MethodSpec::fixed("q4_0-rot", Kind::Quantizer, || Arc::new(q4_0::Q4_0 { rotate: true })),
+    MethodSpec::fixed("flexgen-4bit", Kind::Quantizer, || Arc::new(flexgen::FlexGen)),
+    MethodSpec::fixed("kivi-2bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 2 })),
+    MethodSpec::fixed("kivi-4bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 4 })),
+    MethodSpec::budgeted("streamingllm", Kind::Evicting, |budget| Arc::new(streamingllm::StreamingLlm { budget })),
+    MethodSpec::budgeted("h2o", Kind::Evicting, |budget| Arc::new(h2o::H2o { budget })),
+    MethodSpec::budgeted("snapkv", Kind::OneShot, |budget| {
+        Arc::new(OneShot { budget, selector: snapkv::SnapKv { pooling: snapkv::Pooling::Reference } })
+    }),
+    MethodSpec::budgeted("pyramidkv", Kind::OneShot, |budget| {
+        Arc::new(OneShot { budget, selector: pyramidkv::PyramidKv })
+    }),
+    MethodSpec::budgeted("tova", Kind::Evicting, |budget| Arc::new(tova::Tova { budget })),
+    MethodSpec::budgeted("knorm", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: knorm::Knorm })),
+    MethodSpec::budgeted("keydiff", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: keydiff::KeyDiff })),
+    MethodSpec::budgeted("infllm", Kind::Retrieval, |budget| {
+        Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::OwnPositions })
+    }),
+    MethodSpec::budgeted("quest", Kind::Retrieval, |budget| Arc::new(quest::Quest { budget })),
+    MethodSpec::budgeted("lingua", Kind::PromptCompression, |budget| {
+        Arc::new(lingua::Lingua { budget, granularity: Granularity::Token })
+    }),
+    MethodSpec::budgeted("infllm-ref", Kind::Retrieval, |budget| {
+        Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::Reference })
+    })
+    .variant(),
+    MethodSpec::budgeted("lingua-word", Kind::PromptCompression, |budget| {
+        Arc::new(lingua::Lingua { budget, granularity: Granularity::Word })
+    })
+    .variant(),
+    MethodSpec::budgeted("snapkv-wide", Kind::OneShot, |budget| {
+        Arc::new(OneShot { budget, selector: snapkv::SnapKv { pooling: snapkv::Pooling::Wide } })
+    })
+    .variant(),
+];
+
+/// The registry entry of `name` and its budget, if it has one.
+pub fn lookup(name: &str) -> Option<(&'static MethodSpec, Option<Budget>)> {
+    if let Some(spec) = REGISTRY.iter().find(|s| !s.budgeted_family() && s.name == name) {
+        return Some((spec, None));
+    }
+    let (family, suffix) = name.rsplit_once('-')?;
+    let spec = REGISTRY.iter().find(|s| s.budgeted_family() && s.name == family)?;
+    Some((spec, Some(Budget::parse(suffix)?)))
+}
+
+/// Resolve a method by its command-line name.
+pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
+    match lookup(name) {
+        Some((MethodSpec { make: Make::Fixed(make), .. }, None)) => Ok(make()),
+        Some((MethodSpec { make: Make::Budgeted(make), .. }, Some(budget))) => Ok(make(budget)),
+        _ => Err(UnknownMethod { name: name.to_string() }),
+    }
+}
+
+/// The kind of the method called `name`.
+pub fn kind_of(name: &str) -> Option<Kind> {
+    lookup(name).map(|(spec, _)| spec.kind)
+}
+
+/// The trial matrix's methods at the given ratios: the fixed ones, then each budgeted family at
+/// each ratio, in registry order.
+pub fn all_at(ratios: &[u32]) -> Vec<String> {
+    let matrix = || REGISTRY.iter().filter(|s| s.matrix);
+    let fixed = matrix().filter(|s| !s.budgeted_family()).map(|s| s.name.to_string());
+    let budgeted =
+        matrix().filter(|s| s.budgeted_family()).flat_map(|s| ratios.iter().map(|r| format!("{}-{r}x", s.name)));
+    fixed.chain(budgeted).collect()
+}
+
+/// Every budgeted family, the variants included, of `kind`.
+pub fn families_of(kind: Kind) -> Vec<&'static str> {
+    REGISTRY.iter().filter(|s| s.kind == kind && s.budgeted_family()).map(|s| s.name).collect()
+}
+
+/// Every fixed method of `kind`.
+pub fn fixed_of(kind: Kind) -> Vec<&'static str> {
+    REGISTRY.iter().filter(|s| s.kind == kind && !s.budgeted_family()).map(|s| s.name).collect()
+}
+
+fn names(fixed: bool, matrix: bool) -> String {
+    let names: Vec<&str> =
+        REGISTRY.iter().filter(|s| s.budgeted_family() != fixed && s.matrix == matrix).map(|s| s.name).collect();
+    names.join(", ")
+}
+
+/// `--method`'s help: every name, from the registry.
+pub fn help() -> String {
+    format!(
+        "KV-cache method: {}; or {} with a budget suffix (`-4x`: a quarter of the prompt; `-512tok`: 512 tokens), \
+         e.g. `snapkv-4x`; variants outside the trial matrix: {}",
+        names(true, true),
+        names(false, true),
+        names(false, false)
+    )
+}
+
+/// A method name that is not known.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown method {name:?}; known methods: {fixed}, and {budgeted} with a budget suffix such as -4x or -512tok \
+     (also {variants}, outside the trial matrix)",
+    fixed = names(true, true), budgeted = names(false, true), variants = names(false, false)
+)]
+pub struct UnknownMethod {
+    name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_round_trips_and_names_are_unique() {
+        let variants = REGISTRY.iter().filter(|s| !s.matrix).map(|s| format!("{}-4x", s.name));
+        for name in all_at(&[2, 4, 6, 8]).into_iter().chain(["h2o-512tok".into(), "snapkv-1.5x".into()]).chain(variants)
+        {
+            assert_eq!(by_name(&name).unwrap().name(), name);
+        }
+        for bad in ["h2o", "h2o-0x", "h2o-0.5x", "h2o-x", "kivi-3bit", "snapkv-4", "nope-4x", "q8_0-2x", "full-2x"] {
+            assert!(by_name(bad).is_err(), "{bad}");
+        }
+        let mut seen = std::collections::HashSet::new();
+        assert!(REGISTRY.iter().all(|s| seen.insert(s.name)), "a name registered twice");
+    }
+
+    #[test]
+    fn kinds_agree_with_when_methods_act() {
+        use crate::kv::Acts;
+        for name in all_at(&[4]) {
+            let method = by_name(&name).unwrap();
+            let kind = kind_of(&name).unwrap();
+            assert_eq!(kind == Kind::PromptCompression, method.acts() == Acts::BeforePrefill, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_help_and_the_error_name_every_method() {
+        let (help, error) = (help(), by_name("nope").err().unwrap().to_string());
+        for spec in REGISTRY {
+            assert!(help.contains(spec.name) && error.contains(spec.name), "{}", spec.name);
+        }
+    }
+}

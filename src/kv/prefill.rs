@@ -1,0 +1,249 @@
+//! The full-precision prefill store: the infrastructure every method that acts after prefill
+//! starts from (not a method itself; `full` is the method that keeps it as it is).
+//!
+//! [`FullStore`] holds every key and value of every token in fp32, the precision the runtime
+//! computes in, and observes, per kv head, the attention mass each token received from every
+//! query so far (H2O's accumulated scores) and the last [`OBSERVATION_WINDOW`] queries (SnapKV's
+//! observation window). Those observations are bookkeeping for the methods, not part of the
+//! cache, and are not counted in [`LayerStore::bytes`].
+
+use crate::codec;
+use crate::kv::LayerStore;
+use crate::kv::attention::{self, Heads, KvView, Queries};
+
+/// Queries remembered at the end of the prompt (SnapKV's window of 32, its paper's default).
+pub const OBSERVATION_WINDOW: usize = 32;
+
+/// The name a shared prefill's snapshot carries: that of the method that keeps it as it is.
+pub const PREFILL_METHOD: &str = "full";
+
+/// Keys and values per kv head, `[tokens, head_dim]` each, plus the observations of the module doc.
+#[derive(Debug, Clone)]
+pub struct FullStore {
+    shape: Heads,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    /// Per kv head and token: attention probability received, summed over every query row and
+    /// every query head of the group.
+    mass: Vec<Vec<f32>>,
+    /// The last queries seen, oldest first, `heads · head_dim` each.
+    recent_queries: Vec<f32>,
+    /// Most query rows kept in `recent_queries`.
+    query_limit: usize,
+}
+
+impl FullStore {
+    /// Empty storage.
+    pub fn new(shape: Heads) -> Self {
+        let per_head = vec![Vec::new(); shape.kv_heads];
+        Self {
+            shape,
+            keys: per_head.clone(),
+            values: per_head.clone(),
+            mass: per_head,
+            recent_queries: Vec::new(),
+            query_limit: OBSERVATION_WINDOW,
+        }
+    }
+
+    /// Empty storage that keeps every query (for recording attention probes; see [`Recording`]).
+    pub fn recording(shape: Heads) -> Self {
+        Self { query_limit: usize::MAX, ..Self::new(shape) }
+    }
+
+    /// A recording made elsewhere (an attention probe): token-major key and value rows, and
+    /// every query row, `heads · head_dim` each, oldest first. No attention has run on it, so its
+    /// observed mass is zero: it is replayed, not read as a prefill.
+    pub fn recorded(shape: Heads, keys: &[f32], values: &[f32], queries: Vec<f32>) -> Self {
+        let mut store = Self::recording(shape);
+        store.append(keys, values, keys.len() / (shape.kv_heads * shape.head_dim));
+        store.recent_queries = queries;
+        store
+    }
+
+    /// Attention shape.
+    pub fn shape(&self) -> Heads {
+        self.shape
+    }
+
+    /// Key/value views for the attention kernel.
+    pub fn views(&self) -> Vec<KvView<'_>> {
+        self.keys.iter().zip(&self.values).map(|(k, v)| KvView { keys: k, values: v }).collect()
+    }
+
+    /// Token-major key and value rows (`[tokens, kv_heads · head_dim]` each, as `append` takes
+    /// them) of tokens `range`.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> (Vec<f32>, Vec<f32>) {
+        let d = self.shape.head_dim;
+        let width = self.shape.kv_heads * d;
+        let (mut k, mut v) = (Vec::with_capacity(range.len() * width), Vec::with_capacity(range.len() * width));
+        for i in range {
+            for g in 0..self.shape.kv_heads {
+                k.extend_from_slice(&self.keys[g][i * d..][..d]);
+                v.extend_from_slice(&self.values[g][i * d..][..d]);
+            }
+        }
+        (k, v)
+    }
+
+    /// Keys of kv head `g`, `[tokens, head_dim]`.
+    pub fn keys(&self, g: usize) -> &[f32] {
+        &self.keys[g]
+    }
+
+    /// Values of kv head `g`, `[tokens, head_dim]`.
+    pub fn values(&self, g: usize) -> &[f32] {
+        &self.values[g]
+    }
+
+    /// Accumulated attention mass per token for kv head `g`.
+    pub fn mass(&self, g: usize) -> &[f32] {
+        &self.mass[g]
+    }
+
+    /// The last (at most [`OBSERVATION_WINDOW`], or all when recording) query rows, oldest
+    /// first, `heads · head_dim` each; they belong to the last tokens appended.
+    pub fn recent_queries(&self) -> &[f32] {
+        &self.recent_queries
+    }
+
+    /// Append the whole state (keys, values and observations) to `out`, bit-exact.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_u64(out, self.query_limit as u64);
+        for g in 0..self.shape.kv_heads {
+            codec::put_f32s(out, &self.keys[g]);
+            codec::put_f32s(out, &self.values[g]);
+            codec::put_f32s(out, &self.mass[g]);
+        }
+        codec::put_f32s(out, &self.recent_queries);
+    }
+
+    /// The state [`Self::encode`] wrote for `shape`; `None` if the bytes do not hold one.
+    pub fn decode(shape: Heads, input: &mut &[u8]) -> Option<Self> {
+        if shape.kv_heads == 0 || shape.head_dim == 0 {
+            return None;
+        }
+        let query_limit = codec::take_usize(input)?;
+        let (mut keys, mut values, mut mass) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..shape.kv_heads {
+            keys.push(codec::take_f32s(input)?);
+            values.push(codec::take_f32s(input)?);
+            mass.push(codec::take_f32s(input)?);
+        }
+        let recent_queries = codec::take_f32s(input)?;
+        let tokens = keys[0].len() / shape.head_dim.max(1);
+        let consistent = keys.iter().chain(&values).all(|h| h.len() == tokens * shape.head_dim)
+            && mass.iter().all(|m| m.len() == tokens)
+            && recent_queries.len() % (shape.heads * shape.head_dim).max(1) == 0;
+        consistent.then_some(Self { shape, keys, values, mass, recent_queries, query_limit })
+    }
+}
+
+impl LayerStore for FullStore {
+    fn append(&mut self, keys: &[f32], values: &[f32], t: usize) {
+        append_head_major(&mut self.keys, keys, t, self.shape.head_dim);
+        append_head_major(&mut self.values, values, t, self.shape.head_dim);
+        let n = self.tokens();
+        self.mass.iter_mut().for_each(|m| m.resize(n, 0.0));
+    }
+
+    fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
+        let views: Vec<KvView> =
+            self.keys.iter().zip(&self.values).map(|(k, v)| KvView { keys: k, values: v }).collect();
+        attention::attend_observed(self.shape, Queries::new(q, q_stride, t), &views, out, Some(&mut self.mass));
+        let width = self.shape.heads * self.shape.head_dim;
+        for j in t.saturating_sub(self.query_limit)..t {
+            self.recent_queries.extend_from_slice(&q[j * q_stride..][..width]);
+        }
+        let excess = self.recent_queries.len().saturating_sub(self.query_limit.saturating_mul(width));
+        self.recent_queries.drain(..excess);
+    }
+
+    fn bytes(&self) -> usize {
+        self.keys.iter().chain(&self.values).map(|h| h.len() * size_of::<f32>()).sum()
+    }
+
+    fn tokens(&self) -> usize {
+        self.keys[0].len() / self.shape.head_dim
+    }
+
+    fn clone_box(&self) -> Box<dyn LayerStore> {
+        Box::new(self.clone())
+    }
+
+    fn as_prefill(&self) -> Option<&FullStore> {
+        Some(self)
+    }
+}
+
+/// Scatter `t` token-major rows of `heads.len() · d` values onto per-head vectors.
+pub fn append_head_major(heads: &mut [Vec<f32>], rows: &[f32], t: usize, d: usize) {
+    let width = heads.len() * d;
+    for (g, head) in heads.iter_mut().enumerate() {
+        head.reserve(t * d);
+        for row in rows.chunks_exact(width).take(t) {
+            head.extend_from_slice(&row[g * d..][..d]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_splits_rows_by_head_and_counts_bytes() {
+        let shape = Heads { heads: 4, kv_heads: 2, head_dim: 2 };
+        let mut store = FullStore::new(shape);
+        // two tokens, rows [h0d0 h0d1 h1d0 h1d1]
+        let k = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        store.append(&k, &k, 2);
+        assert_eq!(store.keys[0], [1.0, 2.0, 5.0, 6.0]);
+        assert_eq!(store.keys[1], [3.0, 4.0, 7.0, 8.0]);
+        assert_eq!(store.tokens(), 2);
+        assert_eq!(store.bytes(), 2 * 8 * 4);
+    }
+
+    #[test]
+    fn encodes_bit_exactly_and_refuses_inconsistent_bytes() {
+        let shape = Heads { heads: 4, kv_heads: 2, head_dim: 2 };
+        let mut store = FullStore::new(shape);
+        let rows: Vec<f32> = (0..24).map(|i| i as f32 * 0.37 - 3.0).collect();
+        store.append(&rows[..12], &rows[12..], 3);
+        let q: Vec<f32> = (0..24).map(|i| (i as f32).sin()).collect();
+        let mut out = vec![0.0; 24];
+        store.attend(&q, 8, 3, &mut out);
+        let mut bytes = Vec::new();
+        store.encode(&mut bytes);
+        let back = FullStore::decode(shape, &mut &bytes[..]).unwrap();
+        assert_eq!((back.keys, back.values, back.mass), (store.keys.clone(), store.values.clone(), store.mass.clone()));
+        assert_eq!(back.recent_queries, store.recent_queries);
+        // a shape the bytes were not written for
+        assert!(FullStore::decode(Heads { heads: 4, kv_heads: 2, head_dim: 4 }, &mut &bytes[..]).is_none());
+        assert!(FullStore::decode(shape, &mut &bytes[..bytes.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn observes_mass_and_the_last_queries() {
+        let shape = Heads { heads: 2, kv_heads: 1, head_dim: 2 };
+        let mut store = FullStore::new(shape);
+        let mut out = vec![0.0; 3 * 4];
+        let kv = [0.0f32; 6];
+        store.append(&kv, &kv, 3);
+        let q: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        store.attend(&q, 4, 3, &mut out);
+        // equal scores: row j spreads 1 over j + 1 tokens, for each of the 2 heads
+        let want = [2.0 * (1.0 + 0.5 + 1.0 / 3.0), 2.0 * (0.5 + 1.0 / 3.0), 2.0 / 3.0];
+        for (m, w) in store.mass(0).iter().zip(want) {
+            assert!((m - w).abs() < 1e-6, "{:?}", store.mass(0));
+        }
+        assert_eq!(store.recent_queries(), &q[..]);
+        for step in 0..OBSERVATION_WINDOW {
+            store.append(&kv[..2], &kv[..2], 1);
+            store.attend(&[step as f32; 4], 4, 1, &mut out[..4]);
+        }
+        assert_eq!(store.recent_queries().len(), OBSERVATION_WINDOW * 4);
+        assert_eq!(store.recent_queries()[..4], [0.0; 4]);
+        assert_eq!(store.recent_queries()[OBSERVATION_WINDOW * 4 - 4..], [31.0; 4]);
+    }
+}
