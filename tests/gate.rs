@@ -12,9 +12,8 @@ use std::sync::Arc;
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
 use kvbench::bench::{PrefillCache, Tier, trial};
 use kvbench::kv::evict::{Eviction, KeptStore};
-use kvbench::kv::method::{Acts, StoreContext};
 use kvbench::kv::methods::{self, Budget};
-use kvbench::kv::{LayerStore, Method};
+use kvbench::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
@@ -38,10 +37,12 @@ impl Method for NoSinks {
         Some(2.0)
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for NoSinks {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         let budget = Budget::Ratio(2.0).tokens(ctx.compressed_tokens);
         Box::new(KeptStore::empty(ctx.shape, Eviction::Window { sinks: 0, budget }))

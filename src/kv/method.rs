@@ -5,15 +5,15 @@
 //! (full precision, packed codes plus scales, a subset of tokens). The attention kernel talks
 //! only to `LayerStore`, so a method owns both its bytes and how attention reads them.
 //!
-//! Methods act at one of three moments ([`Acts`]):
-//! - **during prefill** (llama.cpp cache types, FlexGen, StreamingLLM, InfLLM): their store is
-//!   used from the first token, so prefill attention already sees what they keep;
-//! - **after prefill** (KIVI, SnapKV, PyramidKV, H2O, TOVA, Knorm, Quest): prefill runs on the
-//!   full-precision [`FullStore`], which also records what these methods score tokens by;
-//!   [`Method::after_prefill`] then turns it into the method's store. This is what lets the
-//!   benchmark prefill a sample once and replay it through every such method;
-//! - **before prefill** (prompt compression): the method picks prompt tokens, see
-//!   [`Method::prompt_budget`]; the cache itself is a plain store.
+//! A method declares when it acts as a [`Phase`], which carries the one hook that moment needs:
+//! - **during prefill** (llama.cpp cache types, FlexGen, StreamingLLM, InfLLM): a
+//!   [`StoreFactory`], whose store is used from the first token, so prefill attention already
+//!   sees what it keeps;
+//! - **after prefill** (KIVI, the one-shot selections, H2O, TOVA, Quest, and `full`): a
+//!   [`PrefillCompressor`], which turns the full-precision prefill ([`FullStore`],
+//!   `kv/prefill.rs`) into the method's store;
+//! - **before prefill** (prompt compression): a [`PromptCompressor`], which says how much of the
+//!   prompt to keep; the cache itself is a plain store.
 
 use std::fmt;
 
@@ -62,28 +62,123 @@ pub trait Method: Send + Sync + fmt::Debug {
     /// an absolute token budget, whose ratio depends on the prompt.
     fn nominal_ratio(&self) -> Option<f64>;
 
+    /// When the method acts, with the one hook that moment needs.
+    fn phase(&self) -> Phase<'_>;
+}
+
+/// When a method acts, and what it supplies for it: declaring a phase without its hook does not
+/// compile, and no hook exists outside its phase.
+#[derive(Clone, Copy)]
+pub enum Phase<'a> {
+    /// Prompt compression: it keeps part of the prompt before prefill; its cache is a plain store.
+    BeforePrefill(&'a dyn PromptCompressor),
+    /// Its store is used from the first prefill chunk on, so prefill attention already sees what
+    /// it keeps.
+    DuringPrefill(&'a dyn StoreFactory),
+    /// Prefill runs on the full-precision [`FullStore`], which also records what these methods
+    /// score tokens by; it compresses each layer's when prefill ends. This is what lets the
+    /// benchmark prefill a sample once and replay it through every such method.
+    AfterPrefill(&'a dyn PrefillCompressor),
+}
+
+/// A method's storage from the first prefill chunk on ([`Phase::DuringPrefill`]).
+pub trait StoreFactory: Send + Sync {
+    /// Fresh, empty storage for one layer of one sequence.
+    fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore>;
+}
+
+/// What a method acting after prefill does to a layer's full-precision prefill.
+pub trait PrefillCompressor: Send + Sync {
+    /// The layer's store from its prefill.
+    fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed;
+}
+
+/// A layer's store after prefill ([`PrefillCompressor::compress`]).
+#[derive(Debug)]
+pub enum Compressed {
+    /// The prefill store itself, as it is (the full cache).
+    Keep,
+    /// A store of the method's own.
+    Into(Box<dyn LayerStore>),
+}
+
+/// A prompt compressor ([`Phase::BeforePrefill`]): how much of the context it keeps, which
+/// tokens, from the model's scores of them, and the plain store its cache is.
+pub trait PromptCompressor: StoreFactory {
+    /// How many of `context` tokens to keep, and in what units they are kept or dropped.
+    fn prompt_budget(&self, context: usize) -> PromptBudget;
+
+    /// Ascending positions of the `context` tokens to keep at `budget`, scored through `model`
+    /// after `conditioning` (the question when query-aware, nothing when query-agnostic).
+    fn keep(
+        &self,
+        context: &[u32],
+        conditioning: &[u32],
+        budget: PromptBudget,
+        model: &mut dyn PromptScorer,
+    ) -> Result<Vec<usize>, ScorerError>;
+}
+
+/// What a prompt compressor may ask of the model: the narrow interface through which the model
+/// layer serves it, so that a compressor lives beside the other methods, not in the model.
+pub trait PromptScorer {
+    /// `information[i] = −log p(tokens[i] | tokens[..i])` under the full model (infinite for the
+    /// first token, which has no prediction).
+    fn self_information(&mut self, tokens: &[u32]) -> Result<std::sync::Arc<Vec<f32>>, ScorerError>;
+
+    /// The text of one token: U+FFFD for part of a multi-byte character, empty for an unknown id.
+    fn token_text(&self, id: u32) -> String;
+}
+
+/// The model failed to score a prompt (its message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ScorerError(pub String);
+
+/// What the cache, the model and the fidelity replay ask of any method, from its [`Phase`]: one
+/// place, not overridable, so that a method cannot answer one way here and another there.
+impl dyn Method + '_ {
     /// When the method acts.
-    fn acts(&self) -> Acts;
-
-    /// Fresh, empty storage for one layer of one sequence. Methods acting after prefill are
-    /// given a [`FullStore`] by the cache instead, and need not override this.
-    fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
-        Box::new(FullStore::new(ctx.shape))
+    pub fn acts(&self) -> Acts {
+        match self.phase() {
+            Phase::BeforePrefill(_) => Acts::BeforePrefill,
+            Phase::DuringPrefill(_) => Acts::DuringPrefill,
+            Phase::AfterPrefill(_) => Acts::AfterPrefill,
+        }
     }
 
-    /// Turn a layer's full-precision prefill into this method's store ([`Acts::AfterPrefill`]).
-    fn after_prefill(&self, _ctx: &StoreContext, _prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
-        None
+    /// Fresh, empty storage for one layer of one sequence: the full-precision prefill store for a
+    /// method acting after prefill, the method's own otherwise.
+    pub fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
+        match self.phase() {
+            Phase::BeforePrefill(p) => p.layer_store(ctx),
+            Phase::DuringPrefill(f) => f.layer_store(ctx),
+            Phase::AfterPrefill(_) => Box::new(FullStore::new(ctx.shape)),
+        }
     }
 
-    /// For prompt compression: how many of `context` tokens to keep, and in what units they are
-    /// kept or dropped.
-    fn prompt_budget(&self, _context: usize) -> Option<PromptBudget> {
-        None
+    /// A layer's store once prefill ends: `None` to keep the prefill's (the full cache, and
+    /// every method not acting after prefill).
+    pub fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
+        match self.phase() {
+            Phase::AfterPrefill(c) => match c.compress(ctx, prefill) {
+                Compressed::Keep => None,
+                Compressed::Into(store) => Some(store),
+            },
+            _ => None,
+        }
+    }
+
+    /// For prompt compression: how many of `context` tokens to keep, and in what units.
+    pub fn prompt_budget(&self, context: usize) -> Option<PromptBudget> {
+        match self.phase() {
+            Phase::BeforePrefill(p) => Some(p.prompt_budget(context)),
+            _ => None,
+        }
     }
 }
 
-/// What a prompt compressor keeps of the context ([`Method::prompt_budget`]).
+/// What a prompt compressor keeps of the context ([`PromptCompressor::prompt_budget`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PromptBudget {
     /// Context tokens to keep (forced tokens count towards it and are kept even past it).

@@ -24,5 +24,8 @@ pub mod store;
 pub mod tokens;
 
 pub use attention::Heads;
-pub use method::{Acts, Granularity, LayerStore, Method, PromptBudget, StoreContext};
+pub use method::{
+    Acts, Compressed, Granularity, LayerStore, Method, Phase, PrefillCompressor, PromptBudget, PromptCompressor,
+    PromptScorer, ScorerError, StoreContext, StoreFactory,
+};
 pub use store::{CacheHandle, CacheSnapshot, CacheStats, KvCache};

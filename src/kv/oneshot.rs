@@ -9,12 +9,12 @@
 
 use serde_json::Value;
 
+use super::Method;
 use super::budget::Budget;
 use super::evict::{Eviction, KeptStore, top_with_protected};
-use super::method::{Acts, StoreContext};
+use super::method::{Compressed, Phase, PrefillCompressor, StoreContext};
 use super::prefill::FullStore;
 use super::tokens::TokenRows;
-use super::{LayerStore, Method};
 
 /// How a one-shot method picks the prefill tokens it keeps.
 pub trait Selector: std::fmt::Debug + Send + Sync {
@@ -59,13 +59,15 @@ impl<S: Selector> Method for OneShot<S> {
         self.budget.nominal()
     }
 
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::AfterPrefill(self)
     }
+}
 
-    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
+impl<S: Selector> PrefillCompressor for OneShot<S> {
+    fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed {
         let budget = self.selector.layer_budget(self.budget.tokens(ctx.compressed_tokens), ctx);
-        Some(Box::new(kept(prefill, &self.selector.keep(prefill, budget))))
+        Compressed::Into(Box::new(kept(prefill, &self.selector.keep(prefill, budget))))
     }
 }
 

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::session::{ModelError, Runtime};
 use crate::codec;
-use crate::kv::methods::{Full, lingua};
-use crate::kv::{Acts, CacheSnapshot, CacheStats, Granularity, PromptBudget};
+use crate::kv::methods::Full;
+use crate::kv::{Acts, CacheSnapshot, CacheStats, Phase, PromptBudget, PromptCompressor, PromptScorer, ScorerError};
 
 /// Where a method compresses, relative to the question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -314,9 +314,10 @@ pub fn start(
     check_prompt(rt, prompt, options)?;
     let method = rt.lock_cache()?.method().clone();
     let clock = Instant::now();
-    let prefilled = match method.prompt_budget(prompt.context) {
-        Some(budget) if method.acts() == Acts::BeforePrefill => {
-            let kept = compress_prompt(rt, prompt, budget, options)?;
+    let prefilled = match method.phase() {
+        Phase::BeforePrefill(compressor) => {
+            let budget = compressor.prompt_budget(prompt.context);
+            let kept = compress_prompt(rt, compressor, prompt, budget, options)?;
             rt.reset(method.clone())?;
             kept
         }
@@ -423,11 +424,11 @@ pub fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     ids.into_iter().map(|i| (i, lp[i as usize])).collect()
 }
 
-/// LLMLingua-style compression of the context ([`lingua`]): score each context token's
-/// self-information with the full model (after the question when query-aware), keep `budget`
-/// tokens, one by one or whole words.
+/// Prompt compression of the context by `compressor`, which scores it through the runtime
+/// ([`ModelScorer`]): after the question when query-aware, alone when query-agnostic.
 fn compress_prompt(
     rt: &mut Runtime,
+    compressor: &dyn PromptCompressor,
     prompt: &Prompt,
     budget: PromptBudget,
     options: GenerateOptions,
@@ -437,23 +438,36 @@ fn compress_prompt(
         return Ok(prompt.clone());
     }
     let conditioning: &[u32] = if options.mode == Mode::QueryAware { question } else { &[] };
-    let scored: Vec<u32> = [conditioning, context].concat();
-    let information = self_information(rt, &scored, options.chunk.max(1))?;
-    let information = &information[conditioning.len()..];
-    let tokenizer = rt.tokenizer();
-    // a token that is part of a multi-byte character decodes to U+FFFD, neither forced nor the
-    // start of a word; one that does not decode at all (an unknown id) counts as empty
-    let texts: Vec<String> = context.iter().map(|&id| tokenizer.decode(&[id]).unwrap_or_default()).collect();
-    let forced: Vec<bool> = texts.iter().map(|t| lingua::is_forced(t)).collect();
-    let keep = match budget.granularity {
-        Granularity::Token => lingua::select(information, &forced, budget.tokens),
-        Granularity::Word => {
-            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-            lingua::select_words(information, &forced, &lingua::words(&texts), budget.tokens)
-        }
-    };
-    let kept: Vec<u32> = keep.iter().map(|&i| context[i]).collect();
+    let mut scorer = ModelScorer { rt, chunk: options.chunk.max(1), failure: None };
+    let keep = compressor.keep(context, conditioning, budget, &mut scorer);
+    if let Some(failure) = scorer.failure {
+        return Err(failure);
+    }
+    let keep = keep.map_err(|e| ModelError::Invalid(e.to_string()))?;
+    let kept: Vec<u32> = keep.iter().filter_map(|&i| context.get(i).copied()).collect();
     Ok(Prompt::split(&kept, question))
+}
+
+/// The model's side of prompt compression ([`PromptScorer`]): scores from the runtime, the
+/// model's own error kept to be returned as it is.
+struct ModelScorer<'a> {
+    rt: &'a mut Runtime,
+    chunk: usize,
+    failure: Option<ModelError>,
+}
+
+impl PromptScorer for ModelScorer<'_> {
+    fn self_information(&mut self, tokens: &[u32]) -> Result<Arc<Vec<f32>>, ScorerError> {
+        self_information(self.rt, tokens, self.chunk).map_err(|e| {
+            let message = ScorerError(e.to_string());
+            self.failure = Some(e);
+            message
+        })
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.rt.tokenizer().decode(&[id]).unwrap_or_default()
+    }
 }
 
 /// `information[i] = −log p(scored[i] | scored[..i])` under the full model (infinite for the

@@ -12,9 +12,8 @@
 
 use serde_json::json;
 
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::rowquant::{RowCodec, RowQuantStore};
-use crate::kv::{LayerStore, Method};
+use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// FlexGen 4-bit.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,10 +33,12 @@ impl Method for FlexGen {
         Some(16.0 / 5.0)
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for FlexGen {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         Box::new(RowQuantStore::new(ctx.shape, RowCodec::MinMax(4), false))
     }

@@ -9,9 +9,8 @@
 use serde_json::json;
 
 use crate::kv::attention::Queries;
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// The half-precision full cache.
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,10 +29,12 @@ impl Method for Fp16 {
         Some(1.0)
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for Fp16 {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         Box::new(Fp16Store(TokenRows::new(ctx.shape)))
     }

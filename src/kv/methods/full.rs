@@ -7,9 +7,8 @@
 //!
 //! It keeps the full-precision prefill store ([`FullStore`], `kv/prefill.rs`) as it is.
 
-use crate::kv::method::Acts;
 use crate::kv::prefill::{FullStore, PREFILL_METHOD};
-use crate::kv::{LayerStore, Method};
+use crate::kv::{Compressed, LayerStore, Method, Phase, PrefillCompressor, StoreContext, StoreFactory};
 
 /// The full-precision cache.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,8 +30,14 @@ impl Method for Full {
     /// Its prefill is the shared full-precision prefill itself ([`Self::after_prefill`] keeps the
     /// prefilled store as it is), so its trials reuse it instead of computing it again: the same
     /// bits (`tests/methods.rs` holds a shared prefill to a recomputed one).
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::AfterPrefill(self)
+    }
+}
+
+impl PrefillCompressor for Full {
+    fn compress(&self, _ctx: &StoreContext, _prefill: &FullStore) -> Compressed {
+        Compressed::Keep
     }
 }
 
@@ -54,10 +59,12 @@ impl Method for Recording {
         Some(1.0)
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for Recording {
     fn layer_store(&self, ctx: &crate::kv::StoreContext) -> Box<dyn LayerStore> {
         Box::new(FullStore::recording(ctx.shape))
     }

@@ -16,10 +16,9 @@ use serde_json::json;
 
 use super::Budget;
 use crate::kv::evict::{Eviction, KeptStore};
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::prefill::FullStore;
 use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::{Compressed, Method, Phase, PrefillCompressor, StoreContext};
 
 /// H2O.
 #[derive(Debug, Clone, Copy)]
@@ -42,21 +41,24 @@ impl Method for H2o {
         self.budget.nominal()
     }
 
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::AfterPrefill(self)
     }
+}
 
-    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
+impl PrefillCompressor for H2o {
+    fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed {
         let budget = self.budget.tokens(ctx.compressed_tokens);
         let scores = (0..ctx.shape.kv_heads).map(|g| prefill.mass(g).to_vec()).collect();
         let eviction = Eviction::HeavyHitters { budget, recent: budget / 2 };
-        Some(Box::new(KeptStore::new(TokenRows::from_full(prefill), Some(scores), eviction)))
+        Compressed::Into(Box::new(KeptStore::new(TokenRows::from_full(prefill), Some(scores), eviction)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::LayerStore;
     use crate::kv::attention::Heads;
 
     #[test]
@@ -77,7 +79,7 @@ mod tests {
         let mut out = vec![0.0; n * 16];
         full.attend(&q, 16, n, &mut out);
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: n, rope_base: 10_000.0 };
-        let store = H2o { budget: Budget::Tokens(6) }.after_prefill(&ctx, &full).unwrap();
+        let store = (&H2o { budget: Budget::Tokens(6) } as &dyn Method).after_prefill(&ctx, &full).unwrap();
         // recent 3 (9, 10, 11) plus the 3 heaviest of the rest: 2 and 5 dominate, then 0 (seen by
         // every query, alone for the first)
         let dbg = format!("{store:?}");

@@ -33,10 +33,9 @@ use serde_json::json;
 use super::Budget;
 use crate::kv::attention::{Heads, Queries};
 use crate::kv::evict::top_with_protected;
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::rope;
 use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// Shares of the budget: sinks, local window, retrieved blocks.
 pub const SHARES: (f64, f64, f64) = (0.021, 0.655, 0.324);
@@ -115,10 +114,12 @@ impl Method for InfLlm {
         self.budget.nominal()
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for InfLlm {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         let plan = Plan::new(self.budget.tokens(ctx.compressed_tokens));
         Box::new(InfLlmStore {

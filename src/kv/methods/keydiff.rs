@@ -76,7 +76,7 @@ mod tests {
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 6, rope_base: 10_000.0 };
         let method = OneShot { budget: Budget::Ratio(3.0), selector: KeyDiff };
         assert_eq!(method.name(), "keydiff-3x");
-        let store = method.after_prefill(&ctx, &full).unwrap();
+        let store = (&method as &dyn Method).after_prefill(&ctx, &full).unwrap();
         let dbg = format!("{store:?}");
         // head 0's y keys are tokens 1 and 4; head 1's x keys are tokens 2 and 5
         assert!(dbg.contains("positions: [1, 4]") && dbg.contains("positions: [2, 5]"), "{dbg}");

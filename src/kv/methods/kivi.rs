@@ -30,10 +30,9 @@ use half::f16;
 use serde_json::json;
 
 use crate::kv::attention::{self, Heads, KvView, Queries};
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::prefill::FullStore;
 use crate::kv::quant::{QK, minmax_bytes, minmax_decode, minmax_encode};
-use crate::kv::{LayerStore, Method};
+use crate::kv::{Compressed, LayerStore, Method, Phase, PrefillCompressor, StoreContext};
 
 /// Tokens kept in fp16 (KIVI's `residual_length`).
 pub const RESIDUAL: usize = 128;
@@ -60,12 +59,14 @@ impl Method for Kivi {
         Some(16.0 / (self.bits as f64 + 32.0 / QK as f64))
     }
 
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::AfterPrefill(self)
     }
+}
 
-    fn after_prefill(&self, _ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
-        Some(Box::new(KiviStore::from_prefill(prefill, self.bits)))
+impl PrefillCompressor for Kivi {
+    fn compress(&self, _ctx: &StoreContext, prefill: &FullStore) -> Compressed {
+        Compressed::Into(Box::new(KiviStore::from_prefill(prefill, self.bits)))
     }
 }
 

@@ -50,7 +50,9 @@ mod tests {
         let mut full = FullStore::new(shape);
         full.append(&keys, &keys, 6);
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 6, rope_base: 10_000.0 };
-        let store = OneShot { budget: Budget::Ratio(2.0), selector: Knorm }.after_prefill(&ctx, &full).unwrap();
+        let store = (&OneShot { budget: Budget::Ratio(2.0), selector: Knorm } as &dyn Method)
+            .after_prefill(&ctx, &full)
+            .unwrap();
         let dbg = format!("{store:?}");
         assert!(dbg.contains("positions: [0, 1, 2]") && dbg.contains("positions: [3, 4, 5]"), "{dbg}");
     }

@@ -34,9 +34,9 @@ use serde_json::json;
 use super::Budget;
 use super::fp16::Fp16Store;
 use crate::kv::evict::top_with_protected;
-use crate::kv::method::{Acts, Granularity, PromptBudget, StoreContext};
+use crate::kv::method::{Granularity, PromptBudget};
 use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::{LayerStore, Method, Phase, PromptCompressor, PromptScorer, ScorerError, StoreContext, StoreFactory};
 
 /// Characters whose tokens are always kept.
 pub const FORCED: &[char] = &['\n', '.', '!', '?', ','];
@@ -72,16 +72,45 @@ impl Method for Lingua {
         self.budget.nominal()
     }
 
-    fn acts(&self) -> Acts {
-        Acts::BeforePrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::BeforePrefill(self)
     }
+}
 
+impl StoreFactory for Lingua {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         Box::new(Fp16Store(TokenRows::new(ctx.shape)))
     }
+}
 
-    fn prompt_budget(&self, context: usize) -> Option<PromptBudget> {
-        Some(PromptBudget { tokens: self.budget.tokens(context), granularity: self.granularity })
+impl PromptCompressor for Lingua {
+    fn prompt_budget(&self, context: usize) -> PromptBudget {
+        PromptBudget { tokens: self.budget.tokens(context), granularity: self.granularity }
+    }
+
+    /// Score each context token's self-information with the full model (after the question when
+    /// query-aware), keep `budget` tokens, one by one or whole words.
+    fn keep(
+        &self,
+        context: &[u32],
+        conditioning: &[u32],
+        budget: PromptBudget,
+        model: &mut dyn PromptScorer,
+    ) -> Result<Vec<usize>, ScorerError> {
+        let scored: Vec<u32> = [conditioning, context].concat();
+        let information = model.self_information(&scored)?;
+        let information = &information[conditioning.len()..];
+        // a token that is part of a multi-byte character decodes to U+FFFD, neither forced nor
+        // the start of a word; one that does not decode at all (an unknown id) counts as empty
+        let texts: Vec<String> = context.iter().map(|&id| model.token_text(id)).collect();
+        let forced: Vec<bool> = texts.iter().map(|t| is_forced(t)).collect();
+        Ok(match budget.granularity {
+            Granularity::Token => select(information, &forced, budget.tokens),
+            Granularity::Word => {
+                let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                select_words(information, &forced, &words(&texts), budget.tokens)
+            }
+        })
     }
 }
 

@@ -13,9 +13,8 @@
 
 use serde_json::json;
 
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::rowquant::{RowCodec, RowQuantStore};
-use crate::kv::{LayerStore, Method};
+use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// llama.cpp's `q4_0` cache, optionally rotated.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,10 +37,12 @@ impl Method for Q4_0 {
         Some(16.0 / 4.5)
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for Q4_0 {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         Box::new(RowQuantStore::new(ctx.shape, RowCodec::Q4_0, self.rotate))
     }

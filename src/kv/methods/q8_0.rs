@@ -10,9 +10,8 @@
 
 use serde_json::json;
 
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::rowquant::{RowCodec, RowQuantStore};
-use crate::kv::{LayerStore, Method};
+use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// llama.cpp's `q8_0` cache.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,10 +30,12 @@ impl Method for Q8_0 {
         Some(16.0 / 8.5)
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for Q8_0 {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         Box::new(RowQuantStore::new(ctx.shape, RowCodec::Q8_0, false))
     }

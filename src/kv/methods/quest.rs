@@ -18,10 +18,9 @@ use serde_json::json;
 
 use super::Budget;
 use crate::kv::attention::{Heads, Queries};
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::prefill::FullStore;
 use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::{Compressed, LayerStore, Method, Phase, PrefillCompressor, StoreContext};
 
 /// Tokens per page.
 pub const PAGE: usize = 16;
@@ -49,11 +48,13 @@ impl Method for Quest {
         self.budget.nominal()
     }
 
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::AfterPrefill(self)
     }
+}
 
-    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
+impl PrefillCompressor for Quest {
+    fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed {
         let budget = self.budget.tokens(ctx.compressed_tokens);
         let dense = ctx.layer < DENSE_LAYERS;
         let mut store = QuestStore {
@@ -66,7 +67,7 @@ impl Method for Quest {
         };
         store.bounds = vec![Vec::new(); ctx.shape.kv_heads];
         store.update_bounds();
-        Some(Box::new(store))
+        Compressed::Into(Box::new(store))
     }
 }
 
@@ -196,7 +197,7 @@ mod tests {
         let mut full = FullStore::new(shape);
         full.append(&keys, &keys, n);
         let ctx = StoreContext { layer: 5, layers: 30, shape, compressed_tokens: n, rope_base: 10_000.0 };
-        let mut store = Quest { budget: Budget::Tokens(48) }.after_prefill(&ctx, &full).unwrap();
+        let mut store = (&Quest { budget: Budget::Tokens(48) } as &dyn Method).after_prefill(&ctx, &full).unwrap();
         store.append(&[0.0; 4], &[0.0; 4], 1);
         let mut out = vec![0.0; 8];
         store.attend(&[1.0; 8], 8, 1, &mut out);
@@ -208,8 +209,9 @@ mod tests {
         assert!(read >= bounds + 17 * 2 * 4 * 2);
         // the output is pulled towards token 37's value (3.0)
         assert!(out[0] > 1.0, "{out:?}");
-        let dense =
-            Quest { budget: Budget::Tokens(48) }.after_prefill(&StoreContext { layer: 0, ..ctx }, &full).unwrap();
+        let dense = (&Quest { budget: Budget::Tokens(48) } as &dyn Method)
+            .after_prefill(&StoreContext { layer: 0, ..ctx }, &full)
+            .unwrap();
         // one token fewer (f16 key and value, u32 position) and one page fewer (f16 min and max)
         assert_eq!(dense.bytes(), store.bytes() - (2 * 4 * 2 + 4) - 2 * 4 * 2);
     }

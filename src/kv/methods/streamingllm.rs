@@ -14,8 +14,7 @@ use serde_json::json;
 
 use super::Budget;
 use crate::kv::evict::{Eviction, KeptStore};
-use crate::kv::method::{Acts, StoreContext};
-use crate::kv::{LayerStore, Method};
+use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// Share of the budget given to sinks.
 pub const SINK_SHARE: f64 = 0.021;
@@ -48,10 +47,12 @@ impl Method for StreamingLlm {
         self.budget.nominal()
     }
 
-    fn acts(&self) -> Acts {
-        Acts::DuringPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::DuringPrefill(self)
     }
+}
 
+impl StoreFactory for StreamingLlm {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
         let budget = self.budget.tokens(ctx.compressed_tokens);
         Box::new(KeptStore::empty(ctx.shape, Eviction::Window { sinks: sinks(budget), budget }))

@@ -13,10 +13,9 @@ use serde_json::json;
 use super::Budget;
 use crate::kv::attention::{self, Queries};
 use crate::kv::evict::{Eviction, KeptStore};
-use crate::kv::method::{Acts, StoreContext};
 use crate::kv::prefill::FullStore;
 use crate::kv::tokens::TokenRows;
-use crate::kv::{LayerStore, Method};
+use crate::kv::{Compressed, Method, Phase, PrefillCompressor, StoreContext};
 
 /// TOVA.
 #[derive(Debug, Clone, Copy)]
@@ -38,11 +37,13 @@ impl Method for Tova {
         self.budget.nominal()
     }
 
-    fn acts(&self) -> Acts {
-        Acts::AfterPrefill
+    fn phase(&self) -> Phase<'_> {
+        Phase::AfterPrefill(self)
     }
+}
 
-    fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
+impl PrefillCompressor for Tova {
+    fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed {
         let budget = self.budget.tokens(ctx.compressed_tokens);
         let shape = prefill.shape();
         let width = shape.heads * shape.head_dim;
@@ -61,13 +62,14 @@ impl Method for Tova {
             );
         }
         let eviction = Eviction::Current { budget };
-        Some(Box::new(KeptStore::new(TokenRows::from_full(prefill), Some(mass), eviction)))
+        Compressed::Into(Box::new(KeptStore::new(TokenRows::from_full(prefill), Some(mass), eviction)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::LayerStore;
     use crate::kv::attention::Heads;
 
     #[test]
@@ -81,7 +83,7 @@ mod tests {
         let mut out = vec![0.0; n * 4];
         full.attend(&[1.0; 40], 4, n, &mut out);
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: n, rope_base: 10_000.0 };
-        let mut store = Tova { budget: Budget::Tokens(5) }.after_prefill(&ctx, &full).unwrap();
+        let mut store = (&Tova { budget: Budget::Tokens(5) } as &dyn Method).after_prefill(&ctx, &full).unwrap();
         assert!(format!("{store:?}").contains("positions: [5, 6, 7, 8, 9]"));
         // a new token with a low key, then a query that prefers low keys: 5 (lowest kept) survives,
         // the highest (9) goes
