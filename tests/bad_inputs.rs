@@ -325,6 +325,19 @@ fn a_gguf_of_another_architecture_or_shape_is_refused_before_export() {
         &[],
     );
     assert!(config_error(&empty).contains("llama.block_count is 0"));
+    // a block_count the file cannot hold is refused before 9 · 2^32 expected tensors are listed
+    // (found by `cargo xtask fuzz --target gguf`)
+    let huge = gguf_variant(
+        &file,
+        &dir,
+        "huge.gguf",
+        |m, _| drop(m.insert("llama.block_count".into(), MetaValue::U32(u32::MAX))),
+        &[],
+    );
+    let huge = GgufFile::open(&huge).unwrap();
+    let (config, peak) = peak_bytes(|| ModelConfig::from_gguf(&huge));
+    let e = config.unwrap_err().to_string();
+    assert!(e.contains("block_count is 4294967295, but the file holds 272 tensors") && peak < MIB, "{e}: {peak}");
     let kv = gguf_variant(
         &file,
         &dir,

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use kvbench::assets::settings;
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
 use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, matrix, trial};
 use kvbench::kv::methods;
@@ -56,21 +57,14 @@ fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let tier = Tier::from_env().unwrap_or_else(|e| panic!("{e}"));
-        let mode = match std::env::var("KVBENCH_MODE").as_deref() {
-            Err(_) | Ok("") | Ok("query-aware") => Mode::QueryAware,
-            Ok("query-agnostic") => Mode::QueryAgnostic,
-            Ok(other) => panic!("KVBENCH_MODE={other:?}: use query-aware or query-agnostic"),
-        };
+        let agnostic = settings::query_agnostic().unwrap_or_else(|e| panic!("{e}"));
+        let mode = if agnostic { Mode::QueryAgnostic } else { Mode::QueryAware };
         let results = tier.results_dir();
         let prefills = match DiskPrefills::from_env().unwrap_or_else(|e| panic!("{e}")) {
             Some(disk) => PrefillCache::with_disk(disk),
             None => PrefillCache::default(),
         };
-        let resume = match std::env::var("KVBENCH_RESUME").as_deref() {
-            Err(_) | Ok("") | Ok("0") => false,
-            Ok("1") => true,
-            Ok(other) => panic!("KVBENCH_RESUME={other:?}: use 1 (resume) or 0"),
-        };
+        let resume = settings::resume().unwrap_or_else(|e| panic!("{e}"));
         let (traces, trace_hashes) = (Mutex::default(), Mutex::default());
         Shared { tier, mode, prefills, traces, trace_hashes, results, resume }
     })

@@ -157,8 +157,8 @@ fn tokens_and_greedy_continuations_match_llama_cpp() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let reference: Reference = read_json("llama_cpp_reference.json");
     assert!(reference.prompts.len() >= 6, "the reference must cover at least 6 prompts");
-    let pinned = kvbench::assets::asset("smollm2-135m-instruct-q4_1").unwrap();
-    assert_eq!(reference.model_sha256, pinned.sha256, "the reference was recorded on another GGUF");
+    let pinned = kvbench::assets::asset("smollm2-135m-instruct-q4_1").unwrap().only_file().unwrap();
+    assert_eq!(Some(&reference.model_sha256), pinned.sha256.as_ref(), "the reference was recorded on another GGUF");
 
     let mut rt = Runtime::load(&LoadOptions::default()).unwrap_or_else(|e| panic!("cannot load the model: {e}"));
     let mut failures = Vec::new();

@@ -68,22 +68,12 @@ impl<'a> PrefillInputs<'a> {
 }
 
 impl DiskPrefills {
-    /// From the environment (see the module doc); `Ok(None)` when turned off.
+    /// From the environment (see the module doc and [`crate::assets::settings`]); `Ok(None)`
+    /// when turned off.
     pub fn from_env() -> Result<Option<Self>, String> {
-        let dir = match std::env::var("KVBENCH_PREFILL_CACHE").as_deref() {
-            Ok("off") => return Ok(None),
-            Ok(d) if !d.is_empty() => PathBuf::from(d),
-            _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("kvbench-prefill"),
-        };
-        let gib = match std::env::var("KVBENCH_PREFILL_CACHE_GB").as_deref() {
-            Err(_) | Ok("") => 4.0,
-            Ok(v) => v
-                .parse::<f64>()
-                .ok()
-                .filter(|g| *g >= 0.0)
-                .ok_or_else(|| format!("KVBENCH_PREFILL_CACHE_GB={v:?}: give a number of gibibytes"))?,
-        };
-        Ok(Some(Self::new(dir, (gib * (1u64 << 30) as f64) as u64, build_id()?)))
+        let Some(dir) = crate::assets::settings::prefill_cache() else { return Ok(None) };
+        let limit = crate::assets::settings::prefill_cache_bytes().map_err(|e| e.to_string())?;
+        Ok(Some(Self::new(dir, limit, build_id()?)))
     }
 
     /// A cache in `dir` of at most `limit_bytes`, for entries made by `build`.

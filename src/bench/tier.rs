@@ -21,12 +21,9 @@ pub enum Tier {
 }
 
 impl Tier {
-    /// From `KVBENCH_TIER` (`default` when unset).
+    /// From `KVBENCH_TIER` (`default` when unset; [`crate::assets::settings::tier`]).
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("KVBENCH_TIER").as_deref() {
-            Err(_) | Ok("") => Ok(Self::Default),
-            Ok(name) => Self::from_name(name).map_err(|e| format!("KVBENCH_TIER: {e}")),
-        }
+        Self::from_name(crate::assets::settings::tier().map_err(|e| e.to_string())?)
     }
 
     /// The tier called `name`.
@@ -122,16 +119,27 @@ impl Tier {
     }
 
     /// Where this tier's per-trial results are written: `$KVBENCH_RESULTS`, else
-    /// `target/kvbench-results/<tier>`.
+    /// `target/kvbench-results/<tier>` ([`crate::assets::settings::results_dir`]).
     pub fn results_dir(self) -> PathBuf {
-        match std::env::var_os("KVBENCH_RESULTS") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kvbench-results").join(self.name()),
-        }
+        crate::assets::settings::results_dir(self.name())
     }
 
     /// Where this tier's golden snapshots live.
     pub fn golden_dir(self) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("trials").join(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tiers_kvbench_tier_accepts_are_the_tiers() {
+        let names: Vec<&str> = [Tier::Default, Tier::Full].into_iter().map(Tier::name).collect();
+        assert_eq!(names, crate::assets::settings::TIERS);
+        for name in crate::assets::settings::TIERS {
+            assert_eq!(Tier::from_name(name).map(Tier::name), Ok(name));
+        }
     }
 }

@@ -123,6 +123,18 @@ impl ModelConfig {
             tensor: tensor.to_string(),
             reason,
         };
+        // nine tensors a layer: a block_count the file cannot hold is refused before the list of
+        // expected tensors is made (a hostile count of 2^32 would ask for 38 billion entries)
+        let held = gguf.tensors().len();
+        if self.layers.saturating_mul(9).saturating_add(2) > held {
+            return Err(GgufError::Invalid {
+                path: gguf.path().to_path_buf(),
+                what: format!(
+                    "{ARCHITECTURE}.block_count is {}, but the file holds {held} tensors, fewer than {} layers need",
+                    self.layers, self.layers
+                ),
+            });
+        }
         let mut expected = self.expected_tensors();
         if gguf.tensor_info("output.weight").is_ok() {
             expected.push(("output.weight".into(), vec![self.hidden, self.vocab]));

@@ -143,7 +143,7 @@ impl Runtime {
             KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers, config.rope_base).into_handle();
         let open = |onnx: &Path, kind: GraphKind| -> Result<Session, ModelError> {
             let mut builder = Session::builder(env)?;
-            if let Some(prefix) = std::env::var_os("KVBENCH_ORT_PROFILE") {
+            if let Some(prefix) = crate::assets::settings::ort_profile() {
                 // ONNX Runtime's per-node timings, written as JSON when the runtime is dropped.
                 builder = builder.with_profiling(format!("{}-{}", prefix.to_string_lossy(), kind.name()))?;
             }
@@ -241,7 +241,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if std::env::var_os("KVBENCH_ORT_PROFILE").is_some() {
+        if crate::assets::settings::ort_profile().is_some() {
             for session in [&mut self.prefill, &mut self.decode] {
                 if let Ok(file) = session.end_profiling() {
                     eprintln!("kvbench: ONNX Runtime profile written to {file}");

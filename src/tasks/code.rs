@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, data, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, doc_budget};
+use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
 /// The pinned sources whose `src/` trees are used.
@@ -35,7 +36,7 @@ struct File {
 }
 
 fn collect(dir: &Path, shown: &str, out: &mut Vec<File>) -> Result<(), TaskError> {
-    let io = |e| data::DataError::Io { path: dir.to_path_buf(), source: e };
+    let io = |e| assets::AssetError::Io { path: dir.to_path_buf(), source: e };
     let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(io)?.filter_map(Result::ok).map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
@@ -46,7 +47,7 @@ fn collect(dir: &Path, shown: &str, out: &mut Vec<File>) -> Result<(), TaskError
             }
         } else if name.ends_with(".rs") {
             let text =
-                std::fs::read_to_string(&path).map_err(|e| data::DataError::Io { path: path.clone(), source: e })?;
+                std::fs::read_to_string(&path).map_err(|e| assets::AssetError::Io { path: path.clone(), source: e })?;
             out.push(File { name, lines: text.lines().map(String::from).collect() });
         }
     }
@@ -58,9 +59,8 @@ fn files() -> Result<&'static [File], TaskError> {
     Ok(cached(&FILES, || -> Result<_, TaskError> {
         let mut out = Vec::new();
         for name in SOURCES {
-            let source = data::source(name)?;
-            let member = &source.files[0].path;
-            let dir = data::ensure(source)?.join(member);
+            let member = &assets::asset(name)?.members[0].path;
+            let dir = assets::path(name, member)?;
             let crate_dir = member.rsplit('/').nth(1).unwrap_or(name);
             collect(&dir, &format!("{crate_dir}/src"), &mut out)?;
         }

@@ -15,7 +15,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, count, data, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget};
+use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
 const TYPING: (&str, &str) = (
@@ -66,7 +67,7 @@ struct Pools {
 fn pools() -> Result<&'static Pools, TaskError> {
     static POOLS: OnceLock<Pools> = OnceLock::new();
     cached(&POOLS, || -> Result<_, TaskError> {
-        let file: TaskFile = data::read_json(TYPING.0, TYPING.1)?;
+        let file: TaskFile = assets::read_json(TYPING.0, TYPING.1)?;
         let single: Vec<(String, String)> = file
             .examples
             .into_iter()

@@ -1,7 +1,7 @@
 //! The long-context task categories: real data in, samples (prompt, gold answers, metric) out.
 //!
 //! Seven categories, after the reference study (LongBench's six plus a needle test), each built
-//! from real data that package clients can fetch (see [`data`] and `traces/README.md`):
+//! from real data that package clients can fetch (see [`crate::assets`] and `traces/README.md`):
 //! [`Task::Needle`], [`Task::Synthetic`], [`Task::SingleDocQa`], [`Task::MultiDocQa`],
 //! [`Task::Summarization`], [`Task::FewShot`], [`Task::Code`]. One file per category builds its
 //! [`Parts`]; this module turns them into a [`Sample`] the same way for all.
@@ -47,7 +47,6 @@
 #[cfg(test)]
 mod checks;
 pub mod code;
-pub mod data;
 pub mod few_shot;
 pub mod metrics;
 pub mod multi_doc_qa;
@@ -63,9 +62,9 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-pub use self::data::DataError;
 pub use self::prompt::{assemble, doc_budget, template};
 pub use self::rng::Rng;
+use crate::assets::AssetError;
 use crate::model::tokenizer::{Tokenizer, TokenizerError};
 
 /// A task category.
@@ -292,7 +291,7 @@ pub enum TaskError {
     },
     /// The data could not be fetched or read.
     #[error(transparent)]
-    Data(#[from] DataError),
+    Data(#[from] AssetError),
     /// Tokenizing failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),

@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, count, data, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget};
+use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
 const HOTPOT: (&str, &str) = ("long-context-eval", "long_context_eval/data/synthetic/json/hotpotqa.json");
@@ -32,7 +33,7 @@ struct Item {
 
 fn items() -> Result<&'static [Item], TaskError> {
     static ITEMS: OnceLock<Vec<Item>> = OnceLock::new();
-    Ok(cached(&ITEMS, || -> Result<_, TaskError> { Ok(data::read_json(HOTPOT.0, HOTPOT.1)?) })?)
+    Ok(cached(&ITEMS, || -> Result<_, TaskError> { Ok(assets::read_json(HOTPOT.0, HOTPOT.1)?) })?)
 }
 
 /// Build a multi-document QA sample.

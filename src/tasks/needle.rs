@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, count, data, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget};
+use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
 /// The pinned source and member holding the essays.
@@ -55,7 +56,7 @@ struct Essays {
 pub fn sentences() -> Result<&'static [String], TaskError> {
     static SENTENCES: OnceLock<Vec<String>> = OnceLock::new();
     let all = cached(&SENTENCES, || -> Result<_, TaskError> {
-        let essays: Essays = data::read_json(ESSAYS.0, ESSAYS.1)?;
+        let essays: Essays = assets::read_json(ESSAYS.0, ESSAYS.1)?;
         let text = essays.text.split_whitespace().collect::<Vec<_>>().join(" ");
         Ok(text.split_inclusive(". ").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
     })?;

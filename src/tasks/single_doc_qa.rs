@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, count, data, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget};
+use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
 const SQUAD: (&str, &str) = ("long-context-eval", "long_context_eval/data/synthetic/json/squad.json");
@@ -63,7 +64,7 @@ struct Corpus {
 fn corpus() -> Result<&'static Corpus, TaskError> {
     static CORPUS: OnceLock<Corpus> = OnceLock::new();
     cached(&CORPUS, || -> Result<_, TaskError> {
-        let squad: Squad = data::read_json(SQUAD.0, SQUAD.1)?;
+        let squad: Squad = assets::read_json(SQUAD.0, SQUAD.1)?;
         let mut corpus = Corpus { paragraphs: Vec::new(), questions: Vec::new() };
         for (a, article) in squad.data.into_iter().enumerate() {
             for p in article.paragraphs {

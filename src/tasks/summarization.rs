@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, count, data, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget};
+use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
 const XSUM: (&str, &str) = ("bigbench", "bigbench-1.0.0/bigbench/benchmark_tasks/gem/xsum/task.json");
@@ -39,7 +40,7 @@ struct Example {
 fn examples() -> Result<&'static [Example], TaskError> {
     static EXAMPLES: OnceLock<Vec<Example>> = OnceLock::new();
     Ok(cached(&EXAMPLES, || -> Result<_, TaskError> {
-        let file: TaskFile = data::read_json(XSUM.0, XSUM.1)?;
+        let file: TaskFile = assets::read_json(XSUM.0, XSUM.1)?;
         Ok(file.examples)
     })?)
 }

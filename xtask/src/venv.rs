@@ -16,8 +16,8 @@ pub const LLAMA_CPP_PYTHON: &str = "0.3.36";
 /// Path of a Python interpreter that can `import llama_cpp`, building the environment if needed.
 /// `KVBENCH_LLAMA_PYTHON` may point at an existing interpreter instead.
 pub fn llama_python() -> anyhow::Result<PathBuf> {
-    if let Some(python) = std::env::var_os("KVBENCH_LLAMA_PYTHON") {
-        return Ok(PathBuf::from(python));
+    if let Some(python) = kvbench::assets::settings::llama_python() {
+        return Ok(python);
     }
     let dir = project_root().join("target").join("xtask-venv");
     let python = dir.join("bin").join("python");

@@ -305,7 +305,8 @@ mod tests {
         }
         let why =
             format!("this CPU lacks {}: the kernels needing it are not used here and not tested", missing.join(", "));
-        assert!(std::env::var("KVBENCH_REQUIRE_AVX2").as_deref() != Ok("1"), "KVBENCH_REQUIRE_AVX2=1, but {why}");
+        let required = crate::assets::settings::require_avx2().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!required, "KVBENCH_REQUIRE_AVX2=1, but {why}");
         eprintln!("skipped: {why}");
         false
     }

@@ -1,7 +1,7 @@
 //! The report's plots (plotters), each written as SVG and PNG: score versus measured ratio per
 //! task category, and needle exact-match heatmaps (depth × prompt length) per method.
 //!
-//! Text is drawn with DejaVu Sans, fetched like the data (`models/data.json`, source `font`).
+//! Text is drawn with DejaVu Sans, fetched like the data (`models/manifest.json`, asset `font`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -24,7 +24,7 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 fn font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
-        let path = kvbench::tasks::data::path("font", FONT).map_err(|e| e.to_string())?;
+        let path = kvbench::assets::path("font", FONT).map_err(|e| e.to_string())?;
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
             .map_err(|_| format!("{} is not a font plotters can read", path.display()))
