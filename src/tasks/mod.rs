@@ -52,7 +52,7 @@ pub mod metrics;
 pub mod multi_doc_qa;
 pub mod needle;
 mod prompt;
-mod rng;
+pub mod rng;
 pub mod single_doc_qa;
 pub mod summarization;
 pub mod synthetic;

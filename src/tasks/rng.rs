@@ -19,6 +19,11 @@ impl Rng {
         Rng(h ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
     }
 
+    /// A generator from a raw 64-bit state (the fuzzer's; the tasks seed with [`Rng::new`]).
+    pub fn from_state(state: u64) -> Self {
+        Rng(state)
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -35,7 +35,7 @@ enum Command {
     Record(record::Args),
     /// Accept the pending golden snapshots that failing trials left (after reviewing them).
     Bless(bless::Args),
-    /// Fuzz the trace reader (seeds from traces/; needs nightly and cargo-fuzz).
+    /// Fuzz every reader of untrusted bytes (traces, GGUF, prefill entries, results), on stable.
     Fuzz(fuzz::Args),
     /// The main job: run every trial of a tier and write the report.
     Bench(bench::Args),
