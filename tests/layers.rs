@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// The library's top modules, bottom first; a module may use its own layer and those before it.
-const LAYERS: &[&[&str]] = &[&["codec", "assets"], &["kv"], &["model"], &["tasks"], &["trace"], &["bench"]];
+const LAYERS: &[&[&str]] = &[&["codec", "assets"], &["kv"], &["model"], &["eval"], &["tasks"], &["trace"], &["bench"]];
 
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
@@ -24,12 +24,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The top module a file of `src/` belongs to (`src/kv/op.rs` → `kv`); `None` for the crate root
-/// and the binary's files (`main.rs`, `cli_*.rs`), which sit above every layer.
+/// and the binary's files (`main.rs`, `cli/`), which sit above every layer.
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).unwrap();
     let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
     let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
-    (name != "lib" && name != "main" && !name.starts_with("cli_")).then_some(name)
+    (name != "lib" && name != "main" && name != "cli").then_some(name)
 }
 
 /// Each `(line number, line)` of `text` before its tests, comments dropped.

@@ -4,7 +4,7 @@
 //! and values of the full-cache run (`src/trace/probe.rs`). Every method of the trial matrix that
 //! acts on the cache (prompt compression needs the model) is driven through that layer as the
 //! model drives it, and its attention output is compared with the full cache's
-//! (`kv::fidelity`): relative error, attention mass kept, bytes held. No model, no ONNX Runtime,
+//! (`eval::fidelity`): relative error, attention mass kept, bytes held. No model, no ONNX Runtime,
 //! no download: this runs in seconds and isolates each method's effect on one attention call.
 //!
 //! The table of each task is gated against `golden/probes/default/<task>.snap`: a method whose
@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use kvbench::bench::golden::round;
 use kvbench::bench::{RATIOS, Tier};
+use kvbench::eval::fidelity::{self, Fidelity};
 use kvbench::kv::Acts;
-use kvbench::kv::fidelity::{self, Fidelity};
 use kvbench::kv::methods::{self, Kind};
 use kvbench::tasks::Task;
 use kvbench::trace::Trace;

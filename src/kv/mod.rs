@@ -10,7 +10,6 @@
 pub mod attention;
 pub mod budget;
 pub mod evict;
-pub mod fidelity;
 pub mod hadamard;
 pub mod method;
 pub mod methods;

@@ -5,7 +5,6 @@
 //! per layer; `session` loads it into ONNX Runtime with the kv layer's operator registered;
 //! `generate` is the one prefill/decode loop that the CLI and the benchmark share.
 
-pub mod compare;
 pub mod config;
 pub mod export;
 pub mod fused;

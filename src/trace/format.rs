@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::probe::{Probe, ProbeLayer, ProbeSpec};
-use crate::kv::fidelity::Recorded;
+use crate::eval::fidelity::Recorded;
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"KVBTRACE";
@@ -351,7 +351,7 @@ impl Trace {
     }
 
     /// The recordings of this trace's attention probes, one per probed sample, for model-free
-    /// replay ([`crate::kv::fidelity`]); `None` if the trace holds none.
+    /// replay ([`crate::eval::fidelity`]); `None` if the trace holds none.
     pub fn probe_recordings(&self) -> Option<Vec<Recorded>> {
         let spec = self.header.probe.as_ref()?;
         Some(self.samples.iter().filter_map(|s| Some(s.probe.as_ref()?.recorded(spec, s.meta.prompt_len))).collect())

@@ -1,6 +1,6 @@
 //! Attention probes: a few layers' post-RoPE queries, keys and values of a sample's full-cache
 //! run, kept in its trace for model-free replay through any method's cache
-//! ([`crate::kv::fidelity`]).
+//! ([`crate::eval::fidelity`]).
 //!
 //! A probe holds every token the reference run attended with: the prompt and the reference
 //! answer's tokens that were fed back. With it, a method's [`LayerStore`](crate::kv::LayerStore)
@@ -17,9 +17,9 @@
 use half::f16;
 use serde::{Deserialize, Serialize};
 
+use crate::eval::fidelity::Recorded;
 use crate::kv::LayerStore;
 use crate::kv::attention::Heads;
-use crate::kv::fidelity::Recorded;
 use crate::kv::prefill::FullStore;
 
 /// Most values per token in one layer's queries that a probe may declare (SmolLM2 has 576).

@@ -42,7 +42,7 @@ impl PrefillCompressor for Full {
 }
 
 /// The full cache, keeping every query as well: records the post-RoPE queries, keys and values
-/// of a real run for model-free replay ([`crate::kv::fidelity`]). Not a benchmark method.
+/// of a real run for model-free replay ([`crate::eval::fidelity`]). Not a benchmark method.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Recording;
 

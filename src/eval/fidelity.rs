@@ -1,7 +1,7 @@
 //! Model-free attention fidelity: replay recorded queries, keys and values through a method and
 //! compare its attention with the full cache's.
 //!
-//! A recording ([`Recording`](super::methods::full::Recording)) holds, per layer, the post-RoPE
+//! A recording ([`Recording`](crate::kv::methods::full::Recording)) holds, per layer, the post-RoPE
 //! queries, keys and values of a real run: a prompt of `prompt` tokens and the tokens then decoded.
 //! For each layer the method sees exactly what it would in the model: the prompt in prefill
 //! chunks (each chunk appended, then attended by its recorded queries), the end of prefill, then
@@ -18,8 +18,8 @@
 
 use serde::Serialize;
 
-use super::prefill::FullStore;
-use super::{Acts, Heads, LayerStore, Method, StoreContext};
+use crate::kv::prefill::FullStore;
+use crate::kv::{Acts, Heads, LayerStore, Method, StoreContext};
 
 /// One method's fidelity over a recording.
 #[derive(Debug, Clone, Serialize)]

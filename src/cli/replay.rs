@@ -51,7 +51,7 @@ pub struct ReplayArgs {
 pub fn run(args: ReplayArgs) -> Result<()> {
     let task = Task::from_name(&args.task)?;
     let tier = Tier::from_name(&args.tier)?;
-    let names = crate::method_names(&args.methods, &RATIOS)?;
+    let names = super::prompt::method_names(&args.methods, &RATIOS)?;
     let methods = names.iter().map(|n| methods::by_name(n)).collect::<std::result::Result<Vec<_>, _>>()?;
     let path = tier.recorded_trace(task)?;
     let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;

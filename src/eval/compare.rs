@@ -8,9 +8,9 @@
 
 use serde::Serialize;
 
-use super::generate::{GenerateOptions, Prompt, SharedPrefill, generate_shared, shared_prefill};
-use super::session::{ModelError, Runtime};
 use crate::kv::{Acts, methods};
+use crate::model::generate::{GenerateOptions, Prompt, SharedPrefill, generate_shared, shared_prefill};
+use crate::model::session::{ModelError, Runtime};
 
 /// One method's run.
 #[derive(Debug, Clone, Serialize)]
