@@ -115,7 +115,7 @@ fn trace_file(bytes: &[u8]) -> Outcome {
 }
 
 /// Most attention work (tokens² × heads × head dim × layers, all probed samples) for which
-/// `trace_payload` replays a trace's probes through [`kvbench::kv::fidelity::Recorded::full_prefills`].
+/// `trace_payload` replays a trace's probes through [`kvbench::eval::fidelity::Recorded::full_prefills`].
 const TINY_WORK: usize = 1 << 22;
 
 fn trace_payload(bytes: &[u8]) -> Outcome {
