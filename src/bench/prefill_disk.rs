@@ -31,9 +31,12 @@ use sha2::{Digest, Sha256};
 use crate::assets::{hex, write_atomic_parts};
 use crate::model::generate::{GenerateOptions, Mode, Prompt, SharedPrefill};
 
-const MAGIC: &[u8; 8] = b"KVBPFILL";
-const VERSION: u32 = 1;
-const PREAMBLE: usize = 8 + 4 + 32;
+/// An entry's magic.
+pub const MAGIC: &[u8; 8] = b"KVBPFILL";
+/// The entry format this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Bytes before an entry's payload: magic, version, the payload's sha256.
+pub const PREAMBLE: usize = 8 + 4 + 32;
 /// How recently another build's folder must have been used to be spared by [`DiskPrefills::store`].
 const IN_USE: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -195,11 +198,16 @@ impl DiskPrefills {
     }
 }
 
-/// The bytes of a disk entry holding `prefill` (what [`DiskPrefills::store`] writes: magic,
-/// version, sha256 of the payload, the payload), for tests and the fuzzer's seeds.
+/// The bytes of a disk entry holding `prefill` (what [`DiskPrefills::store`] writes), for tests
+/// and the fuzzer's seeds.
 pub fn encode_entry(prefill: &SharedPrefill) -> Vec<u8> {
-    let payload = prefill.encode();
-    [&MAGIC[..], &VERSION.to_le_bytes(), &Sha256::digest(&payload), &payload].concat()
+    wrap(VERSION, &prefill.encode())
+}
+
+/// An entry of format `version` around `payload`: magic, version, the payload's sha256, the
+/// payload (the fuzzer also writes other versions).
+pub fn wrap(version: u32, payload: &[u8]) -> Vec<u8> {
+    [&MAGIC[..], &version.to_le_bytes(), &Sha256::digest(payload), payload].concat()
 }
 
 /// The prefill a disk entry's bytes hold; `None` for anything else (the reader of untrusted

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::session::{ModelError, Runtime};
 use crate::codec;
 use crate::kv::methods::Full;
-use crate::kv::{Acts, CacheSnapshot, CacheStats, Phase, PromptBudget, PromptCompressor, PromptScorer, ScorerError};
+use crate::kv::{Acts, CacheSnapshot, CacheStats, Phase, PromptCompressor, PromptScorer, ScorerError};
 
 /// Where a method compresses, relative to the question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -316,8 +316,7 @@ pub fn start(
     let clock = Instant::now();
     let prefilled = match method.phase() {
         Phase::BeforePrefill(compressor) => {
-            let budget = compressor.prompt_budget(prompt.context);
-            let kept = compress_prompt(rt, compressor, prompt, budget, options)?;
+            let kept = compress_prompt(rt, compressor, prompt, options)?;
             rt.reset(method.clone())?;
             kept
         }
@@ -430,10 +429,10 @@ fn compress_prompt(
     rt: &mut Runtime,
     compressor: &dyn PromptCompressor,
     prompt: &Prompt,
-    budget: PromptBudget,
     options: GenerateOptions,
 ) -> Result<Prompt, ModelError> {
     let (context, question) = prompt.ids.split_at(prompt.context);
+    let budget = compressor.prompt_budget(context.len());
     if context.len() < 2 || budget.tokens >= context.len() {
         return Ok(prompt.clone());
     }

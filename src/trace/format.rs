@@ -44,7 +44,7 @@ pub const MAX_PAYLOAD: u64 = 256 << 20;
 /// Largest compressed stream read: zstd's worst case for [`MAX_PAYLOAD`] bytes, and some.
 const MAX_COMPRESSED: u64 = MAX_PAYLOAD + MAX_PAYLOAD / 128 + (1 << 20);
 /// Bytes before the compressed stream: magic, version, payload length, sha256 of the payload.
-const PREAMBLE: usize = MAGIC.len() + 4 + 8 + 32;
+pub const PREAMBLE: usize = MAGIC.len() + 4 + 8 + 32;
 /// Largest prefill chunk a header may name (a chunk is at most a prompt; 2^16 tokens).
 pub const MAX_CHUNK: usize = 1 << 16;
 /// Most log-probs per reference step a header may keep.
@@ -162,13 +162,7 @@ impl Trace {
     /// Encode to bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let payload = self.to_payload();
-        let mut out = Vec::with_capacity(payload.len() / 3);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&Sha256::digest(&payload));
-        out.extend_from_slice(&zstd::encode_all(&payload[..], 19).expect("in-memory zstd"));
-        out
+        wrap(VERSION, payload.len() as u64, &payload, 19)
     }
 
     /// The payload [`Self::to_bytes`] compresses (seeds for the payload fuzz target).
@@ -221,10 +215,12 @@ impl Trace {
     /// held, so a huge or endless input (`/dev/zero`) costs nothing.
     fn from_reader(mut input: impl Read, path: &Path) -> Result<Self, TraceError> {
         let bad = |what: String| TraceError::Invalid { path: path.to_path_buf(), what };
-        let mut preamble = [0u8; PREAMBLE];
-        let got = read_up_to(&mut input, &mut preamble)
+        let mut preamble = Vec::with_capacity(PREAMBLE);
+        (&mut input)
+            .take(PREAMBLE as u64)
+            .read_to_end(&mut preamble)
             .map_err(|cause| TraceError::Io { path: path.to_path_buf(), cause })?;
-        if got < PREAMBLE || &preamble[..8] != MAGIC {
+        if preamble.len() < PREAMBLE || &preamble[..8] != MAGIC {
             return Err(bad("not a kvbench trace (bad magic or shorter than its preamble)".into()));
         }
         let version = u32::from_le_bytes(preamble[8..12].try_into().expect("4 bytes"));
@@ -371,6 +367,19 @@ impl Trace {
     }
 }
 
+/// The container around `payload`: the preamble (magic, `version`, `declared` payload length,
+/// the payload's sha256), then the payload compressed at zstd `level`. [`Trace::to_bytes`]
+/// writes the truth; the fuzzer also writes preambles that lie.
+pub fn wrap(version: u32, declared: u64, payload: &[u8], level: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREAMBLE + payload.len() / 3);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&declared.to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(payload));
+    out.extend_from_slice(&zstd::encode_all(payload, level).expect("in-memory zstd"));
+    out
+}
+
 /// What is wrong with a header's own fields, if anything.
 fn header_problem(header: &TraceHeader) -> Option<String> {
     let hash = &header.model.gguf_sha256;
@@ -384,20 +393,6 @@ fn header_problem(header: &TraceHeader) -> Option<String> {
         return Some(format!("keeps {} log-probs per step, more than {MAX_TOP_K}", header.top_k));
     }
     None
-}
-
-/// Fill `buf` from `input` as far as it goes; how many bytes it got.
-fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// The first 16 characters of a hash, for messages (whatever characters a hostile file put there).

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use super::guard::{self, Ended, Limits};
 use super::mutate;
@@ -217,7 +216,7 @@ fn class_hash(kind: &str, text: &str, input: &[u8]) -> u64 {
 
 /// The name an input is kept under in the corpus folder: its sha256, 32 hex digits.
 fn corpus_name(input: &[u8]) -> String {
-    kvbench::assets::hex(&Sha256::digest(input))[..32].to_string()
+    kvbench::assets::sha256_bytes(input)[..32].to_string()
 }
 
 /// Where an input comes from: seeds are always kept; inputs loaded from the corpus folder and

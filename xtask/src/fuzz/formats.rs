@@ -17,15 +17,14 @@ use std::path::PathBuf;
 
 use kvbench::model::gguf::{GgmlType, GgufFile, MetaValue, TensorInfo};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::rng::Rng;
 use super::{json, mutate};
 
 /// `"KVBTRACE" | version: u32 | payload length: u64 | sha256: 32 bytes`.
-pub const TRACE_PREAMBLE: usize = 52;
+pub const TRACE_PREAMBLE: usize = kvbench::trace::format::PREAMBLE;
 /// `"KVBPFILL" | version: u32 | sha256: 32 bytes`.
-pub const PREFILL_PREAMBLE: usize = 44;
+pub const PREFILL_PREAMBLE: usize = kvbench::bench::prefill_disk::PREAMBLE;
 /// Most payload bytes unwrapped from a trace file for mutation.
 const MAX_UNWRAPPED: u64 = 8 << 20;
 
@@ -102,12 +101,7 @@ pub fn unwrap_trace(file: &[u8]) -> Option<(u32, Vec<u8>)> {
 /// A trace file holding `payload`, its preamble saying `version` and `declared` bytes, with its
 /// true checksum.
 pub fn wrap_trace(version: u32, declared: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = kvbench::trace::format::MAGIC.to_vec();
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&declared.to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(payload));
-    out.extend_from_slice(&zstd::bulk::compress(payload, 1).expect("in-memory zstd"));
-    out
+    kvbench::trace::format::wrap(version, declared, payload, 1)
 }
 
 /// A mutation of a whole trace file that keeps its checksum true: its payload mutated
@@ -417,17 +411,13 @@ pub fn prefill_fields(payload: &[u8]) -> (Vec<Field>, &'static str) {
 
 /// `"KVBPFILL" | version | sha256(payload) | payload`.
 pub fn wrap_prefill(version: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = b"KVBPFILL".to_vec();
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(payload));
-    out.extend_from_slice(payload);
-    out
+    kvbench::bench::prefill_disk::wrap(version, payload)
 }
 
 /// A mutation of a prefill entry's payload (a field, or its bytes) under a true checksum;
 /// `None` if it is not an entry.
 pub fn prefill_entry(entry: &[u8], rng: &mut Rng, other: &[u8], max_len: usize) -> Option<Vec<u8>> {
-    if entry.len() < PREFILL_PREAMBLE || &entry[..8] != b"KVBPFILL" {
+    if entry.len() < PREFILL_PREAMBLE || &entry[..8] != kvbench::bench::prefill_disk::MAGIC {
         return None;
     }
     let mut version = u32::from_le_bytes(entry[8..12].try_into().ok()?);

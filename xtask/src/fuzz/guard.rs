@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, O
 use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 /// Exit status of a process stopped by a crash that cannot unwind (allocation over the limit,
 /// timeout), after its input was saved.
 pub const ABORT_EXIT: i32 = 86;
@@ -392,7 +390,7 @@ fn abort_with(kind: &str, what: &str, here: bool) -> ! {
 /// it, `.txt`); the path.
 pub fn save_artifact(dir: &Path, input: &[u8], report: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("crash-{}", &kvbench::assets::hex(&Sha256::digest(input))[..16]));
+    let path = dir.join(format!("crash-{}", &kvbench::assets::sha256_bytes(input)[..16]));
     std::fs::write(&path, input)?;
     std::fs::write(path.with_extension("txt"), report)?;
     Ok(path)
