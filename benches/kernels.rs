@@ -90,7 +90,7 @@ fn best_ms(rounds: usize, mut step: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("KVBENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(15).max(1);
+    let rounds = kvbench::assets::settings::rounds(15).unwrap_or_else(|e| panic!("{e}"));
     let mut noise = Noise(0x6b76_6265_6e63_6821);
     let x = noise.f32s(FFN, 2.0);
     let mut layers: Vec<[Q4; 4]> = (0..LAYERS)

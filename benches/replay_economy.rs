@@ -25,7 +25,7 @@ const TIMED: &str = "snapkv-4x";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tier = Tier::from_env()?;
-    let rounds: usize = std::env::var("KVBENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let rounds = kvbench::assets::settings::rounds(3).unwrap_or_else(|e| panic!("{e}"));
     let mut rt = Runtime::load(&LoadOptions::default())?;
     let traces: Vec<Trace> = Task::ALL
         .iter()

@@ -9,7 +9,7 @@
 //! no snapshot, or one that changed, fails and (outside CI) leaves a `.snap.new` to review;
 //! `cargo xtask bless` accepts them.
 //!
-//! `KVBENCH_TIER=full` selects the full tier; `KVBENCH_MODE=query-agnostic` the other mode;
+//! `KVBENCH_TIER=full` selects the full tier; `KVBENCH_MODE=query-agnostic` (or `query-aware-uncompressed-first-token`) another mode;
 //! `KVBENCH_RESULTS=DIR` writes the results there (a shard's, say). `KVBENCH_RESUME=1` takes a
 //! trial's result from an earlier run instead of running it again when that result was computed
 //! by this very test binary from this very trace (both sha256s are recorded in the result), and
@@ -57,8 +57,8 @@ fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let tier = Tier::from_env().unwrap_or_else(|e| panic!("{e}"));
-        let agnostic = settings::query_agnostic().unwrap_or_else(|e| panic!("{e}"));
-        let mode = if agnostic { Mode::QueryAgnostic } else { Mode::QueryAware };
+        let mode = settings::mode().unwrap_or_else(|e| panic!("{e}"));
+        let mode = Mode::from_name(mode).expect("KVBENCH_MODE's values are modes");
         let results = tier.results_dir();
         let prefills = match DiskPrefills::from_env().unwrap_or_else(|e| panic!("{e}")) {
             Some(disk) => PrefillCache::with_disk(disk),
@@ -153,7 +153,7 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     let dir = s.tier.golden_dir();
     let verdict = match golden::read(&golden::path(&dir, &name))? {
         None => Verdict::Changed("no golden snapshot yet".into()),
-        Some(g) => golden::check(&current, &g),
+        Some(g) => golden::check(&current, &g, s.tier.gate()),
     };
     if let Verdict::Changed(why) = verdict {
         let tier = if s.tier.name() == "default" { String::new() } else { format!(" --tier {}", s.tier.name()) };

@@ -86,9 +86,13 @@ fn replay_reproduces_trials_and_runs_variants() {
     for trial in ["q8_0::needle", "quest-2x::needle"] {
         let result = replayed(&dir, trial);
         let golden = golden::read(&golden::path(&golden_dir, trial)).unwrap().expect("a golden snapshot");
-        assert_eq!(golden::check(&GoldenTrial::of(&result, "default"), &golden), Verdict::Same, "{trial}");
+        assert_eq!(
+            golden::check(&GoldenTrial::of(&result, "default"), &golden, Tier::Default.gate()),
+            Verdict::Same,
+            "{trial}"
+        );
         let got: Vec<(&str, f64)> = result.samples.iter().map(|s| (s.id.as_str(), s.score)).collect();
-        let want: Vec<(&str, f64)> = golden.samples.iter().map(|s| (s.0.as_str(), s.1)).collect();
+        let want: Vec<(&str, f64)> = golden.samples.iter().map(|s| (s.id.as_str(), s.score)).collect();
         assert_eq!(got, want, "{trial}");
         assert!(!result.provenance.build.is_empty() && !result.provenance.trace.is_empty(), "{trial}");
         // the bytes behind the ratio: an fp16 cache's bytes for the tokens held (K and V, 30

@@ -57,7 +57,7 @@ pub const TIER: Var = Var {
 /// The compression mode of the benchmark's trials.
 pub const MODE: Var = Var {
     name: "KVBENCH_MODE",
-    accepts: "use query-aware or query-agnostic",
+    accepts: "use query-aware, query-agnostic or query-aware-uncompressed-first-token",
     default: "query-aware",
     what: "the trials' mode (tests/bench.rs)",
 };
@@ -157,7 +157,16 @@ pub const VARS: &[Var] = &[
     FUZZ_CLASSES,
     FUZZ_TARGET,
     FUZZ_CHILD,
+    PERTURB,
 ];
+
+/// The benign perturbation of a `perturb` build.
+pub const PERTURB: Var = Var {
+    name: "KVBENCH_PERTURB",
+    accepts: "use all, or a seed (a number)",
+    default: "off",
+    what: "only in a build with `--features perturb`: flip the last bit of attention outputs (all, or half by a seed), to measure the gate",
+};
 
 /// The tiers [`TIER`] accepts.
 pub const TIERS: [&str; 2] = ["default", "full"];
@@ -242,10 +251,14 @@ pub fn tier() -> Result<&'static str, SettingError> {
     TIER.choice(TIER.os(), &TIERS, "default")
 }
 
-/// [`MODE`]: whether the trials run query-agnostic (`false`, query-aware, when unset).
-pub fn query_agnostic() -> Result<bool, SettingError> {
-    Ok(MODE.choice(MODE.os(), &["query-aware", "query-agnostic"], "query-aware")? == "query-agnostic")
+/// [`MODE`]: the trials' mode, one of [`MODES`] (`query-aware` when unset).
+pub fn mode() -> Result<&'static str, SettingError> {
+    MODE.choice(MODE.os(), &MODES, MODES[0])
 }
+
+/// The values [`MODE`] takes (`kvbench::model::generate::Mode`'s names, which a unit test there
+/// holds to this list), the default first.
+pub const MODES: [&str; 3] = ["query-aware", "query-agnostic", "query-aware-uncompressed-first-token"];
 
 /// [`RESULTS`]: `$KVBENCH_RESULTS`, else `target/kvbench-results/<tier>`.
 pub fn results_dir(tier: &str) -> PathBuf {
@@ -290,6 +303,15 @@ pub fn require_avx2() -> Result<bool, SettingError> {
 /// [`ROUNDS`]: timed rounds of a `cargo bench` target, `default` when unset.
 pub fn rounds(default: usize) -> Result<usize, SettingError> {
     ROUNDS.number(ROUNDS.os(), 1, default)
+}
+
+/// [`PERTURB`]: `Some(u64::MAX)` for `all`, `Some(seed)`, or `None` when unset.
+pub fn perturb() -> Result<Option<u64>, SettingError> {
+    match PERTURB.text(PERTURB.os())?.as_deref() {
+        None => Ok(None),
+        Some("all") => Ok(Some(u64::MAX)),
+        Some(v) => v.parse::<u64>().ok().filter(|&n| n != u64::MAX).map(Some).ok_or_else(|| PERTURB.error(v)),
+    }
 }
 
 /// [`LLAMA_PYTHON`]: an interpreter that imports llama_cpp, if set.

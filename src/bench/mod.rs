@@ -2,6 +2,7 @@
 //! comparison with golden snapshots.
 
 pub mod golden;
+pub mod paired;
 pub mod prefill_disk;
 pub mod stats;
 pub mod tier;

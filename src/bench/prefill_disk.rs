@@ -96,7 +96,7 @@ impl DiskPrefills {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }
-        for x in [inputs.ids.len(), inputs.context, usize::from(inputs.mode == Mode::QueryAgnostic), inputs.chunk] {
+        for x in [inputs.ids.len(), inputs.context, inputs.mode.code() as usize, inputs.chunk] {
             h.update((x as u64).to_le_bytes());
         }
         inputs.ids.iter().for_each(|id| h.update(id.to_le_bytes()));
@@ -247,6 +247,7 @@ mod tests {
             PrefillInputs { ids: &other_ids, ..base },
             PrefillInputs { context: 1, ..base },
             PrefillInputs { mode: Mode::QueryAgnostic, ..base },
+            PrefillInputs { mode: Mode::QueryAwareUncompressedFirstToken, ..base },
             PrefillInputs { chunk: 256, ..base },
         ] {
             assert_ne!(c.path(&changed), p);

@@ -126,14 +126,15 @@ pub struct Gate {
     pub changed: bool,
 }
 
-/// Significance level of the gate.
+/// Significance level of the gate, over a whole run (`golden::Gate::Statistical` divides it among
+/// the run's trials).
 pub const ALPHA: f64 = 0.05;
 
-/// Compare per-sample scores with golden ones.
-pub fn gate(current: &[f64], golden: &[f64], materiality: f64) -> Gate {
+/// Compare per-sample scores with golden ones at level `alpha`.
+pub fn gate(current: &[f64], golden: &[f64], materiality: f64, alpha: f64) -> Gate {
     let difference = (current.iter().sum::<f64>() - golden.iter().sum::<f64>()) / current.len().max(1) as f64;
     let p = paired_p(current, golden);
-    Gate { difference, p, changed: p < ALPHA && difference.abs() >= materiality }
+    Gate { difference, p, changed: p < alpha && difference.abs() >= materiality }
 }
 
 #[cfg(test)]
@@ -178,16 +179,16 @@ mod tests {
     fn paired_test_and_gate() {
         let golden = [0.5, 0.6, 0.7, 0.8, 0.9, 0.4, 0.3, 0.6];
         assert_eq!(paired_p(&golden, &golden), 1.0);
-        assert!(!gate(&golden, &golden, 0.02).changed);
+        assert!(!gate(&golden, &golden, 0.02, ALPHA).changed);
         // float noise: tiny, random-signed differences pass
         let noisy: Vec<f64> =
             golden.iter().enumerate().map(|(i, x)| x + if i % 2 == 0 { 1e-4 } else { -1e-4 }).collect();
-        assert!(!gate(&noisy, &golden, 0.02).changed);
+        assert!(!gate(&noisy, &golden, 0.02, ALPHA).changed);
         // a real drop is caught, and so is a real gain
         let worse: Vec<f64> = golden.iter().enumerate().map(|(i, x)| x - 0.2 - 0.01 * i as f64).collect();
-        assert!(gate(&worse, &golden, 0.02).changed);
+        assert!(gate(&worse, &golden, 0.02, ALPHA).changed);
         let better: Vec<f64> = golden.iter().enumerate().map(|(i, x)| x + 0.1 + 0.01 * (i % 3) as f64).collect();
-        assert!(gate(&better, &golden, 0.02).changed);
+        assert!(gate(&better, &golden, 0.02, ALPHA).changed);
         // d = [1, 2, 3, 4] − 0: mean 2.5, se 0.645497, t = 3.872983 with 3 df: p = 0.030466
         assert!((paired_p(&[1.0, 2.0, 3.0, 4.0], &[0.0; 4]) - 0.030466).abs() < 1e-5);
     }

@@ -124,6 +124,16 @@ impl Tier {
         crate::assets::settings::results_dir(self.name())
     }
 
+    /// How this tier's runs are held to their snapshots: replayed sample by sample on the default
+    /// tier (three samples support no statistical test), tested with a correction for the
+    /// matrix's trials on the full tier.
+    pub fn gate(self) -> super::golden::Gate {
+        match self {
+            Tier::Default => super::golden::Gate::Replay,
+            Tier::Full => super::golden::Gate::Statistical { trials: super::matrix().len() },
+        }
+    }
+
     /// Where this tier's golden snapshots live.
     pub fn golden_dir(self) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("trials").join(self.name())

@@ -20,7 +20,7 @@ use crate::tasks::Metric;
 use crate::trace::{Trace, TraceSample};
 
 /// One sample's outcome.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleOutcome {
     /// Sample id.
     pub id: String,
@@ -38,12 +38,26 @@ pub struct SampleOutcome {
     /// Mean over reference steps of KL(reference top-k ‖ method), in nats; `None` (`null`): not
     /// measured, the trace keeps no log-probs (`top_k` 0).
     pub kl: Option<f64>,
-    /// fp16 full-cache bytes over the peak bytes held after compression.
+    /// fp16 full-cache bytes over the peak bytes held after compression (the steady state).
     pub measured_ratio: f64,
     /// Those peak bytes, as the cache's stores counted them (absent in results written before
     /// they were kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_bytes: Option<u64>,
+    /// fp16 full-cache bytes over the peak bytes held at any step, prefill included: methods
+    /// acting after prefill hold the whole fp32 prefill first (absent in older results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_ratio: Option<f64>,
+    /// Bytes an fp16 full cache would read per step after prefill over the bytes attention
+    /// read, summed over the steps: what retrieval (InfLLM, Quest) saves, which keeps every
+    /// token but reads a budget (`None`: no such step, or an older result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_ratio: Option<f64>,
+    /// The smallest gap between the two largest logits over the answer's greedy steps: below
+    /// [`super::golden::NEAR_TIE`], float noise alone may change the prediction (absent in
+    /// older results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
     /// Wall seconds of this sample in this run. Work shared between trials (a reused prefill,
     /// LLMLingua's scoring of a prompt its other ratios already scored) counts in the trial that
     /// did it, so this is the harness's cost, not the method's.
@@ -51,14 +65,17 @@ pub struct SampleOutcome {
 }
 
 /// A trial's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
     /// `method::task`.
     pub trial: String,
     /// Method name.
     pub method: String,
-    /// Its settings.
+    /// Its settings (its identity, [`Method::settings`]).
     pub settings: serde_json::Value,
+    /// What it does, in words (empty in older results).
+    #[serde(default)]
+    pub description: String,
     /// Task name.
     pub task: String,
     /// Compression mode.
@@ -239,6 +256,7 @@ pub fn run_reporting(
         trial: format!("{}::{}", method.name(), trace.header.task),
         method: method.name(),
         settings: method.settings(),
+        description: method.description(),
         task: trace.header.task.clone(),
         mode,
         score: stats::estimate(&scores),
@@ -308,8 +326,10 @@ fn run_sample(
     let mut logits = prefilled.logits.clone();
     let (mut output, mut forced_rows) = (Vec::new(), Vec::new());
     let mut fork: Option<(usize, crate::kv::CacheSnapshot, Vec<f32>)> = None;
+    let mut margin = f64::INFINITY;
     loop {
-        let next = argmax(&logits);
+        let (next, gap) = top_two_gap(&logits);
+        margin = margin.min(gap);
         let i = output.len();
         if fork.is_none() && i < reference.len() {
             if next == reference[i] {
@@ -325,8 +345,16 @@ fn run_sample(
         logits = rt.forward(&[next], &[(prefilled.ids.len() + i) as i64], &[0])?;
     }
     let stats = rt.lock_cache()?.stats();
-    let fp16_full = rt.config().fp16_kv_bytes_per_token() * (prompt.ids.len() + output.len() - 1);
+    let per_token = rt.config().fp16_kv_bytes_per_token();
+    let fp16_full = per_token * (prompt.ids.len() + output.len() - 1);
     let measured_ratio = fp16_full as f64 / stats.peak_bytes_after_prefill.max(1) as f64;
+    // the one-token steps after compression, as the cache counts its reads: the held-back prompt
+    // token (which sees the whole prefilled prompt and itself), then each decode step
+    let n = prefilled.ids.len();
+    let seen =
+        (prefilled.after_compression == 1).then_some(n).into_iter().chain((0..output.len() - 1).map(|i| n + i + 1));
+    let fp16_read = per_token * seen.sum::<usize>();
+    let read_ratio = (stats.bytes_read > 0).then(|| fp16_read as f64 / stats.bytes_read as f64);
     let shown: Vec<u32> = output.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
     let prediction = rt.tokenizer().decode(&shown)?;
     let score = metric.score(&prediction, &meta.answers);
@@ -357,13 +385,34 @@ fn run_sample(
         kl: measured_kl.then_some(kl / steps),
         measured_ratio,
         peak_bytes: Some(stats.peak_bytes_after_prefill as u64),
+        peak_ratio: Some(fp16_full as f64 / stats.peak_bytes.max(1) as f64),
+        read_ratio,
+        margin: margin.is_finite().then_some(margin),
         seconds: clock.elapsed().as_secs_f64(),
     })
+}
+
+/// The greedy choice (as [`argmax`]) and its lead over the runner-up, in logits.
+fn top_two_gap(logits: &[f32]) -> (u32, f64) {
+    let best = argmax(logits);
+    let second = logits
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best as usize)
+        .map(|(_, &x)| x)
+        .fold(f32::NEG_INFINITY, f32::max);
+    (best, f64::from(logits[best as usize]) - f64::from(second))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_margin_is_the_lead_over_the_runner_up() {
+        assert_eq!(top_two_gap(&[0.5, 2.0, 1.25, -3.0]), (1, 0.75));
+        assert_eq!(top_two_gap(&[1.0, 1.0]), (0, 0.0), "a tie has no margin");
+    }
 
     #[test]
     fn a_stored_result_is_reused_only_for_its_own_trial_build_trace_and_mode() {
@@ -375,6 +424,7 @@ mod tests {
             trial: "full::code".into(),
             method: "full".into(),
             settings: serde_json::json!({}),
+            description: "the full cache".into(),
             task: "code".into(),
             mode: Mode::QueryAware,
             score: stats::estimate(&[0.4, 0.5, 0.6]),

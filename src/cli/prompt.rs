@@ -28,7 +28,9 @@ pub struct PromptArgs {
     /// Wrap the prompt (and question) in the model's ChatML template as a user turn.
     #[arg(long)]
     pub chat: bool,
-    /// Compress with the question in the prompt (query-aware) or before it (query-agnostic).
+    /// Compress with the question in the prompt but its last token (query-aware), before the
+    /// question (query-agnostic), or as kvbench did before 2026-12, the first answer token from the
+    /// uncompressed prefill (query-aware-uncompressed-first-token).
     #[arg(long, value_enum, default_value_t = Mode::QueryAware)]
     pub mode: Mode,
     /// Prefill chunk size in tokens (1 to 65,536).

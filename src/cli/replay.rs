@@ -36,7 +36,9 @@ pub struct ReplayArgs {
     /// Replay this many of the trace's samples, evenly spaced through it (every one by default).
     #[arg(long)]
     samples: Option<usize>,
-    /// Compress with the question in the prompt (query-aware) or before it (query-agnostic).
+    /// Compress with the question in the prompt but its last token (query-aware), before the
+    /// question (query-agnostic), or as kvbench did before 2026-12, the first answer token from the
+    /// uncompressed prefill (query-aware-uncompressed-first-token).
     #[arg(long, value_enum, default_value_t = Mode::QueryAware)]
     mode: Mode,
     /// Threads (1, as in a trial, gives a trial's bits).

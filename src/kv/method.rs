@@ -54,8 +54,15 @@ pub trait Method: Send + Sync + fmt::Debug {
     /// The name used on the command line and in trial names (`full`, `kivi-2bit`, `h2o-4x`).
     fn name(&self) -> String;
 
-    /// Every setting with its value, for result files and golden snapshots.
+    /// The method's identity, for result files and golden snapshots (which compare it exactly):
+    /// every setting as a number, a bool, or a short choice without spaces (`"per-kv-head"`),
+    /// nested at most in objects and lists. No prose: a reworded explanation must not fail a
+    /// golden snapshot, so that goes in [`Self::description`]. (The registry's invariant tests
+    /// hold every method to this.)
     fn settings(&self) -> serde_json::Value;
+
+    /// What the method does, in a sentence for people (result files and `--method help`).
+    fn description(&self) -> String;
 
     /// The nominal compression ratio against an fp16 cache (16 over bits per value for
     /// quantizers, the ratio of `-4x` names for token methods, 1 for the full cache); `None` for

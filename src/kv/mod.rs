@@ -15,6 +15,8 @@ pub mod method;
 pub mod methods;
 pub mod oneshot;
 pub mod op;
+#[cfg(feature = "perturb")]
+mod perturb;
 pub mod prefill;
 pub mod quant;
 pub mod rope;

@@ -24,6 +24,9 @@ pub trait Selector: std::fmt::Debug + Send + Sync {
     /// The settings beside the budget (merged into [`Method::settings`]).
     fn settings(&self) -> Value;
 
+    /// What it keeps, in words ([`Method::description`]).
+    fn description(&self) -> &'static str;
+
     /// This layer's budget when the method's is `budget` tokens (PyramidKV shrinks it with depth).
     fn layer_budget(&self, budget: usize, _ctx: &StoreContext) -> usize {
         budget
@@ -53,6 +56,10 @@ impl<S: Selector> Method for OneShot<S> {
             map.insert("budget".into(), self.budget.settings());
         }
         settings
+    }
+
+    fn description(&self) -> String {
+        format!("once after prefill, {}", self.selector.description())
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

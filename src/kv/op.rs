@@ -93,6 +93,8 @@ impl Kernel for KvAttentionKernel {
             .ok_or_else(|| ort::Error::new(format!("KvAttention: no layer {} in the cache", self.layer)))?;
         store.append(&k, &v, t);
         store.attend(&q, q_w, t, out);
+        #[cfg(feature = "perturb")]
+        super::perturb::apply(out, self.layer, pos);
         Ok(())
     }
 }

@@ -16,17 +16,59 @@ use crate::codec;
 use crate::kv::methods::Full;
 use crate::kv::{Acts, CacheSnapshot, CacheStats, Phase, PromptCompressor, PromptScorer, ScorerError};
 
-/// Where a method compresses, relative to the question.
+/// What a method sees before it compresses, and what then goes through the compressed cache.
+///
+/// In every mode but the legacy one, every answer token, the first included, comes from
+/// attention over what the method kept: the prompt's last token is never part of the prefill a
+/// method compresses, but is fed through the compressed cache after it (with the question, when
+/// query-agnostic). Methods that act after prefill and those that act during it are then
+/// measured the same way (docs/METHODS.md, "Where the first answer token comes from").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// The whole prompt, question included, is prefilled before the method compresses (the
-    /// reference study's setting).
+    /// The whole prompt, question included, but its last token is prefilled before the method
+    /// compresses (the reference study's setting); the last token is then fed through the
+    /// compressed cache.
     #[default]
     QueryAware,
     /// The context is compressed before the question is appended, as when a cached context is
     /// reused for questions not yet known.
     QueryAgnostic,
+    /// Query-aware, but the whole prompt is prefilled and the first answer token taken from the
+    /// uncompressed prefill's logits; only the later tokens see the compressed cache. kvbench's
+    /// behaviour before 2026-12 (and that of `docs/report-full` until it is re-run), kept to
+    /// measure what the difference does: it favours methods that act after prefill, since those
+    /// acting during prefill get no such uncompressed first token.
+    QueryAwareUncompressedFirstToken,
+}
+
+impl Mode {
+    /// Every mode, the default first.
+    pub const ALL: [Mode; 3] = [Mode::QueryAware, Mode::QueryAgnostic, Mode::QueryAwareUncompressedFirstToken];
+
+    /// The name on the command line, in results and in `KVBENCH_MODE` (`query-aware`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::QueryAware => "query-aware",
+            Mode::QueryAgnostic => "query-agnostic",
+            Mode::QueryAwareUncompressedFirstToken => "query-aware-uncompressed-first-token",
+        }
+    }
+
+    /// The mode called `name`.
+    pub fn from_name(name: &str) -> Option<Mode> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// A small integer for binary encodings (the prefill cache's keys and files).
+    pub fn code(self) -> u64 {
+        self as u64
+    }
+
+    /// The mode of [`Self::code`].
+    pub fn from_code(code: u64) -> Option<Mode> {
+        Self::ALL.into_iter().find(|m| m.code() == code)
+    }
 }
 
 /// A prompt: `ids` is the context followed by the question; `context` tokens are context.
@@ -84,6 +126,8 @@ pub struct Generation {
     pub top_logprobs: Vec<Vec<(u32, f32)>>,
     /// Seconds spent in prefill (prompt compression's scoring included).
     pub prefill_seconds: f64,
+    /// Whether the prefill was a [`SharedPrefill`]'s, restored instead of computed.
+    pub reused_prefill: bool,
     /// Seconds spent in decode steps (every token after the first).
     pub decode_seconds: f64,
     /// Decode steps run.
@@ -200,7 +244,7 @@ impl SharedPrefill {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.snapshot.bytes() * 11 / 10 + 4 * self.logits.len());
         codec::put_u64(&mut out, self.compressed as u64);
-        codec::put_u64(&mut out, u64::from(self.mode == Mode::QueryAgnostic));
+        codec::put_u64(&mut out, self.mode.code());
         codec::put_u64(&mut out, self.seconds.to_bits());
         codec::put_u32s(&mut out, &self.ids);
         codec::put_f32s(&mut out, &self.logits);
@@ -211,11 +255,7 @@ impl SharedPrefill {
     /// What [`Self::encode`] wrote; `None` if the bytes do not hold it.
     pub fn decode(mut input: &[u8]) -> Option<Self> {
         let compressed = codec::take_usize(&mut input)?;
-        let mode = match codec::take_u64(&mut input)? {
-            0 => Mode::QueryAware,
-            1 => Mode::QueryAgnostic,
-            _ => return None,
-        };
+        let mode = Mode::from_code(codec::take_u64(&mut input)?)?;
         let seconds = f64::from_bits(codec::take_u64(&mut input)?);
         let ids = codec::take_u32s(&mut input)?;
         let logits = codec::take_f32s(&mut input)?;
@@ -243,8 +283,17 @@ impl SharedPrefill {
     }
 }
 
+/// How many of `prompt`'s tokens are prefilled before the method compresses: the context when
+/// query-agnostic (if a question follows it), all but the last token otherwise (all of a
+/// one-token prompt), all of them in the legacy mode. The rest is fed through the compressed
+/// cache.
 fn compressed_len(prompt: &Prompt, mode: Mode) -> usize {
-    if mode == Mode::QueryAgnostic && prompt.context < prompt.ids.len() { prompt.context } else { prompt.ids.len() }
+    let n = prompt.ids.len();
+    match mode {
+        Mode::QueryAgnostic if prompt.context < n => prompt.context,
+        Mode::QueryAwareUncompressedFirstToken => n,
+        Mode::QueryAware | Mode::QueryAgnostic => n.saturating_sub(1).max(1),
+    }
 }
 
 /// Greedy generation of a context-and-question prompt in the options' [`Mode`].
@@ -274,6 +323,11 @@ pub struct Prefilled {
     pub ids: Vec<u32>,
     /// Logits of the last prompt position.
     pub logits: Vec<f32>,
+    /// Prompt tokens fed through the compressed cache, after the method compressed (the last
+    /// token, or the question when query-agnostic; none in the legacy mode).
+    pub after_compression: usize,
+    /// Whether the prefill was a [`SharedPrefill`]'s, restored instead of computed.
+    pub reused: bool,
     /// Seconds it took.
     pub seconds: f64,
 }
@@ -329,6 +383,7 @@ pub fn start(
             && s.compressed == compressed
             && s.mode == options.mode
     });
+    let reused = reuse.is_some();
     let mut logits = match reuse {
         Some(s) => {
             rt.lock_cache()?.restore(&s.snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
@@ -343,7 +398,14 @@ pub fn start(
     if compressed < prefilled.ids.len() {
         logits = feed(rt, &prefilled.ids[compressed..], compressed, options.chunk)?;
     }
-    Ok(Prefilled { prompt: prompt.clone(), ids: prefilled.ids, logits, seconds: clock.elapsed().as_secs_f64() })
+    Ok(Prefilled {
+        prompt: prompt.clone(),
+        after_compression: prefilled.ids.len() - compressed,
+        reused,
+        ids: prefilled.ids,
+        logits,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
 }
 
 /// Greedy decoding after [`start`].
@@ -377,6 +439,7 @@ pub fn decode(rt: &mut Runtime, prefilled: &Prefilled, options: GenerateOptions)
         output_ids,
         top_logprobs,
         prefill_seconds: prefilled.seconds,
+        reused_prefill: prefilled.reused,
         decode_seconds,
         decode_steps,
         peak_cache_bytes: cache.peak_bytes,
@@ -535,6 +598,32 @@ mod tests {
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 2]);
         // log-sum-exp of [0, 2, 1, 2] = 2 + ln(e^-2 + 1 + e^-1 + 1) = 2 + ln 2.503214 = 2.917576
         assert!((top[0].1 - (2.0 - 2.917576)).abs() < 1e-5, "{top:?}");
+    }
+
+    #[test]
+    fn modes_are_named_alike_everywhere() {
+        use super::Mode;
+        use clap::ValueEnum;
+        let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names, crate::assets::settings::MODES, "KVBENCH_MODE accepts exactly the modes");
+        for m in Mode::ALL {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name(), "results name it as the CLI does");
+            assert_eq!(m.to_possible_value().unwrap().get_name(), m.name());
+            assert_eq!((Mode::from_name(m.name()), Mode::from_code(m.code())), (Some(m), Some(m)));
+        }
+        assert_eq!(Mode::ALL[0], Mode::default());
+    }
+
+    #[test]
+    fn the_last_prompt_token_goes_through_the_compressed_cache() {
+        use super::{Mode, Prompt, compressed_len};
+        let p = Prompt::split(&[1, 2, 3], &[4, 5]);
+        assert_eq!(compressed_len(&p, Mode::QueryAware), 4);
+        assert_eq!(compressed_len(&p, Mode::QueryAgnostic), 3);
+        assert_eq!(compressed_len(&p, Mode::QueryAwareUncompressedFirstToken), 5);
+        let whole = Prompt::whole(&[1, 2, 3]);
+        assert_eq!(compressed_len(&whole, Mode::QueryAgnostic), 2, "no question: the last token is held back");
+        assert_eq!(compressed_len(&Prompt::whole(&[7]), Mode::QueryAware), 1, "a one-token prompt is all prefill");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!
 //! # One template, split into context and question
 //!
-//! KV-cache methods run *query-aware* (the whole prompt is prefilled, then compressed) or
-//! *query-agnostic* (the context is prefilled and compressed before the question is known), so
+//! KV-cache methods run *query-aware* (the whole prompt but its last token is prefilled, then
+//! compressed, and the last token fed through what was kept) or *query-agnostic* (the context is
+//! prefilled and compressed before the question is known), so
 //! every sample carries its prompt in two parts, joined by one fixed template, SmolLM2's ChatML
 //! (the text [`chatml`](crate::model::tokenizer::chatml) renders, with the model's default system prompt):
 //!

@@ -6,6 +6,7 @@
 mod bench;
 mod bless;
 mod fuzz;
+mod gate;
 mod golden;
 mod perf;
 mod record;
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::Args),
     /// Render the report of a tier's results again (merging shards' results with --merge).
     Report(report::ReportArgs),
+    /// Hold a folder of results against a tier's goldens with its gate; count failures by kind.
+    Gate(gate::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Report(args) => report::report(args),
+        Command::Gate(args) => gate::run(args),
     }
 }
 

@@ -25,8 +25,12 @@ impl Method for FlexGen {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "bits": 4, "group": 32, "group_axis": "channels of one token", "symmetric": false,
+        json!({ "bits": 4, "group": 32, "group_axis": "channels", "symmetric": false,
                 "residual": 0, "scale_and_min": "f16", "applies_to_prefill": true })
+    }
+
+    fn description(&self) -> String {
+        "4-bit asymmetric quantization of keys and values in groups of 32 channels of one token, f16 scale and minimum, from the first prefill chunk on".into()
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

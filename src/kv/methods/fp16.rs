@@ -25,6 +25,10 @@ impl Method for Fp16 {
         json!({ "precision": "fp16" })
     }
 
+    fn description(&self) -> String {
+        "every key and value rounded to fp16 (the usual serving cache)".into()
+    }
+
     fn nominal_ratio(&self) -> Option<f64> {
         Some(1.0)
     }

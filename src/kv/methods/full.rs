@@ -23,6 +23,10 @@ impl Method for Full {
         serde_json::json!({ "precision": "fp32" })
     }
 
+    fn description(&self) -> String {
+        "the reference: every key and value kept in fp32".into()
+    }
+
     fn nominal_ratio(&self) -> Option<f64> {
         Some(1.0)
     }
@@ -52,7 +56,11 @@ impl Method for Recording {
     }
 
     fn settings(&self) -> serde_json::Value {
-        serde_json::json!({ "precision": "fp32", "records": "every query" })
+        serde_json::json!({ "precision": "fp32", "records": "every-query" })
+    }
+
+    fn description(&self) -> String {
+        "the full cache, also recording every post-RoPE query, key and value for model-free replay".into()
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

@@ -34,7 +34,11 @@ impl Method for H2o {
 
     fn settings(&self) -> serde_json::Value {
         json!({ "budget": self.budget.settings(), "heavy_share": 0.5, "recent_share": 0.5,
-                "score": "accumulated attention, prefill and decode queries, summed over the kv head's query heads" })
+                "score": "accumulated-attention" })
+    }
+
+    fn description(&self) -> String {
+        "heavy hitters plus a recent window; a token's score is the attention it accumulated from prefill and decode queries, summed over the kv head's query heads".into()
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

@@ -105,9 +105,19 @@ impl Method for InfLlm {
                 "retrieved_share": SHARES.2, "block": BLOCK, "representatives": REPRESENTATIVES,
                 "applies_to_prefill": true });
         if self.ranking == Ranking::Reference {
-            settings["ranking"] = json!("position-free, summed over heads, one choice per layer (thunlp/InfLLM)");
+            settings["ranking"] = json!("reference");
         }
         settings
+    }
+
+    fn description(&self) -> String {
+        let ranking = match self.ranking {
+            Ranking::Reference => {
+                "blocks ranked position-free, summed over heads, one choice per layer (thunlp/InfLLM)"
+            }
+            Ranking::OwnPositions => "blocks ranked per kv head by their keys at their own positions",
+        };
+        format!("sinks, a recent window and retrieved blocks of {BLOCK} tokens by their representative keys; {ranking}")
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

@@ -176,3 +176,36 @@ fn a_budget_above_the_sequence_changes_nothing() {
         assert_eq!(gap(&got.1, &reference.1), 0.0, "{name} decode differs from fp16");
     }
 }
+
+/// Whether a settings value is an identity: numbers, bools and short choices without spaces,
+/// in objects and lists ([`crate::kv::Method::settings`]).
+fn is_identity(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => false,
+        Value::Bool(_) | Value::Number(_) => true,
+        Value::String(s) => !s.is_empty() && s.len() <= 32 && !s.chars().any(char::is_whitespace),
+        Value::Array(items) => items.iter().all(is_identity),
+        Value::Object(map) => map.values().all(is_identity),
+    }
+}
+
+#[test]
+fn settings_are_identities_and_prose_is_a_description() {
+    for spec in REGISTRY {
+        let names = if spec.budgeted_family() {
+            ["2x", "8x", "512tok"].map(|suffix| format!("{}-{suffix}", spec.name)).to_vec()
+        } else {
+            vec![spec.name.to_string()]
+        };
+        for name in names {
+            let method = by_name(&name).unwrap();
+            let settings = method.settings();
+            assert!(settings.is_object() && is_identity(&settings), "{name}: settings {settings} hold prose");
+            let description = method.description();
+            assert!(description.contains(' ') && description.len() >= 20, "{name}: say what it does: {description:?}");
+        }
+    }
+    assert!(!is_identity(&serde_json::json!({ "score": "summed over heads" })));
+    assert!(is_identity(&serde_json::json!({ "forced": [".", "!"], "budget": { "ratio": 2.0 } })));
+}

@@ -25,7 +25,11 @@ impl Selector for KeyDiff {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "score": "-cosine similarity of the post-RoPE key to the mean normalised key, per kv head" })
+        json!({ "score": "neg-cosine-to-mean-key" })
+    }
+
+    fn description(&self) -> &'static str {
+        "keeps the keys least similar to the mean: score is minus the cosine similarity of the post-RoPE key to the mean normalised key, per kv head"
     }
 
     fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {

@@ -50,9 +50,15 @@ impl Method for Kivi {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "bits": self.bits, "group": QK, "keys": "per channel, groups of 32 tokens",
-                "values": "per token, groups of 32 channels", "residual": RESIDUAL,
-                "scale_and_min": "f16", "prefill": "full precision, quantized after" })
+        json!({ "bits": self.bits, "group": QK, "keys": "per-channel", "values": "per-token", "residual": RESIDUAL,
+                "scale_and_min": "f16", "prefill": "quantized-after" })
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "{}-bit asymmetric quantization: keys per channel in groups of {QK} tokens, values per token in groups of {QK} channels, the last {RESIDUAL} tokens in full precision; f16 scale and minimum; prefilled in full precision and quantized after",
+            self.bits
+        )
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

@@ -23,7 +23,11 @@ impl Selector for Knorm {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "score": "-L2 norm of the post-RoPE key, per kv head" })
+        json!({ "score": "neg-key-norm" })
+    }
+
+    fn description(&self) -> &'static str {
+        "keeps the keys of smallest L2 norm (post-RoPE), per kv head"
     }
 
     fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {

@@ -61,11 +61,21 @@ impl Method for Lingua {
     fn settings(&self) -> serde_json::Value {
         let granularity = match self.granularity {
             Granularity::Token => "token",
-            Granularity::Word => "word (mean self-information of its tokens)",
+            Granularity::Word => "word",
         };
-        json!({ "budget": self.budget.settings(), "scorer": "the benchmarked model's own self-information",
-                "granularity": granularity, "forced": "\\n . ! ? ,", "compresses": "context only",
+        json!({ "budget": self.budget.settings(), "scorer": "own-self-information",
+                "granularity": granularity, "forced": ["newline", ".", "!", "?", ","], "compresses": "context",
                 "cache": "fp16" })
+    }
+
+    fn description(&self) -> String {
+        let unit = match self.granularity {
+            Granularity::Token => "tokens",
+            Granularity::Word => "words (by the mean self-information of their tokens)",
+        };
+        format!(
+            "prompt compression of the context: keeps the {unit} of highest self-information under the benchmarked model itself, always keeping newlines and . ! ? ,; an fp16 cache"
+        )
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

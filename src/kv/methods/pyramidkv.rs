@@ -48,7 +48,11 @@ impl Selector for PyramidKv {
 
     fn settings(&self) -> serde_json::Value {
         json!({ "window": OBSERVATION_WINDOW, "pooling": "max", "kernel": snapkv::POOL_KERNEL, "beta": BETA,
-                "layer_budgets": "linear, decreasing with depth" })
+                "layer_budgets": "linear-decreasing" })
+    }
+
+    fn description(&self) -> &'static str {
+        "SnapKV's selection with layer budgets decreasing linearly with depth (a pyramid), the same total"
     }
 
     fn layer_budget(&self, budget: usize, ctx: &StoreContext) -> usize {

@@ -29,8 +29,13 @@ impl Method for Q4_0 {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "block": 32, "scale": "f16, max/-8", "bits_per_value": 4.5, "keys": true, "values": true,
-                "rotation": if self.rotate { "walsh-hadamard per head (64)" } else { "none" } })
+        json!({ "block": 32, "scale": "f16", "scale_rule": "max/-8", "bits_per_value": 4.5, "keys": true, "values": true,
+                "rotation": if self.rotate { "walsh-hadamard-per-head" } else { "none" } })
+    }
+
+    fn description(&self) -> String {
+        let rotation = if self.rotate { ", after a Walsh-Hadamard rotation of each head (64)" } else { "" };
+        format!("llama.cpp's q4_0 cache type: blocks of 32 values, 4-bit codes and an f16 scale of max/-8{rotation}")
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

@@ -23,7 +23,12 @@ impl Method for Q8_0 {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "block": 32, "scale": "f16, amax/127", "bits_per_value": 8.5, "keys": true, "values": true, "rotation": false })
+        json!({ "block": 32, "scale": "f16", "scale_rule": "amax/127", "bits_per_value": 8.5, "keys": true, "values": true,
+                "rotation": "none" })
+    }
+
+    fn description(&self) -> String {
+        "llama.cpp's q8_0 cache type: blocks of 32 values, 8-bit codes and an f16 scale of amax/127".into()
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

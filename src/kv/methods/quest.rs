@@ -40,8 +40,14 @@ impl Method for Quest {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "budget": self.budget.settings(), "page": PAGE, "page_bounds": "f16 min and max per channel",
+        json!({ "budget": self.budget.settings(), "page": PAGE, "page_bounds": "f16-min-max-per-channel",
                 "dense_layers": DENSE_LAYERS, "prefill": "dense" })
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "keeps everything, reads only the pages of {PAGE} tokens whose per-channel f16 bounds promise the largest scores for the current query; the first {DENSE_LAYERS} layers dense"
+        )
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

@@ -64,7 +64,11 @@ impl Selector for SnapKv {
 
     fn settings(&self) -> serde_json::Value {
         json!({ "window": OBSERVATION_WINDOW, "pooling": "max", "kernel": self.pooling.kernel(),
-                "selection": "per kv head" })
+                "selection": "per-kv-head" })
+    }
+
+    fn description(&self) -> &'static str {
+        "keeps the tokens the last prompt queries (an observation window) attend to most, max-pooled, per kv head, with the window itself"
     }
 
     fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {

@@ -40,7 +40,11 @@ impl Method for StreamingLlm {
 
     fn settings(&self) -> serde_json::Value {
         json!({ "budget": self.budget.settings(), "sink_share": SINK_SHARE, "min_sinks": MIN_SINKS,
-                "window": "rest of the budget", "applies_to_prefill": true })
+                "window": "rest-of-budget", "applies_to_prefill": true })
+    }
+
+    fn description(&self) -> String {
+        "attention sinks (the first tokens) plus a sliding window of the most recent ones, from the first prefill chunk on".into()
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

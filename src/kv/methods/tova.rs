@@ -30,7 +30,11 @@ impl Method for Tova {
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "budget": self.budget.settings(), "score": "current query's attention, per kv head" })
+        json!({ "budget": self.budget.settings(), "score": "current-query-attention" })
+    }
+
+    fn description(&self) -> String {
+        "evicts, at every step, the token the current query attends to least, per kv head".into()
     }
 
     fn nominal_ratio(&self) -> Option<f64> {

@@ -263,9 +263,13 @@ fn results(bytes: &[u8]) -> Outcome {
         std::fs::write(&file, bytes).map_err(|e| format!("writing the input to {}: {e}", file.display()))?;
     }
     let prefix = dir.display().to_string();
-    let class = |r: anyhow::Result<Vec<serde_json::Value>>| match r {
+    let class = |r: anyhow::Result<Vec<kvbench::bench::TrialResult>>| match r {
         Ok(trials) => format!("{} trials", bucket(trials.len())),
-        Err(e) => format!("{e:#}").replace(&prefix, "<dir>"),
+        // serde's "at line L column C" would make every position a class of its own
+        Err(e) => {
+            let e = format!("{e:#}").replace(&prefix, "<dir>");
+            e.split(" at line ").next().unwrap_or_default().to_string()
+        }
     };
     let folder = class(crate::report::merge(std::slice::from_ref(&shard)));
     let merged = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
@@ -286,7 +290,13 @@ mod tests {
             }
         }
         assert!(trace_file(b"junk").unwrap_err().contains("bad magic"));
-        assert!(results(b"[{\"trial\": \"a::b\"}]").unwrap().contains("folder: 1 trials"));
+        let one = serde_json::to_vec(&[crate::report::fixture::result("full::code", 0.5)]).unwrap();
+        assert!(results(&one).unwrap().contains("folder: 1 trials"));
+        let partial = results(b"[{\"trial\": \"a::b\"}]").unwrap();
+        assert!(
+            partial.contains("is not a trial result: missing field") && !partial.contains(" at line "),
+            "{partial}"
+        );
         cleanup();
     }
 }

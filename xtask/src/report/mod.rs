@@ -4,13 +4,13 @@
 mod merge;
 mod plots;
 mod table;
+mod versus;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use kvbench::bench::Tier;
-use serde_json::Value;
+use kvbench::bench::{Tier, TrialResult};
 
 pub use merge::merge;
 
@@ -33,17 +33,11 @@ pub struct ReportArgs {
 }
 
 /// Trial results in `dir` (its per-trial JSONs), sorted by trial name.
-pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
+pub fn load(dir: &Path) -> anyhow::Result<Vec<TrialResult>> {
     let found = merge::folder_trials(dir)
         .with_context(|| format!("no results in {}: run `cargo xtask bench` (or pass --merge)", dir.display()))?;
-    let mut trials: Vec<Value> = Vec::new();
-    for (path, v) in found {
-        if !v["trial"].is_string() {
-            bail!("{path} is not a trial result (no \"trial\" field)");
-        }
-        trials.push(v);
-    }
-    trials.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
+    let mut trials: Vec<TrialResult> = found.into_iter().map(|(_, t)| t).collect();
+    trials.sort_by(|a, b| a.trial.cmp(&b.trial));
     Ok(trials)
 }
 
@@ -53,14 +47,14 @@ pub fn load(dir: &Path) -> anyhow::Result<Vec<Value>> {
 /// trials, each with its samples' predictions, would be 7 MB.) Each file is replaced atomically;
 /// then the files of tasks no longer present are removed, and so is the single `results.json`
 /// that older reports wrote.
-fn write_merged(out: &Path, trials: &[Value]) -> anyhow::Result<()> {
-    let mut by_task: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+fn write_merged(out: &Path, trials: &[TrialResult]) -> anyhow::Result<()> {
+    let mut by_task: BTreeMap<&str, Vec<&TrialResult>> = BTreeMap::new();
     for t in trials {
-        match t["task"].as_str() {
-            Some(task) if !task.is_empty() && task.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+        match t.task.as_str() {
+            task if !task.is_empty() && task.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
                 by_task.entry(task).or_default().push(t)
             }
-            _ => bail!("trial {} has no task name (letters, digits, '-'): not a trial result", t["trial"]),
+            _ => bail!("trial {} has no task name (letters, digits, '-'): not a trial result", t.trial),
         }
     }
     let dir = out.join("results");
@@ -88,7 +82,7 @@ fn write_merged(out: &Path, trials: &[Value]) -> anyhow::Result<()> {
 }
 
 /// One merged file: a JSON array with one trial per line.
-fn results_json(trials: &[&Value]) -> serde_json::Result<Vec<u8>> {
+fn results_json(trials: &[&TrialResult]) -> serde_json::Result<Vec<u8>> {
     let mut out = b"[".to_vec();
     for (i, trial) in trials.iter().enumerate() {
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
@@ -135,20 +129,79 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Trial results for the report's tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use kvbench::bench::stats;
+    use kvbench::bench::trial::SampleOutcome;
+    use kvbench::bench::{Provenance, TrialResult};
+    use kvbench::model::generate::Mode;
+
+    /// `trial` (`method::task`) whose samples score `scores`, id'd `s0`, `s1`, … (one sample of
+    /// score `mean` for [`result`]).
+    pub fn with_scores(trial: &str, scores: &[f64]) -> TrialResult {
+        let (method, task) = trial.split_once("::").expect("method::task");
+        let method_ = kvbench::kv::methods::by_name(method).ok();
+        let samples: Vec<SampleOutcome> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, &score)| SampleOutcome {
+                id: format!("s{i}"),
+                prompt_len: 100,
+                depth: None,
+                score,
+                prediction: format!("answer {i}"),
+                top1_agreement: 1.0,
+                kl: Some(0.0),
+                measured_ratio: 1.0,
+                peak_bytes: Some(1000),
+                peak_ratio: Some(1.0),
+                read_ratio: Some(1.0),
+                margin: Some(1.0),
+                seconds: 0.5,
+            })
+            .collect();
+        TrialResult {
+            trial: trial.into(),
+            method: method.into(),
+            settings: method_.as_ref().map_or(serde_json::json!({}), |m| m.settings()),
+            description: method_.as_ref().map_or(String::new(), |m| m.description()),
+            task: task.into(),
+            mode: Mode::QueryAware,
+            score: stats::estimate(scores),
+            top1_agreement: 1.0,
+            kl: Some(0.0),
+            nominal_ratio: method_.as_ref().and_then(|m| m.nominal_ratio()),
+            measured_ratio: 1.0,
+            mean_peak_bytes: Some(1000.0),
+            samples,
+            seconds: 0.5 * scores.len() as f64,
+            provenance: Provenance::default(),
+        }
+    }
+
+    /// `trial` with one sample of score `mean`.
+    pub fn result(trial: &str, mean: f64) -> TrialResult {
+        with_scores(trial, &[mean])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn merged_results_are_one_trial_per_line_and_read_back_exactly() {
-        let trials: Vec<Value> = vec![
-            serde_json::json!({"trial": "a::x", "kl": 0.1 + 0.2, "samples": [{"prediction": "1\n2"}]}),
-            serde_json::json!({"trial": "b::x", "kl": 1e-300}),
-        ];
+        let mut a = fixture::result("full::code", 0.5);
+        a.kl = Some(0.1 + 0.2);
+        a.samples[0].prediction = "1\n2".into();
+        let mut b = fixture::result("h2o-2x::code", 0.25);
+        b.kl = Some(1e-300);
+        let trials = vec![a, b];
         let bytes = results_json(&trials.iter().collect::<Vec<_>>()).unwrap();
         assert_eq!(String::from_utf8(bytes.clone()).unwrap().lines().count(), 4);
-        assert_eq!(serde_json::from_slice::<Vec<Value>>(&bytes).unwrap(), trials);
-        assert_eq!(serde_json::from_slice::<Vec<Value>>(&results_json(&[]).unwrap()).unwrap(), Vec::<Value>::new());
+        assert_eq!(serde_json::from_slice::<Vec<TrialResult>>(&bytes).unwrap(), trials);
+        assert!(serde_json::from_slice::<Vec<TrialResult>>(&results_json(&[]).unwrap()).unwrap().is_empty());
     }
 
     #[test]
@@ -159,10 +212,8 @@ mod tests {
         // left by an older report, or by an earlier report that had a task this one lacks
         std::fs::write(out.join("results.json"), "[]").unwrap();
         std::fs::write(out.join("results/summarization.json"), "[]").unwrap();
-        let trials: Vec<Value> = ["full::code", "h2o-2x::code", "full::needle"]
-            .iter()
-            .map(|n| serde_json::json!({"trial": n, "task": n.split("::").nth(1).unwrap(), "mode": "m"}))
-            .collect();
+        let trials: Vec<TrialResult> =
+            ["full::code", "h2o-2x::code", "full::needle"].iter().map(|n| fixture::result(n, 0.5)).collect();
         write_merged(&out, &trials).unwrap();
         let mut files: Vec<String> = std::fs::read_dir(out.join("results"))
             .unwrap()
@@ -172,12 +223,13 @@ mod tests {
         assert_eq!(files, ["code.json", "needle.json"]);
         assert!(!out.join("results.json").exists());
         let mut back = merge(&[out.join("results")]).unwrap();
-        back.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
+        back.sort_by(|a, b| a.trial.cmp(&b.trial));
         let mut want = trials.clone();
-        want.sort_by(|a, b| a["trial"].as_str().cmp(&b["trial"].as_str()));
+        want.sort_by(|a, b| a.trial.cmp(&b.trial));
         assert_eq!(back, want);
         // a bad result is refused before anything is written or removed
-        for bad in [serde_json::json!({"trial": "x::y"}), serde_json::json!({"trial": "x::y", "task": "../y"})] {
+        let bad_task = |task: &str| TrialResult { task: task.into(), ..fixture::result("x::y", 0.0) };
+        for bad in [bad_task(""), bad_task("../y")] {
             let e = write_merged(&out, &[bad]).unwrap_err().to_string();
             assert!(e.contains("no task name"), "{e}");
         }

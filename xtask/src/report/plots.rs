@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{Context, anyhow};
+use kvbench::bench::TrialResult;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::Value;
 
 use super::table::{TASKS, methods};
 
@@ -51,7 +51,7 @@ fn family(method: &str) -> &str {
 /// Per task, per family (in matrix order): (measured ratio, score × 100), by ratio.
 type ScorePoints = BTreeMap<&'static str, Vec<(String, Vec<(f64, f64)>)>>;
 
-fn score_points(trials: &[Value]) -> (Vec<String>, ScorePoints) {
+fn score_points(trials: &[TrialResult]) -> (Vec<String>, ScorePoints) {
     let mut families: Vec<String> = Vec::new();
     for m in methods() {
         if !families.iter().any(|f| f == family(&m)) {
@@ -61,14 +61,9 @@ fn score_points(trials: &[Value]) -> (Vec<String>, ScorePoints) {
     let mut out = ScorePoints::new();
     for task in TASKS {
         let mut per: Vec<(String, Vec<(f64, f64)>)> = families.iter().map(|f| (f.clone(), Vec::new())).collect();
-        for t in trials.iter().filter(|t| t["task"] == task) {
-            let (Some(m), Some(r), Some(s)) =
-                (t["method"].as_str(), t["measured_ratio"].as_f64(), t["score"]["mean"].as_f64())
-            else {
-                continue;
-            };
-            if let Some((_, pts)) = per.iter_mut().find(|(f, _)| f == family(m)) {
-                pts.push((r, s * 100.0));
+        for t in trials.iter().filter(|t| t.task == task) {
+            if let Some((_, pts)) = per.iter_mut().find(|(f, _)| f == family(&t.method)) {
+                pts.push((t.measured_ratio, t.score.mean * 100.0));
             }
         }
         per.iter_mut().for_each(|(_, pts)| pts.sort_by(|a, b| a.0.total_cmp(&b.0)));
@@ -92,7 +87,7 @@ fn color(i: usize) -> RGBColor {
 }
 
 /// Score versus measured ratio, one panel per task category and a legend panel.
-pub fn score_vs_ratio(trials: &[Value], stem: &Path) -> anyhow::Result<()> {
+pub fn score_vs_ratio(trials: &[TrialResult], stem: &Path) -> anyhow::Result<()> {
     font()?;
     let (families, points) = score_points(trials);
     let size = (1600, 900);
@@ -168,16 +163,16 @@ fn draw_scores<DB: DrawingBackend>(
 /// One method's needle cells: (length, depth) → (score sum, samples).
 type Cells = BTreeMap<(usize, u32), (f64, usize)>;
 
-pub fn needle_cells(trials: &[Value]) -> Vec<(String, Cells)> {
+pub fn needle_cells(trials: &[TrialResult]) -> Vec<(String, Cells)> {
     let mut out = Vec::new();
     for m in methods() {
-        let Some(t) = trials.iter().find(|t| t["task"] == "needle" && t["method"] == m.as_str()) else { continue };
+        let Some(t) = trials.iter().find(|t| t.task == "needle" && t.method == m) else { continue };
         let mut cells = Cells::new();
-        for s in t["samples"].as_array().into_iter().flatten() {
-            let (Some(depth), Some(score)) = (s["depth"].as_f64(), s["score"].as_f64()) else { continue };
-            let len = target_len(s["id"].as_str().unwrap_or("")).or(s["prompt_len"].as_u64().map(|n| n as usize));
-            let cell = cells.entry((len.unwrap_or(0), (depth * 100.0).round() as u32)).or_default();
-            cell.0 += score;
+        for s in &t.samples {
+            let Some(depth) = s.depth else { continue };
+            let len = target_len(&s.id).unwrap_or(s.prompt_len);
+            let cell = cells.entry((len, (depth * 100.0).round() as u32)).or_default();
+            cell.0 += s.score;
             cell.1 += 1;
         }
         if !cells.is_empty() {
@@ -205,7 +200,7 @@ fn heat(x: f64) -> RGBColor {
 /// Needle exact-match rate by depth and length, one small heatmap per method. With no needle
 /// results there is nothing to draw: no image is written and an earlier one is removed, so a
 /// report never shows a blank or stale picture.
-pub fn needle_heatmaps(trials: &[Value], stem: &Path) -> anyhow::Result<()> {
+pub fn needle_heatmaps(trials: &[TrialResult], stem: &Path) -> anyhow::Result<()> {
     let cells = needle_cells(trials);
     if cells.is_empty() {
         for ext in ["svg", "png"] {
@@ -294,14 +289,16 @@ mod tests {
     #[test]
     fn plots_are_drawn_as_svg_and_png() {
         let trial = |method: &str, task: &str, ratio: f64, score: f64| {
-            serde_json::json!({
-                "trial": format!("{method}::{task}"), "method": method, "task": task,
-                "measured_ratio": ratio, "score": { "mean": score },
-                "samples": [
-                    { "id": "needle/s0/n1024/pg-essays/d0", "prompt_len": 1024, "depth": 0.0, "score": 1.0 },
-                    { "id": "needle/s1/n2048/pg-essays/d50", "prompt_len": 2048, "depth": 0.5, "score": 0.0 },
-                ],
-            })
+            let mut t = crate::report::fixture::with_scores(&format!("{method}::{task}"), &[1.0, 0.0]);
+            (t.measured_ratio, t.score.mean) = (ratio, score);
+            for (s, (id, len, depth)) in t
+                .samples
+                .iter_mut()
+                .zip([("needle/s0/n1024/pg-essays/d0", 1024, 0.0), ("needle/s1/n2048/pg-essays/d50", 2048, 0.5)])
+            {
+                (s.id, s.prompt_len, s.depth) = (id.into(), len, Some(depth));
+            }
+            t
         };
         let trials = vec![
             trial("full", "needle", 0.5, 1.0),

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use kvbench::bench::{Provenance, TrialResult};
+use kvbench::model::generate::Mode;
 
 /// Task categories, in the report's column order: the benchmark's own list.
 pub const TASKS: [&str; kvbench::tasks::Task::ALL.len()] = {
@@ -22,30 +23,40 @@ pub fn methods() -> Vec<String> {
 
 /// The report of `trials`; `needle_heatmaps`: whether the needle heatmaps are drawn (the tier
 /// has needle results), so that the table links them.
-pub fn markdown(tier: &str, trials: &[Value], needle_heatmaps: bool) -> String {
+pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool) -> String {
     let methods = methods();
-    let mut by: BTreeMap<(String, String), &Value> = BTreeMap::new();
-    for t in trials {
-        by.insert((t["method"].as_str().unwrap_or("").into(), t["task"].as_str().unwrap_or("").into()), t);
-    }
+    let by: BTreeMap<(&str, &str), &TrialResult> =
+        trials.iter().map(|t| ((t.method.as_str(), t.task.as_str()), t)).collect();
     let expected = methods.len() * TASKS.len();
     let missing: Vec<String> = methods
         .iter()
-        .flat_map(|m| TASKS.iter().map(move |t| (m.clone(), t.to_string())))
+        .flat_map(|m| TASKS.iter().map(move |t| (m.as_str(), *t)))
         .filter(|k| !by.contains_key(k))
         .map(|(m, t)| format!("{m}::{t}"))
         .collect();
-    let mut md = format!(
-        "# kvbench report: {tier} tier\n\n{} of the {expected} trials{}.\n\nTask scores ×100 with 95% intervals \
-         (Wilson where every score is 0 or 1, as exact-match scores are; t cut to [0, 1] otherwise), n samples per cell; `ratio` is the mean measured ratio (fp16 \
-         full-cache bytes / peak bytes held after compression), `top-1` the mean agreement with the full cache's \
-         answer.\n\n![score versus measured ratio](score-vs-ratio.png)\n\n| method | ratio | top-1 |",
+    let mut md = format!("# kvbench report: {tier} tier\n\n");
+    if tier == "default" {
+        md.push_str(
+            "**Three samples per task check that nothing changed; they support no conclusion.** The study's \
+             numbers are the full tier's: [docs/report-full/report.md](../report-full/report.md).\n\n",
+        );
+    }
+    md.push_str(&format!(
+        "{} of the {expected} trials{}; mode {}.\n\n",
         expected - missing.len(),
         match missing.len() {
             0 => String::new(),
             n if n <= 10 => format!(" (missing: {})", missing.join(", ")),
             n => format!(" ({n} missing: run them, or merge the shards that ran them)"),
-        }
+        },
+        modes(trials)
+    ));
+    md.push_str(
+        "## Scores\n\nTask scores ×100 with 95% intervals (Wilson where every score is 0 or 1, as exact-match scores \
+         are; t cut to [0, 1] otherwise), n samples per cell; `ratio` is the mean steady-state compression against \
+         an fp16 cache of the same tokens (fp16 bytes / peak bytes held after compression; the section Memory has \
+         the peak and the bytes read), `top-1` the mean agreement with the full cache's answer.\n\n\
+         ![score versus measured ratio](score-vs-ratio.png)\n\n| method | ratio | top-1 |",
     );
     for t in TASKS {
         md.push_str(&format!(" {t} |"));
@@ -54,23 +65,23 @@ pub fn markdown(tier: &str, trials: &[Value], needle_heatmaps: bool) -> String {
     md.push_str(&"---:|".repeat(TASKS.len()));
     md.push('\n');
     for m in &methods {
-        let cells: Vec<Option<&&Value>> = TASKS.iter().map(|t| by.get(&(m.clone(), t.to_string()))).collect();
+        let cells: Vec<Option<&&TrialResult>> = TASKS.iter().map(|t| by.get(&(m.as_str(), *t))).collect();
         if cells.iter().all(Option::is_none) {
             continue;
         }
-        let mean = |key: &str| {
-            let xs: Vec<f64> = cells.iter().flatten().filter_map(|v| v[key].as_f64()).collect();
+        let mean = |f: fn(&TrialResult) -> f64| {
+            let xs: Vec<f64> = cells.iter().flatten().map(|t| f(t)).collect();
             xs.iter().sum::<f64>() / xs.len().max(1) as f64
         };
-        md.push_str(&format!("| {m} | {:.2}× | {:.2} |", mean("measured_ratio"), mean("top1_agreement")));
+        md.push_str(&format!("| {m} | {:.2}× | {:.2} |", mean(|t| t.measured_ratio), mean(|t| t.top1_agreement)));
         for c in cells {
             match c {
-                Some(v) => {
-                    let s = &v["score"];
+                Some(t) => {
                     // scores live in [0, 1]; results of builds before stats::estimate cut t intervals to it
                     // hold raw bounds, so cut them here too
-                    let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN).clamp(0.0, 1.0) * 100.0;
-                    md.push_str(&format!(" {:.0} [{:.0}, {:.0}] n={} |", f("mean"), f("lo"), f("hi"), s["n"]));
+                    let f = |x: f64| x.clamp(0.0, 1.0) * 100.0;
+                    let s = &t.score;
+                    md.push_str(&format!(" {:.0} [{:.0}, {:.0}] n={} |", f(s.mean), f(s.lo), f(s.hi), s.n));
                 }
                 None => md.push_str(" — |"),
             }
@@ -85,33 +96,56 @@ pub fn markdown(tier: &str, trials: &[Value], needle_heatmaps: bool) -> String {
              ![needle heatmaps](needle-heatmap.png)\n",
         );
     }
+    md.push_str(&super::versus::sections(trials));
     md.push_str(&provenance(trials));
     md
 }
 
+/// The modes the trials ran in, named, with what each means.
+fn modes(trials: &[TrialResult]) -> String {
+    let mut seen: Vec<Mode> = Vec::new();
+    for t in trials {
+        if !seen.contains(&t.mode) {
+            seen.push(t.mode);
+        }
+    }
+    let what = |m: Mode| match m {
+        Mode::QueryAware => {
+            "the prompt but its last token prefilled, compressed, then the last token and every answer token through what was kept"
+        }
+        Mode::QueryAgnostic => "the context compressed before the question is fed",
+        Mode::QueryAwareUncompressedFirstToken => {
+            "legacy: the first answer token taken from the uncompressed prefill, which favours methods acting after prefill"
+        }
+    };
+    let named: Vec<String> = seen.iter().map(|&m| format!("`{}` ({})", m.name(), what(m))).collect();
+    if named.is_empty() { "none".into() } else { named.join(", ") }
+}
+
 /// Where the results came from, per task: how many trials, their summed wall time, and the test
 /// binaries and trace files (sha256 prefixes, as recorded in each result) that produced them.
-fn provenance(trials: &[Value]) -> String {
+fn provenance(trials: &[TrialResult]) -> String {
     let mut md = String::from(
         "\n## Provenance\n\n| task | trials | trial-seconds | test binary (sha256, trials) | trace (sha256) |\n\
          |---|---:|---:|---|---|\n",
     );
     for task in TASKS {
-        let of_task: Vec<&Value> = trials.iter().filter(|t| t["task"] == task).collect();
+        let of_task: Vec<&TrialResult> = trials.iter().filter(|t| t.task == task).collect();
         if of_task.is_empty() {
             continue;
         }
-        let seconds: f64 = of_task.iter().filter_map(|t| t["seconds"].as_f64()).sum();
-        let short = |v: &Value| v.as_str().map(|h| format!("`{}`", &h[..h.len().min(12)]));
-        let count = |key: &str| {
+        let seconds: f64 = of_task.iter().map(|t| t.seconds).sum();
+        let short =
+            |h: &str| if h.is_empty() { "not recorded".to_string() } else { format!("`{}`", &h[..h.len().min(12)]) };
+        let count = |key: fn(&Provenance) -> &str| {
             let mut n: BTreeMap<String, usize> = BTreeMap::new();
             for t in &of_task {
-                *n.entry(short(&t["provenance"][key]).unwrap_or_else(|| "not recorded".into())).or_default() += 1;
+                *n.entry(short(key(&t.provenance))).or_default() += 1;
             }
             n
         };
-        let builds: Vec<String> = count("build").into_iter().map(|(b, n)| format!("{b} ×{n}")).collect();
-        let traces: Vec<String> = count("trace").into_keys().collect();
+        let builds: Vec<String> = count(|p| &p.build).into_iter().map(|(b, n)| format!("{b} ×{n}")).collect();
+        let traces: Vec<String> = count(|p| &p.trace).into_keys().collect();
         md.push_str(&format!(
             "| {task} | {} | {seconds:.0} | {} | {} |\n",
             of_task.len(),
@@ -124,16 +158,22 @@ fn provenance(trials: &[Value]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use crate::report::fixture;
+    use kvbench::bench::Provenance;
 
     #[test]
     fn provenance_counts_builds_and_traces_per_task() {
-        let trial = |task: &str, build: &str, secs: f64| json!({ "task": task, "seconds": secs, "provenance": { "build": build, "trace": "abcdef0123456789" } });
-        let trials = vec![
-            trial("code", "1111111111111111", 10.0),
-            trial("code", "2222222222222222", 5.5),
-            trial("code", "1111111111111111", 1.0),
-            json!({ "task": "needle", "seconds": 2.0 }),
+        let trial = |name: &str, build: &str, trace: &str, secs: f64| {
+            let mut t = fixture::result(name, 0.5);
+            t.seconds = secs;
+            t.provenance = Provenance { build: build.into(), trace: trace.into() };
+            t
+        };
+        let trials = [
+            trial("full::code", "1111111111111111", "abcdef0123456789", 10.0),
+            trial("h2o-2x::code", "2222222222222222", "abcdef0123456789", 5.5),
+            trial("h2o-4x::code", "1111111111111111", "abcdef0123456789", 1.0),
+            trial("full::needle", "", "", 2.0),
         ];
         let md = super::provenance(&trials);
         assert!(md.contains("| code | 3 | 16 | `111111111111` ×2, `222222222222` ×1 | `abcdef012345` |"), "{md}");

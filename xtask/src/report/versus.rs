@@ -1,0 +1,261 @@
+//! The report's comparisons with the full cache: Δ vs full in every cell (paired by sample, Holm's
+//! correction across the configurations of each task; `kvbench::bench::paired` has the
+//! statistics), what each task can see, fidelity per task, and the three memory figures.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kvbench::bench::TrialResult;
+use kvbench::bench::paired::{self, EQUIVALENCE, Paired};
+use kvbench::kv::Acts;
+
+use super::table::{TASKS, methods};
+
+/// Family-wise level of the Holm marks, per task.
+const ALPHA: f64 = 0.05;
+
+/// One configuration's comparison with `full` on one task, and its Holm-adjusted p-value.
+struct Cell {
+    paired: Paired,
+    holm: f64,
+    /// Every sample's score is `full`'s.
+    same_scores: bool,
+    /// Every sample's prediction is `full`'s.
+    same_predictions: bool,
+}
+
+/// Per (method, task), the comparison with `full` of the same task, where both ran on the same
+/// samples.
+fn cells(trials: &[TrialResult]) -> BTreeMap<(String, &'static str), Cell> {
+    let mut out = BTreeMap::new();
+    for task in TASKS {
+        let Some(full) = trials.iter().find(|t| t.task == task && t.method == "full") else { continue };
+        let reference: HashMap<&str, (f64, &str)> =
+            full.samples.iter().map(|s| (s.id.as_str(), (s.score, s.prediction.as_str()))).collect();
+        let mut found = Vec::new();
+        for t in trials.iter().filter(|t| t.task == task && t.method != "full") {
+            let pairs: Option<Vec<(f64, f64, bool)>> = t
+                .samples
+                .iter()
+                .map(|s| reference.get(s.id.as_str()).map(|&(f, p)| (s.score, f, s.prediction == p)))
+                .collect();
+            let Some(pairs) = pairs.filter(|p| p.len() == full.samples.len() && !p.is_empty()) else { continue };
+            let (method, reference): (Vec<f64>, Vec<f64>) = pairs.iter().map(|p| (p.0, p.1)).unzip();
+            let same_scores = method == reference;
+            found.push((
+                t.method.clone(),
+                paired::compare(&method, &reference),
+                same_scores,
+                pairs.iter().all(|p| p.2),
+            ));
+        }
+        let adjusted = paired::holm(&found.iter().map(|f| f.1.p).collect::<Vec<_>>());
+        for ((method, paired, same_scores, same_predictions), holm) in found.into_iter().zip(adjusted) {
+            out.insert((method, task), Cell { paired, holm, same_scores, same_predictions });
+        }
+    }
+    out
+}
+
+/// The sections after the score table.
+pub fn sections(trials: &[TrialResult]) -> String {
+    let cells = cells(trials);
+    let mut md = delta_table(&cells);
+    md.push_str(&sensitivity(trials, &cells));
+    md.push_str(&fidelity(trials));
+    md.push_str(&memory(trials));
+    md
+}
+
+fn header(first: &str) -> String {
+    let mut md = format!("| {first} |");
+    for t in TASKS {
+        md.push_str(&format!(" {t} |"));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(TASKS.len()));
+    md.push('\n');
+    md
+}
+
+fn delta_table(cells: &BTreeMap<(String, &'static str), Cell>) -> String {
+    let mut md = format!(
+        "\n## Δ vs full\n\nEach cell: the mean over samples of (configuration − full), ×100, with its paired 95% interval \
+         (Student's t on the per-sample differences). **\\*** the difference survives Holm's correction across the \
+         configurations of the task (exact McNemar where every score is 0 or 1, paired t otherwise; {:.0}% \
+         family-wise); **≈** indistinguishable from full: the whole interval lies within ±{:.0} points, at an n \
+         (59 or more) where samples not seen could not hide a larger difference either.\n\n",
+        ALPHA * 100.0,
+        EQUIVALENCE * 100.0
+    );
+    md.push_str(&header("method"));
+    for m in methods().iter().filter(|m| *m != "full") {
+        let row: Vec<Option<&Cell>> = TASKS.iter().map(|t| cells.get(&(m.clone(), *t))).collect();
+        if row.iter().all(Option::is_none) {
+            continue;
+        }
+        md.push_str(&format!("| {m} |"));
+        for c in row {
+            match c {
+                Some(c) => {
+                    let p = &c.paired;
+                    let marks = format!(
+                        "{}{}",
+                        if c.holm < ALPHA { " \\*" } else { "" },
+                        if p.indistinguishable() { " ≈" } else { "" }
+                    );
+                    md.push_str(&format!(
+                        " {:+.0} [{:+.0}, {:+.0}]{marks} |",
+                        p.delta * 100.0,
+                        p.lo * 100.0,
+                        p.hi * 100.0
+                    ));
+                }
+                None => md.push_str(" — |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// What each task can see at this n: the median paired MDE80 of its configurations, how many
+/// differ from full after correction, how many are shown indistinguishable, and how many of the
+/// methods acting after prefill answer every sample exactly as full does.
+fn sensitivity(trials: &[TrialResult], cells: &BTreeMap<(String, &'static str), Cell>) -> String {
+    let mut md = String::from(
+        "\n## What each task can see\n\n`MDE80`: the median, over the task's configurations, of the paired minimum \
+         detectable effect at 80% power and 5% (`(z₀.₉₇₅ + z₀.₈₀)·sd/√n` of the per-sample differences), ×100. \
+         `differ`: configurations marked \\* above; `≈`: marked ≈. `after prefill, = full`: of the configurations \
+         whose method acts after prefill, those whose every sample scores as full's (then, those whose every \
+         prediction is full's): a task where a compressed cache cannot change the score sees nothing.\n\n\
+         | task | n | full | MDE80 | differ | ≈ | after prefill, = full: scores | predictions |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for task in TASKS {
+        let Some(full) = trials.iter().find(|t| t.task == task && t.method == "full") else { continue };
+        let of_task: Vec<(&String, &Cell)> =
+            cells.iter().filter(|((_, t), _)| *t == task).map(|((m, _), c)| (m, c)).collect();
+        let mut mdes: Vec<f64> = of_task.iter().map(|(_, c)| paired::mde80(c.paired.sd, c.paired.n)).collect();
+        mdes.sort_by(f64::total_cmp);
+        let median = match mdes.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => mdes[n / 2],
+            n => (mdes[n / 2 - 1] + mdes[n / 2]) / 2.0,
+        };
+        let after: Vec<&&Cell> = of_task
+            .iter()
+            .filter(|(m, _)| kvbench::kv::methods::by_name(m).is_ok_and(|m| m.acts() == Acts::AfterPrefill))
+            .map(|(_, c)| c)
+            .collect();
+        md.push_str(&format!(
+            "| {task} | {} | {:.0} | {:.1} | {} of {} | {} | {} of {} | {} |\n",
+            full.samples.len(),
+            full.score.mean * 100.0,
+            median * 100.0,
+            of_task.iter().filter(|(_, c)| c.holm < ALPHA).count(),
+            of_task.len(),
+            of_task.iter().filter(|(_, c)| c.paired.indistinguishable()).count(),
+            after.iter().filter(|c| c.same_scores).count(),
+            after.len(),
+            after.iter().filter(|c| c.same_predictions).count(),
+        ));
+    }
+    md
+}
+
+fn fidelity(trials: &[TrialResult]) -> String {
+    let by: BTreeMap<(&str, &str), &TrialResult> =
+        trials.iter().map(|t| ((t.method.as_str(), t.task.as_str()), t)).collect();
+    let mut md = String::from(
+        "\n## Fidelity to the full cache\n\nEach cell: the share of the full cache's answer tokens where the \
+         configuration's top-1 token, teacher-forced, is the same (×100), then the mean KL divergence from the full \
+         cache's next-token distribution (top-k as recorded, nats). For a small model this is the most sensitive \
+         signal: it moves before task scores do.\n\n",
+    );
+    md.push_str(&header("method"));
+    for m in methods() {
+        let row: Vec<Option<&&TrialResult>> = TASKS.iter().map(|t| by.get(&(m.as_str(), *t))).collect();
+        if row.iter().all(Option::is_none) {
+            continue;
+        }
+        md.push_str(&format!("| {m} |"));
+        for t in row {
+            match t {
+                Some(t) => match t.kl {
+                    Some(kl) => md.push_str(&format!(" {:.0} · {kl:.3} |", t.top1_agreement * 100.0)),
+                    None => md.push_str(&format!(" {:.0} · — |", t.top1_agreement * 100.0)),
+                },
+                None => md.push_str(" — |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// The mean of `f` over every sample of `trials` that has it, `None` if none has.
+fn sample_mean(trials: &[&TrialResult], f: fn(&kvbench::bench::trial::SampleOutcome) -> Option<f64>) -> Option<f64> {
+    let xs: Vec<f64> = trials.iter().flat_map(|t| t.samples.iter().filter_map(f)).collect();
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
+fn memory(trials: &[TrialResult]) -> String {
+    let mut md = String::from(
+        "\n## Memory\n\nAll against an fp16 cache of the same tokens (fp16 = 1.00×; higher is smaller), means over every \
+         sample of every task. `steady`: bytes held once the method has compressed (its peak after prefill); `peak`: \
+         the largest bytes held at any step, prefill included (methods acting after prefill hold the whole fp32 \
+         prefill first); `read/step`: bytes attention reads per step after prefill (what retrieval saves: it holds \
+         everything and reads a budget). `nominal`: the name's ratio. `full` is the fp32 reference, 0.50× by \
+         construction. Per-trial figures are in `results/` (`measured_ratio`, `peak_ratio`, `read_ratio` of each \
+         sample).\n\n| method | nominal | steady | peak | read/step |\n|---|---:|---:|---:|---:|\n",
+    );
+    let shown = |x: Option<f64>| x.map_or("—".to_string(), |x| format!("{x:.2}×"));
+    for m in methods() {
+        let of: Vec<&TrialResult> = trials.iter().filter(|t| t.method == m).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let name = if m == "full" { "full (fp32 reference)".to_string() } else { m.clone() };
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            shown(of[0].nominal_ratio),
+            shown(sample_mean(&of, |s| Some(s.measured_ratio))),
+            shown(sample_mean(&of, |s| s.peak_ratio)),
+            shown(sample_mean(&of, |s| s.read_ratio)),
+        ));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixture::with_scores;
+
+    #[test]
+    fn cells_pair_samples_and_correct_per_task() {
+        let full = with_scores("full::needle", &[1.0; 20]);
+        // 10 of 20 lost: McNemar p = 2·(½)^10 ≈ 0.002, two configurations: Holm ×2
+        let mut half = [1.0; 20];
+        half[..10].fill(0.0);
+        let worse = with_scores("h2o-2x::needle", &half);
+        let same = with_scores("kivi-4bit::needle", &[1.0; 20]);
+        let cells = cells(&[full, worse, same]);
+        let w = &cells[&("h2o-2x".to_string(), "needle")];
+        assert!((w.paired.delta + 0.5).abs() < 1e-12 && w.holm < ALPHA && !w.paired.indistinguishable());
+        assert!((w.holm - 2.0 * 2.0 * 0.5f64.powi(10)).abs() < 1e-9, "{}", w.holm);
+        let s = &cells[&("kivi-4bit".to_string(), "needle")];
+        assert!(!s.paired.indistinguishable() && s.holm == 1.0 && s.same_scores && s.same_predictions, "n = 20");
+        let md = sections(&[with_scores("full::needle", &[1.0; 20]), with_scores("h2o-2x::needle", &half)]);
+        assert!(md.contains("| h2o-2x | -50 [-74, -26] \\* |"), "{md}");
+        assert!(md.contains("| needle | 20 | 100 |"), "{md}");
+    }
+
+    #[test]
+    fn trials_of_other_samples_are_not_compared() {
+        let full = with_scores("full::code", &[0.5, 0.25]);
+        let mut other = with_scores("h2o-2x::code", &[0.5, 0.25]);
+        other.samples[1].id = "elsewhere".into();
+        assert!(cells(&[full, other]).is_empty());
+    }
+}
