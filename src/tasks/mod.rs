@@ -162,8 +162,14 @@ pub enum Metric {
         /// Every class name.
         classes: Vec<String>,
     },
-    /// LongBench edit similarity of the first non-comment line.
+    /// LongBench edit similarity of the first line that is Rust code ([`metrics::code_sim`]).
     EditSim,
+    /// The class named first on the first output line, case- and number-blind, is the gold one
+    /// ([`metrics::label_of`]); 1 or 0.
+    Label {
+        /// Every class name.
+        classes: Vec<String>,
+    },
 }
 
 impl Metric {
@@ -176,6 +182,7 @@ impl Metric {
             Metric::RougeL => "rouge-l",
             Metric::Classification { .. } => "classification",
             Metric::EditSim => "edit-sim",
+            Metric::Label { .. } => "label",
         }
     }
 
@@ -192,6 +199,7 @@ impl Metric {
                 best(&|a| metrics::classification(first, a, classes))
             }
             Metric::EditSim => best(&|a| metrics::code_sim(prediction, a)),
+            Metric::Label { classes } => best(&|a| metrics::label_match(prediction, a, classes)),
         }
     }
 }
