@@ -78,7 +78,9 @@ fn task_specific_golds() {
         assert!(few_shot::CLASSES.contains(&s.trivial_answer.as_str()));
         let s = sample(Task::Code, seed, 1024, tok()).unwrap();
         assert!(code::is_code_line(&s.answers[0]), "{:?}", s.answers);
-        assert!(s.context_text.ends_with('\n') && !s.trivial_answer.is_empty());
+        // The prompt ends at the end of the last line; its newline opens the question part.
+        assert!(s.question_text.starts_with('\n') && !s.question_text.ends_with('\n'));
+        assert!(!s.trivial_answer.is_empty());
         let s = sample(Task::Summarization, seed, 1024, tok()).unwrap();
         let last = s.info["target_position"].as_u64().unwrap();
         assert_eq!(last, s.info["articles"].as_u64().unwrap());

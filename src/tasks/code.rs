@@ -2,19 +2,26 @@
 //!
 //! Data: the `src/` trees of Debian's `librust-regex-syntax-dev`, `librust-serde-json-dev` and
 //! `librust-syn-dev` (real crates.io sources, MIT OR Apache-2.0), fetched with `apt-get download`
-//! and unpacked with `dpkg-deb -x`. Generated files (`unicode_tables/`, `gen/`) are left out. A
-//! seed draws a file and a cut inside a block whose prefix is at least as long as the budget (or
-//! the longest one the file has): the gold line must be code (not blank, not a comment, no `#`
-//! attribute or backtick, at least 8 characters) and indented, and so must the line before it.
-//! The prefix is cut to the budget by the middle-truncation rule (keeping the file's head and the
-//! lines before the cut). Scored by LongBench's edit similarity of the first non-comment line.
+//! and unpacked with `dpkg-deb -x`. Generated files (`unicode_tables/`, `gen/`) are left out.
+//!
+//! The rule: a seed draws a file and a cut inside a block whose prefix is at least as long as the
+//! budget (or the longest one the file has). The gold line must be code ([`is_code_line`]: not
+//! blank, not a comment, no backtick or `//`, at least 8 characters; attributes count as code)
+//! and indented, and so must the line before it. The prefix is cut to the budget by the middle-truncation rule (keeping the file's head
+//! and the lines before the cut). Scored by LongBench's edit similarity of the first line that is
+//! Rust code ([`super::metrics::first_code_line`]: `//`, `///`, `//!` and `/* */` are comments,
+//! attributes are code).
 //!
 //! The file prefix is the start of the assistant's answer ([`super::Parts::in_answer`]), and the
-//! question part is the last line before the cut: the model continues the file. Calibration
-//! (docs/TASKS.md) tried LongBench's `lcc` wording in the user turn first ("Please complete the
-//! code given below." ... "Next line of code:"): the chat model then described the code or wrote
-//! attributes, and scored no better than without the file. The no-context baseline is thus the
-//! last line alone, and the trivial one repeats it.
+//! question part is the last line before the cut, *with its newline in front*: the prompt ends
+//! at the end of that line, and the model's first token is the newline and the next line's
+//! indentation, which SmolLM2's tokenizer writes as one token. A prompt that ends in a bare "\n"
+//! (the first version) leaves the model where its training text had a line starting at column 0,
+//! and it wrote `}`, `#[...]` or C preprocessor lines there (full cache 18.4 under the Rust rule,
+//! 50.6 with the newline moved; docs/TASKS.md). Calibration also tried LongBench's `lcc` wording
+//! in the user turn first ("Please complete the code given below." ... "Next line of code:"): the
+//! chat model then described the code or wrote attributes, and scored no better than without the
+//! file. The no-context baseline is thus the last line alone, and the trivial one repeats it.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -69,13 +76,14 @@ fn files() -> Result<&'static [File], TaskError> {
     })?)
 }
 
-/// Whether `line` can be a gold next line.
+/// Whether `line` can be a gold next line: Rust code (attributes included) that is not a comment
+/// or a comment's body, holds no backtick or `//` (no trailing comment, no doc text), has at least
+/// 8 characters and a letter or digit (so never a lone closing brace).
 pub fn is_code_line(line: &str) -> bool {
     let t = line.trim();
     t.len() >= 8
         && t.chars().any(char::is_alphanumeric)
         && !t.contains('`')
-        && !t.contains('#')
         && !t.contains("//")
         && !t.starts_with("/*")
         && !t.starts_with('*')
@@ -112,14 +120,14 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
     };
     let prefix = &file.lines[..cut - 1];
     let last = &file.lines[cut - 1];
-    let document = format!("{}\n", prefix.join("\n"));
+    let document = prefix.join("\n");
     let mut info = serde_json::Map::new();
     info.insert("file".into(), json!(file.name));
     info.insert("line".into(), json!(cut + 1));
     Ok(Parts {
         instruction: INSTRUCTION.to_string(),
         document,
-        question: format!("{last}\n"),
+        question: format!("\n{last}"),
         answer_prefix: String::new(),
         in_answer: true,
         answers: vec![file.lines[cut].trim().to_string()],
@@ -137,7 +145,8 @@ mod tests {
     #[test]
     fn gold_lines_are_code() {
         assert!(is_code_line("    let x = parse(input)?;"));
-        for bad in ["", "    }", "// comment", "#[inline]", "/// doc", " * item", "x = `y`;"] {
+        assert!(is_code_line("    #[inline]") && is_code_line("#![allow(unused)]"));
+        for bad in ["", "    }", "        });", "// comment", "/// doc", " * item", "x = `y`;", "f(x); // why"] {
             assert!(!is_code_line(bad), "{bad:?}");
         }
     }
