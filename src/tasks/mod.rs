@@ -81,7 +81,7 @@ pub enum Task {
     MultiDocQa,
     /// XSum articles among other articles, summarised by position.
     Summarization,
-    /// Many-shot question-type classification (BIG-bench question typing, 13 classes).
+    /// Many-shot question-type classification (BIG-bench question typing, 4 balanced classes).
     FewShot,
     /// Next-line completion of real Rust sources from Debian's `librust-*-dev` packages.
     Code,
@@ -326,7 +326,7 @@ pub fn sample(task: Task, seed: u64, target_len: usize, tok: &Tokenizer) -> Resu
         Task::SingleDocQa => single_doc_qa::build(&mut rng, target_len, tok)?,
         Task::MultiDocQa => multi_doc_qa::build(&mut rng, target_len, tok)?,
         Task::Summarization => summarization::build(&mut rng, target_len, tok)?,
-        Task::FewShot => few_shot::build(&mut rng, target_len, tok)?,
+        Task::FewShot => few_shot::build(&mut rng, target_len, tok, few_shot::class_of_seed(seed))?,
         Task::Code => code::build(&mut rng, target_len, tok)?,
     };
     assemble(task, seed, target_len, tok, parts)
