@@ -39,7 +39,9 @@ fn json_sample_has_prompt_parts_answers_and_metric() {
     let n = v["context_ids"].as_array().unwrap().len() + v["question_ids"].as_array().unwrap().len();
     assert!(n <= 600 && n > 400, "{n} tokens");
     assert!(v["context_text"].as_str().unwrap().starts_with("<|im_start|>system\n"));
-    assert!(v["question_text"].as_str().unwrap().ends_with("<|im_start|>assistant\nType:"));
+    // The shots open the assistant turn; the test question follows them, then "Type:".
+    assert!(v["context_text"].as_str().unwrap().contains("<|im_start|>assistant\nQuestion: "));
+    assert!(v["question_text"].as_str().unwrap().ends_with("\nType:"));
     assert_eq!(v["answers"].as_array().unwrap().len(), 1);
 }
 

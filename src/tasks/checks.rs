@@ -29,7 +29,8 @@ fn every_task_fits_its_length_and_splits_context_from_question() {
             assert!(s.context_ids.starts_with(&head_ids) && s.no_context_ids.starts_with(&head_ids), "{what}");
             assert!(s.no_context_ids.ends_with(&s.question_ids), "{what}");
             assert!(s.no_context_ids.len() + 64 < s.len(), "{what}: the no-context prompt kept the document");
-            let tail_in = if task == Task::Code { &s.context_text } else { &s.question_text };
+            let in_answer = matches!(task, Task::Code | Task::FewShot);
+            let tail_in = if in_answer { &s.context_text } else { &s.question_text };
             assert!(tail_in.contains(tail), "{what}");
             assert_eq!(tok().decode(&s.context_ids).unwrap(), s.context_text, "{what}");
             assert!(!s.answers.is_empty() && s.answers.iter().all(|a| !a.trim().is_empty()), "{what}");
