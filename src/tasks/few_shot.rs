@@ -83,7 +83,7 @@ fn pools() -> Result<&'static Pools, TaskError> {
             let label = e.target[0].trim().trim_end_matches('.');
             if let Some(c) = CLASSES.iter().position(|&k| k == label) {
                 let seen = pools.shots[c].len() + pools.tests[c].len();
-                let pool = if seen % 5 == 0 { &mut pools.tests[c] } else { &mut pools.shots[c] };
+                let pool = if seen.is_multiple_of(5) { &mut pools.tests[c] } else { &mut pools.shots[c] };
                 pool.push(e.input.trim().to_string());
             }
         }
