@@ -34,12 +34,14 @@ fn json_sample_has_prompt_parts_answers_and_metric() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["task"], "few-shot");
-    assert_eq!(v["metric"]["name"], "classification");
-    assert_eq!(v["metric"]["classes"].as_array().unwrap().len(), 13);
+    assert_eq!(v["metric"]["name"], "label");
+    assert_eq!(v["metric"]["classes"].as_array().unwrap().len(), 4);
     let n = v["context_ids"].as_array().unwrap().len() + v["question_ids"].as_array().unwrap().len();
     assert!(n <= 600 && n > 400, "{n} tokens");
     assert!(v["context_text"].as_str().unwrap().starts_with("<|im_start|>system\n"));
-    assert!(v["question_text"].as_str().unwrap().ends_with("<|im_start|>assistant\nType:"));
+    // The shots open the assistant turn; the test question follows them, then "Type:".
+    assert!(v["context_text"].as_str().unwrap().contains("<|im_start|>assistant\nQuestion: "));
+    assert!(v["question_text"].as_str().unwrap().ends_with("\nType:"));
     assert_eq!(v["answers"].as_array().unwrap().len(), 1);
 }
 

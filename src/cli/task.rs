@@ -4,7 +4,9 @@
 //!   same arguments (needs only the tokenizer, not ONNX Runtime).
 //! - `task calibrate --task NAME --samples N`: the full-cache score with its 95% confidence
 //!   interval beside the no-context and trivial baselines, as a markdown row; per-sample results
-//!   go to `--log` (JSON lines), which `task table` turns back into the table.
+//!   go to `--log` (JSON lines), which `task table` turns back into the table. For a
+//!   classification task (few-shot) both also print Cohen's kappa of the full cache and the
+//!   baselines, from each logged answer's class ([`label_of`]), and the classes predicted.
 //! - `task needle-grid`: the full-cache exact-match rate over lengths x depths.
 
 use std::io::Write;
@@ -17,8 +19,8 @@ use kvbench::model::generate::{GenerateOptions, generate};
 use kvbench::model::gguf::GgufFile;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::model::tokenizer::Tokenizer;
-use kvbench::tasks::metrics::{mean_ci95, needle_partial};
-use kvbench::tasks::{self, Rng, Sample, Task, needle};
+use kvbench::tasks::metrics::{cohen_kappa, label_of, mean_ci95, needle_partial};
+use kvbench::tasks::{self, Rng, Sample, Task, few_shot, needle};
 use serde_json::json;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -197,6 +199,9 @@ fn run_calibrate(args: CalibrateArgs) -> Result<()> {
     }
     println!("{}", table_header());
     println!("{}", table_row(task.name(), len, &rows));
+    if let Some(line) = kappa_line(task.name(), len, &rows) {
+        println!("\n{line}");
+    }
     Ok(())
 }
 
@@ -242,7 +247,49 @@ fn run_table(args: TableArgs) -> Result<()> {
     for (task, len, rows) in &by_task {
         println!("{}", table_row(task, *len, rows));
     }
+    let kappas: Vec<String> = by_task.iter().filter_map(|(task, len, rows)| kappa_line(task, *len, rows)).collect();
+    if !kappas.is_empty() {
+        println!("\n{}", kappas.join("\n"));
+    }
     Ok(())
+}
+
+/// The classes of a classification task, by name.
+fn classes_of(task: &str) -> Option<Vec<String>> {
+    (task == Task::FewShot.name()).then(|| few_shot::CLASSES.map(String::from).to_vec())
+}
+
+/// Cohen's kappa (95% interval) of the full cache and the baselines on a classification task's
+/// rows, each answer's class read from its logged text ([`label_of`]), and the full cache's
+/// predicted classes; `None` for other tasks and for logs whose golds are not all of today's
+/// classes (an earlier version's).
+fn kappa_line(task: &str, len: usize, rows: &[serde_json::Value]) -> Option<String> {
+    let classes = classes_of(task)?;
+    let golds: Vec<&str> = rows.iter().map(|r| r["answers"][0].as_str()).collect::<Option<_>>()?;
+    if rows.is_empty() || !golds.iter().all(|g| classes.iter().any(|c| c == g)) {
+        return None;
+    }
+    let predicted = |key: &str| -> Vec<Option<&str>> {
+        rows.iter().map(|r| label_of(r[key].as_str().unwrap_or(""), &classes)).collect()
+    };
+    let kappa = |key: &str| {
+        let pairs: Vec<(&str, Option<&str>)> = golds.iter().copied().zip(predicted(key)).collect();
+        let (k, h) = cohen_kappa(&pairs);
+        // A kappa of 0 up to rounding prints as 0.00, not -0.00.
+        format!("{:.2} ± {h:.2}", if k.abs() < 0.005 { 0.0 } else { k })
+    };
+    let full = predicted("full");
+    let mut counts: Vec<String> =
+        classes.iter().map(|c| format!("{c} {}", full.iter().filter(|p| **p == Some(c.as_str())).count())).collect();
+    counts.push(format!("none {}", full.iter().filter(|p| p.is_none()).count()));
+    Some(format!(
+        "{task} {len}: Cohen's kappa full cache {}, no context {}, trivial {} (n = {}); full cache predicted {}",
+        kappa("full"),
+        kappa("no_context"),
+        kappa("trivial"),
+        rows.len(),
+        counts.join(", ")
+    ))
 }
 
 fn run_needle_grid(args: NeedleGridArgs) -> Result<()> {

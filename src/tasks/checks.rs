@@ -29,7 +29,8 @@ fn every_task_fits_its_length_and_splits_context_from_question() {
             assert!(s.context_ids.starts_with(&head_ids) && s.no_context_ids.starts_with(&head_ids), "{what}");
             assert!(s.no_context_ids.ends_with(&s.question_ids), "{what}");
             assert!(s.no_context_ids.len() + 64 < s.len(), "{what}: the no-context prompt kept the document");
-            let tail_in = if task == Task::Code { &s.context_text } else { &s.question_text };
+            let in_answer = matches!(task, Task::Code | Task::FewShot);
+            let tail_in = if in_answer { &s.context_text } else { &s.question_text };
             assert!(tail_in.contains(tail), "{what}");
             assert_eq!(tok().decode(&s.context_ids).unwrap(), s.context_text, "{what}");
             assert!(!s.answers.is_empty() && s.answers.iter().all(|a| !a.trim().is_empty()), "{what}");
@@ -74,11 +75,14 @@ fn needle_sits_at_its_depth_once() {
 fn task_specific_golds() {
     for seed in 0..5 {
         let s = sample(Task::FewShot, seed, 1024, tok()).unwrap();
-        assert!(few_shot::CLASSES.contains(&s.answers[0].as_str()), "{:?}", s.answers);
+        assert_eq!(s.answers, [few_shot::CLASSES[seed as usize % 4]], "classes balanced by seed");
         assert!(few_shot::CLASSES.contains(&s.trivial_answer.as_str()));
+        assert!(s.question_text.ends_with("\nType:"));
         let s = sample(Task::Code, seed, 1024, tok()).unwrap();
         assert!(code::is_code_line(&s.answers[0]), "{:?}", s.answers);
-        assert!(s.context_text.ends_with('\n') && !s.trivial_answer.is_empty());
+        // The prompt ends at the end of the last line; its newline opens the question part.
+        assert!(s.question_text.starts_with('\n') && !s.question_text.ends_with('\n'));
+        assert!(!s.trivial_answer.is_empty() && s.score(&s.trivial_answer) < 0.5, "{:?}", s.trivial_answer);
         let s = sample(Task::Summarization, seed, 1024, tok()).unwrap();
         let last = s.info["target_position"].as_u64().unwrap();
         assert_eq!(last, s.info["articles"].as_u64().unwrap());

@@ -10,11 +10,17 @@
 //!   removing items from the list it iterates over.
 //! - [`retrieval`]: LongBench's `retrieval_score` (the share of numbers in the answer that are the
 //!   gold paragraph's number).
-//! - [`code_sim`]: LongBench's `code_sim_score`: the first line without `` ` ``, `#` or `//`,
-//!   compared with fuzzywuzzy's `fuzz.ratio`, which (without python-Levenshtein, as LongBench
-//!   installs it) is difflib's `SequenceMatcher` ratio rounded to a whole percent ([`fuzz_ratio`]).
-//!   One deliberate difference: both lines are trimmed first, so indentation, which the chat
-//!   template makes arbitrary, does not count.
+//! - [`label_of`] and [`label_match`]: the class a prediction names (the first word of its first
+//!   line that is a class name, case-insensitive, singular or plural alike), and whether it is the
+//!   gold one; [`cohen_kappa`] corrects the resulting accuracy for chance. Not LongBench's rule
+//!   ([`classification`], a case-sensitive substring match, scores "Human" 0 against "Humans").
+//! - [`code_sim`]: LongBench's `code_sim_score` with a first-line rule for Rust
+//!   ([`first_code_line`]): LongBench skips lines containing `` ` ``, `#` or `//`, which is
+//!   Python's comment rule and on Rust skips attributes (`#[inline]`), so an answer that starts
+//!   with one was scored on whatever line came next. The scored line is compared with
+//!   fuzzywuzzy's `fuzz.ratio`, which (without python-Levenshtein, as LongBench installs it) is
+//!   difflib's `SequenceMatcher` ratio rounded to a whole percent ([`fuzz_ratio`]). Both lines
+//!   are trimmed first, so indentation, which the chat template makes arbitrary, does not count.
 //! - [`needle_exact`] and [`needle_partial`]: the study's needle scores: the key is a substring of
 //!   the answer; the longest common substring of key and answer over the key's length.
 //! - [`match_all`]: RULER's `string_match_all`, the share of gold values found (case-insensitive)
@@ -149,6 +155,60 @@ pub fn classification(prediction: &str, gold: &str, classes: &[String]) -> f64 {
     if matched.contains(&gold) { 1.0 / matched.len() as f64 } else { 0.0 }
 }
 
+/// The class a prediction names: the first word of its first line (leading newlines skipped)
+/// that is one of `classes`, compared case-insensitively and singular or plural alike (a final
+/// "s" or "ies" against "y" dropped on both sides: "human" and "HUMANS" are "Humans"). Words are
+/// runs of letters. `None` if no word is a class.
+pub fn label_of<'a>(prediction: &str, classes: &'a [String]) -> Option<&'a str> {
+    let stem = |w: &str| {
+        let w = w.to_lowercase();
+        if let Some(s) = w.strip_suffix("ies") {
+            format!("{s}y")
+        } else {
+            w.strip_suffix('s').map(str::to_string).unwrap_or(w)
+        }
+    };
+    let stems: Vec<String> = classes.iter().map(|c| stem(c)).collect();
+    let first = prediction.trim_start_matches('\n').split('\n').next().unwrap_or("");
+    first.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).find_map(|w| {
+        let w = stem(w);
+        stems.iter().position(|s| *s == w).map(|i| classes[i].as_str())
+    })
+}
+
+/// 1 when the prediction names ([`label_of`]) the gold class, else 0.
+pub fn label_match(prediction: &str, gold: &str, classes: &[String]) -> f64 {
+    if label_of(prediction, classes) == Some(gold) { 1.0 } else { 0.0 }
+}
+
+/// Cohen's kappa of (gold, predicted) class pairs and the half-width of its 95% interval.
+///
+/// `kappa = (p_o - p_e) / (1 - p_e)`: `p_o` is the share of pairs that agree, `p_e` the agreement
+/// expected by chance from the two marginals, the sum over classes of (share of golds in the
+/// class) x (share of predictions in it); a prediction of no class (`None`) is a class of its
+/// own, which no gold is. Half-width: `1.96 * sqrt(p_o (1 - p_o) / n) / (1 - p_e)`, Cohen's
+/// (1960) large-sample standard error. `(0, 0)` for no pairs, and kappa is 0 where `p_e` is 1.
+pub fn cohen_kappa(pairs: &[(&str, Option<&str>)]) -> (f64, f64) {
+    let n = pairs.len() as f64;
+    if pairs.is_empty() {
+        return (0.0, 0.0);
+    }
+    let p_o = pairs.iter().filter(|(g, p)| Some(*g) == *p).count() as f64 / n;
+    let mut gold: HashMap<&str, f64> = HashMap::new();
+    let mut pred: HashMap<&str, f64> = HashMap::new();
+    for &(g, p) in pairs {
+        *gold.entry(g).or_default() += 1.0 / n;
+        if let Some(p) = p {
+            *pred.entry(p).or_default() += 1.0 / n;
+        }
+    }
+    let p_e: f64 = gold.iter().map(|(c, g)| g * pred.get(c).copied().unwrap_or(0.0)).sum();
+    if p_e >= 1.0 {
+        return (0.0, 0.0);
+    }
+    ((p_o - p_e) / (1.0 - p_e), 1.96 * (p_o * (1.0 - p_o) / n).sqrt() / (1.0 - p_e))
+}
+
 /// LongBench's `retrieval_score`: `gold` holds `Paragraph N`; the share of the numbers in the
 /// prediction that equal N (0 when there are none).
 pub fn retrieval(prediction: &str, gold: &str) -> f64 {
@@ -178,14 +238,35 @@ fn digit_runs(text: &str) -> Vec<String> {
     out
 }
 
-/// LongBench's `code_sim_score`, with both lines trimmed (see the module doc).
+/// LongBench's `code_sim_score` on Rust: the edit similarity ([`fuzz_ratio`]) of the prediction's
+/// [`first_code_line`] and the gold line, both trimmed.
 pub fn code_sim(prediction: &str, gold: &str) -> f64 {
-    let line = prediction
-        .trim_start_matches('\n')
-        .split('\n')
-        .find(|l| !l.contains('`') && !l.contains('#') && !l.contains("//"))
-        .unwrap_or("");
-    f64::from(fuzz_ratio(line.trim(), gold.trim())) / 100.0
+    f64::from(fuzz_ratio(first_code_line(prediction), gold.trim())) / 100.0
+}
+
+/// The first line of a Rust prediction that is code, trimmed ("" if none).
+///
+/// Skipped: blank lines, line comments (`//`, and so `///` and `//!`), block comments (`/* */`,
+/// from a line that starts one to the line that ends it) and Markdown code fences (a line
+/// starting with three backticks). Everything else is code and is scored, attributes
+/// (`#[inline]`, `#![...]`) included: they are lines a file really has, and a model that writes
+/// one where a statement follows has predicted the wrong line. A line of closing brackets only
+/// (`}`, `});`) is scored too: it predicts that the block ends, and the task's gold line never
+/// is one (`code::is_code_line`), so it scores low, as a wrong prediction should; skipping it
+/// would score the line after a wrong guess.
+pub fn first_code_line(prediction: &str) -> &str {
+    let mut in_block = false;
+    for line in prediction.split('\n') {
+        let t = line.trim();
+        if in_block {
+            in_block = !t.contains("*/");
+        } else if let Some(rest) = t.strip_prefix("/*") {
+            in_block = !rest.contains("*/");
+        } else if !t.is_empty() && !t.starts_with("//") && !t.starts_with("```") {
+            return t;
+        }
+    }
+    ""
 }
 
 /// fuzzywuzzy 0.18 `fuzz.ratio` without python-Levenshtein: equal strings 100, an empty one 0,
@@ -397,11 +478,65 @@ mod tests {
     }
 
     #[test]
-    fn code_sim_takes_the_first_non_comment_line() {
-        // Lines: "```rust" (skipped: backtick), "// next" (skipped), "let y = 2;" is scored:
-        // ratio 80 against "let x = 1;" as above.
+    fn code_sim_takes_the_first_rust_code_line() {
+        // "```rust" (a fence) and "// next" are skipped, "let y = 2;" is scored: ratio 80
+        // against "let x = 1;" as above.
         assert!(close(code_sim("\n```rust\n// next\nlet y = 2;\n```", "    let x = 1;"), 0.8));
-        assert_eq!(code_sim("# only comments", "x"), 0.0);
+        // Doc and inner comments, a block comment over two lines and a blank line are skipped.
+        assert_eq!(first_code_line("/// doc\n//! inner\n/* a\n b */\n\n    let x = 1;"), "let x = 1;");
+        assert_eq!(first_code_line("/* one line */ \n  x += 1;"), "x += 1;");
+        // Attributes are code: scored, not skipped (LongBench's rule skipped any line with '#').
+        assert_eq!(first_code_line("    #[inline]\n    fn f() {}"), "#[inline]");
+        assert_eq!(first_code_line("#![allow(dead_code)]"), "#![allow(dead_code)]");
+        assert_eq!(code_sim("#[inline]\nfn f() {}", "#[inline]"), 1.0);
+        // A model that writes "#[inline]" where "fn f() {" follows: difflib's longest block is
+        // the first "n" of each (1); left of it "#[i" against "f", right of it "line]" against
+        // " f() {" share nothing: 1 matching character, 2 * 1 / 17 = 0.1176 -> 12.
+        assert_eq!(fuzz_ratio("#[inline]", "fn f() {"), 12);
+        // A closing brace is a prediction that the block ends: scored, and it scores 0 against a
+        // gold line with no brace.
+        assert_eq!(first_code_line("    }\n    let y = 2;"), "}");
+        assert_eq!(code_sim("}\nlet x = 1;", "let x = 1;"), 0.0);
+        // Nothing but comments: the empty line, which scores 0.
+        assert_eq!(first_code_line("// a\n\n/* b */"), "");
+        assert_eq!(code_sim("// let x = 1;", "let x = 1;"), 0.0);
+    }
+
+    #[test]
+    fn label_of_is_case_and_number_blind() {
+        let classes: Vec<String> = ["Humans", "Date", "Quantity", "Location"].map(String::from).into();
+        for (prediction, class) in [
+            (" Humans", Some("Humans")),
+            (" Human\n\nQuestion: Who", Some("Humans")),
+            ("HUMANS.", Some("Humans")),
+            ("\nlocations", Some("Location")),
+            (" Quantities", Some("Quantity")),
+            // The first class word counts: "Date" before "Humans".
+            (" a Date, not Humans", Some("Date")),
+            // Only the first line is read, and a word must be the whole class word.
+            (" Entity\nHumans", None),
+            (" Dated", None),
+            (" Historical Question", None),
+        ] {
+            assert_eq!(label_of(prediction, &classes), class, "{prediction:?}");
+        }
+        assert_eq!(label_match(" human", "Humans", &classes), 1.0);
+        assert_eq!(label_match(" Date", "Humans", &classes), 0.0);
+    }
+
+    #[test]
+    fn cohen_kappa_hand_worked() {
+        // Golds A A B B, predictions A B B none. p_o = 2/4 = 0.5. Gold shares A 0.5, B 0.5;
+        // predicted A 0.25, B 0.5 (none 0.25, which no gold is). p_e = 0.5 * 0.25 + 0.5 * 0.5 =
+        // 0.375. kappa = 0.125 / 0.625 = 0.2; half-width 1.96 * sqrt(0.25 / 4) / 0.625 = 0.784.
+        let (k, h) = cohen_kappa(&[("A", Some("A")), ("A", Some("B")), ("B", Some("B")), ("B", None)]);
+        assert!(close(k, 0.2) && close(h, 0.784), "{k} {h}");
+        // Always the same class over balanced golds: p_o = p_e = 1/4, kappa 0.
+        let pairs: Vec<(&str, Option<&str>)> = ["A", "B", "C", "D"].iter().map(|&g| (g, Some("A"))).collect();
+        assert!(close(cohen_kappa(&pairs).0, 0.0));
+        // Perfect agreement: kappa 1, half-width 0.
+        assert_eq!(cohen_kappa(&[("A", Some("A")), ("B", Some("B"))]), (1.0, 0.0));
+        assert_eq!(cohen_kappa(&[]), (0.0, 0.0));
     }
 
     #[test]

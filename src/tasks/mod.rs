@@ -82,7 +82,7 @@ pub enum Task {
     MultiDocQa,
     /// XSum articles among other articles, summarised by position.
     Summarization,
-    /// Many-shot question-type classification (BIG-bench question typing, 13 classes).
+    /// Many-shot question-type classification (BIG-bench question typing, 4 balanced classes).
     FewShot,
     /// Next-line completion of real Rust sources from Debian's `librust-*-dev` packages.
     Code,
@@ -163,8 +163,14 @@ pub enum Metric {
         /// Every class name.
         classes: Vec<String>,
     },
-    /// LongBench edit similarity of the first non-comment line.
+    /// LongBench edit similarity of the first line that is Rust code ([`metrics::code_sim`]).
     EditSim,
+    /// The class named first on the first output line, case- and number-blind, is the gold one
+    /// ([`metrics::label_of`]); 1 or 0.
+    Label {
+        /// Every class name.
+        classes: Vec<String>,
+    },
 }
 
 impl Metric {
@@ -177,6 +183,7 @@ impl Metric {
             Metric::RougeL => "rouge-l",
             Metric::Classification { .. } => "classification",
             Metric::EditSim => "edit-sim",
+            Metric::Label { .. } => "label",
         }
     }
 
@@ -193,6 +200,7 @@ impl Metric {
                 best(&|a| metrics::classification(first, a, classes))
             }
             Metric::EditSim => best(&|a| metrics::code_sim(prediction, a)),
+            Metric::Label { classes } => best(&|a| metrics::label_match(prediction, a, classes)),
         }
     }
 }
@@ -319,7 +327,7 @@ pub fn sample(task: Task, seed: u64, target_len: usize, tok: &Tokenizer) -> Resu
         Task::SingleDocQa => single_doc_qa::build(&mut rng, target_len, tok)?,
         Task::MultiDocQa => multi_doc_qa::build(&mut rng, target_len, tok)?,
         Task::Summarization => summarization::build(&mut rng, target_len, tok)?,
-        Task::FewShot => few_shot::build(&mut rng, target_len, tok)?,
+        Task::FewShot => few_shot::build(&mut rng, target_len, tok, few_shot::class_of_seed(seed))?,
         Task::Code => code::build(&mut rng, target_len, tok)?,
     };
     assemble(task, seed, target_len, tok, parts)
