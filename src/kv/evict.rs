@@ -35,6 +35,10 @@ pub enum Eviction {
     Current {
         /// Total tokens kept.
         budget: usize,
+        /// One choice for every kv head of the layer, by the scores summed over them (the
+        /// original TOVA and kvpress, which average over all query heads), instead of a choice
+        /// per kv head. The heads then hold the same positions throughout.
+        pooled: bool,
     },
 }
 
@@ -74,6 +78,13 @@ impl KeptStore {
     }
 
     fn evict(&mut self) {
+        if let Eviction::Current { pooled: true, .. } = self.eviction {
+            // every head holds the same positions (all started from the prefill's and were cut
+            // alike), so the sum at an index is the layer's score of one token
+            let n = self.scores.first().map_or(0, Vec::len);
+            let total: Vec<f32> = (0..n).map(|i| self.scores.iter().map(|s| s[i]).sum()).collect();
+            self.scores.iter_mut().for_each(|s| s.clone_from(&total));
+        }
         for (head, scores) in self.rows.heads.iter_mut().zip(&mut self.scores) {
             let n = head.len();
             let keep = match self.eviction {
@@ -90,7 +101,7 @@ impl KeptStore {
                     }
                     top_with_protected(scores, budget, |i| i >= n - recent)
                 }
-                Eviction::Current { budget } => {
+                Eviction::Current { budget, .. } => {
                     if n <= budget {
                         continue;
                     }

@@ -113,13 +113,13 @@ fn retrieval_methods_keep_everything_and_read_within_budget() {
     }
 }
 
-/// On random data each kv head keeps its own tokens, for every token method but three:
-/// StreamingLLM keeps positions (the same in every head); InfLLM's reference ranking makes one
-/// choice per layer, summed over every head; and H2O, though per head as TOVA, favours the same
-/// early tokens in every head on random data (accumulated attention).
+/// On random data each kv head keeps its own tokens, for every token method but four:
+/// StreamingLLM keeps positions (the same in every head); InfLLM's reference ranking and pooled
+/// TOVA make one choice per layer, summed over every head; and H2O, though per head as TOVA,
+/// favours the same early tokens in every head on random data (accumulated attention).
 #[test]
 fn selection_is_per_kv_head() {
-    const SAME_IN_EVERY_HEAD: [&str; 3] = ["streamingllm", "infllm-ref", "h2o"];
+    const SAME_IN_EVERY_HEAD: [&str; 4] = ["streamingllm", "infllm-ref", "h2o", "tova-pooled"];
     let token_kinds = [Kind::Evicting, Kind::OneShot, Kind::Retrieval];
     let families = token_kinds.into_iter().flat_map(families_of).filter(|f| !SAME_IN_EVERY_HEAD.contains(f));
     for name in families.map(|f| format!("{f}-4x")) {
@@ -138,6 +138,18 @@ fn selection_is_per_kv_head() {
 
 /// With a budget larger than the sequence, every budgeted method attends exactly as the fp16
 /// cache does: nothing is lost by accident (duplicated, skipped or reordered rows).
+#[test]
+fn pooled_tova_keeps_the_same_tokens_in_every_head() {
+    drive("tova-pooled-4x", |cache, step| {
+        if step.is_some() {
+            let layer = cache.layer(1).unwrap();
+            let heads: Vec<_> = (0..SHAPE.kv_heads).map(|g| layer.visible(g).unwrap()).collect();
+            assert!(heads.windows(2).all(|w| w[0] == w[1]), "step {step:?}: the heads differ");
+            assert_eq!(cache.tokens(), PROMPT / 4, "step {step:?}");
+        }
+    });
+}
+
 #[test]
 fn a_budget_above_the_sequence_changes_nothing() {
     let outputs = |name: &str| {

@@ -88,7 +88,7 @@ pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::budgeted("pyramidkv", Kind::OneShot, |budget| {
         Arc::new(OneShot { budget, selector: pyramidkv::PyramidKv })
     }),
-    MethodSpec::budgeted("tova", Kind::Evicting, |budget| Arc::new(tova::Tova { budget })),
+    MethodSpec::budgeted("tova", Kind::Evicting, |budget| Arc::new(tova::Tova { budget, pooled: false })),
     MethodSpec::budgeted("knorm", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: knorm::Knorm })),
     MethodSpec::budgeted("keydiff", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: keydiff::KeyDiff })),
     MethodSpec::budgeted("infllm", Kind::Retrieval, |budget| {
@@ -110,6 +110,8 @@ pub const REGISTRY: &[MethodSpec] = &[
         Arc::new(OneShot { budget, selector: snapkv::SnapKv { pooling: snapkv::Pooling::Wide } })
     })
     .variant(),
+    MethodSpec::budgeted("tova-pooled", Kind::Evicting, |budget| Arc::new(tova::Tova { budget, pooled: true }))
+        .variant(),
 ];
 
 /// The registry entry of `name` and its budget, if it has one.

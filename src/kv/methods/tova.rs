@@ -4,9 +4,12 @@
 //! EMNLP 2024 (arXiv 2401.06104). Reference implementation: schwartz-lab-NLP/TOVA and NVIDIA
 //! kvpress (`TOVAPress`). Settings: budget = prompt tokens / ratio, fixed when prefill ends;
 //! a token's score is the attention the **current** query gives it (no accumulation), summed over
-//! the query heads of its kv head (the paper averages over heads; here per kv head so that GQA
-//! frees memory). When prefill ends the last prompt token's attention picks the first `budget`
-//! tokens; each decode step then attends and drops the lowest-scoring tokens beyond the budget.
+//! the query heads of its kv head, each kv head choosing its own tokens. The authors' code and
+//! kvpress average over all heads of the layer and keep one set of positions for every kv head
+//! (which frees as much memory): that is the variant `tova-pooled-Nx`. When prefill ends the last
+//! prompt token's attention picks the first `budget` tokens; each decode step then attends and
+//! drops the lowest-scoring tokens beyond the budget. (docs/METHODS.md, "TOVA against its
+//! references": why the needle's later digits are lost, as specified.)
 
 use serde_json::json;
 
@@ -22,19 +25,28 @@ use crate::kv::{Compressed, Method, Phase, PrefillCompressor, StoreContext};
 pub struct Tova {
     /// Token budget.
     pub budget: Budget,
+    /// One choice per layer by the attention summed over every head, as the paper's code and
+    /// kvpress's `TOVAPress` choose (`tova-pooled-Nx`, a variant), instead of one per kv head.
+    pub pooled: bool,
 }
 
 impl Method for Tova {
     fn name(&self) -> String {
-        format!("tova-{}", self.budget.suffix())
+        let family = if self.pooled { "tova-pooled" } else { "tova" };
+        format!("{family}-{}", self.budget.suffix())
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "budget": self.budget.settings(), "score": "current-query-attention" })
+        let mut settings = json!({ "budget": self.budget.settings(), "score": "current-query-attention" });
+        if self.pooled {
+            settings["selection"] = json!("pooled-over-heads");
+        }
+        settings
     }
 
     fn description(&self) -> String {
-        "evicts, at every step, the token the current query attends to least, per kv head".into()
+        let per = if self.pooled { "summed over every head of the layer, one choice for all" } else { "per kv head" };
+        format!("evicts, at every step, the token the current query attends to least, {per}")
     }
 
     fn nominal_ratio(&self) -> Option<f64> {
@@ -65,7 +77,7 @@ impl PrefillCompressor for Tova {
                 Some(&mut mass),
             );
         }
-        let eviction = Eviction::Current { budget };
+        let eviction = Eviction::Current { budget, pooled: self.pooled };
         Compressed::Into(Box::new(KeptStore::new(TokenRows::from_full(prefill), Some(mass), eviction)))
     }
 }
@@ -87,7 +99,8 @@ mod tests {
         let mut out = vec![0.0; n * 4];
         full.attend(&[1.0; 40], 4, n, &mut out);
         let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: n, rope_base: 10_000.0 };
-        let mut store = (&Tova { budget: Budget::Tokens(5) } as &dyn Method).after_prefill(&ctx, &full).unwrap();
+        let tova = Tova { budget: Budget::Tokens(5), pooled: false };
+        let mut store = (&tova as &dyn Method).after_prefill(&ctx, &full).unwrap();
         assert!(format!("{store:?}").contains("positions: [5, 6, 7, 8, 9]"));
         // a new token with a low key, then a query that prefers low keys: 5 (lowest kept) survives,
         // the highest (9) goes
