@@ -1,6 +1,12 @@
 //! `cargo xtask bench`: the main job. Runs every trial of a tier (`cargo test --test bench`,
 //! which fetches what is missing on first use), then merges the per-trial results and renders the
 //! report (`cargo xtask report` renders it again from existing results).
+//!
+//! With `--shard K/N` it runs only the K-th of N disjoint shards of the trials (cargo nextest's
+//! `--partition hash:K/N`, `tests/shards.rs`) into a folder of the shard's own; the machines of a
+//! GitHub Actions matrix or a Slurm job array each run one, and `cargo xtask report --merge`
+//! joins the folders (`docs/HARNESS.md`, "Shards"; `.github/workflows/full-tier.yml`,
+//! `scripts/slurm/`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,24 +27,69 @@ pub struct Args {
     /// instead of running it again (the gate still checks it): continue an interrupted run.
     #[arg(long)]
     resume: bool,
-    /// Extra arguments for the trial harness (a name filter, `--test-threads N`, ...).
+    /// Run only shard K of N (1 ≤ K ≤ N) of the trials, with cargo nextest, into
+    /// `target/kvbench-results/<tier>-shard-K-of-N`, and render that shard's report there.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Extra arguments for the trial harness (a name filter, `--test-threads N`, ...; with
+    /// `--shard`, nextest's test-name filters).
     #[arg(last = true)]
     harness: Vec<String>,
 }
 
+/// `K/N` with 1 ≤ K ≤ N.
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{text:?}: a shard is K/N with 1 <= K <= N, such as 2/8");
+    let (k, n) = text.split_once('/').ok_or_else(bad)?;
+    let (k, n): (usize, usize) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if k == 0 || k > n { Err(bad()) } else { Ok((k, n)) }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     kvbench::bench::Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
-    let status = Command::new(env!("CARGO"))
-        .current_dir(crate::project_root())
-        .args(["test", "--test", "bench", "--"])
-        .args(&args.harness)
-        .env("KVBENCH_TIER", &args.tier)
-        .envs(args.resume.then_some(("KVBENCH_RESUME", "1")))
-        .status()
-        .context("running cargo test --test bench")?;
-    crate::report::report(ReportArgs { tier: args.tier, merge: Vec::new(), out: args.out })?;
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(crate::project_root()).env("KVBENCH_TIER", &args.tier);
+    command.envs(args.resume.then_some(("KVBENCH_RESUME", "1")));
+    let (merge, out) = match args.shard {
+        None => {
+            command.args(["test", "--test", "bench", "--"]).args(&args.harness);
+            (Vec::new(), args.out)
+        }
+        Some((k, n)) => {
+            let folder =
+                crate::project_root().join("target/kvbench-results").join(format!("{}-shard-{k}-of-{n}", args.tier));
+            let partition = format!("hash:{k}/{n}");
+            command.args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--test",
+                "bench",
+                "--no-fail-fast",
+                "--partition",
+                &partition,
+            ]);
+            command.args(&args.harness).env("KVBENCH_RESULTS", &folder);
+            eprintln!("xtask: shard {k} of {n} into {}", folder.display());
+            (vec![folder.clone()], Some(args.out.unwrap_or(folder)))
+        }
+    };
+    let status = command.status().context("running the trials (cargo test, or cargo nextest with --shard)")?;
+    crate::report::report(ReportArgs { tier: args.tier, merge, out })?;
     if !status.success() {
         bail!("some trials failed their golden gate (see above); the report covers every trial that ran");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shards_are_k_of_n() {
+        assert_eq!(super::parse_shard("2/8"), Ok((2, 8)));
+        assert_eq!(super::parse_shard("1/1"), Ok((1, 1)));
+        for bad in ["0/3", "4/3", "3", "a/b", "/2", "2/"] {
+            assert!(super::parse_shard(bad).is_err(), "{bad}");
+        }
+    }
 }
