@@ -60,7 +60,7 @@ fn shared() -> &'static Shared {
         let mode = settings::mode().unwrap_or_else(|e| panic!("{e}"));
         let mode = Mode::from_name(mode).expect("KVBENCH_MODE's values are modes");
         let results = tier.results_dir();
-        let prefills = match DiskPrefills::from_env().unwrap_or_else(|e| panic!("{e}")) {
+        let prefills = match DiskPrefills::from_env(tier).unwrap_or_else(|e| panic!("{e}")) {
             Some(disk) => PrefillCache::with_disk(disk),
             None => PrefillCache::default(),
         };

@@ -134,6 +134,16 @@ impl Tier {
         }
     }
 
+    /// The prefill cache's default size limit in GiB: room for one task's shared prefills (the
+    /// full tier's take 4.7 GB for few-shot, 17.5 for the needle), so that a trial of a method
+    /// acting after prefill reads them instead of computing them again.
+    pub fn prefill_cache_gib(self) -> f64 {
+        match self {
+            Tier::Default => 4.0,
+            Tier::Full => 30.0,
+        }
+    }
+
     /// Where this tier's golden snapshots live.
     pub fn golden_dir(self) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("trials").join(self.name())

@@ -63,7 +63,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let provenance = Provenance { build: build_id()?, trace: kvbench::assets::sha256_file(&path)? };
     // methods acting after prefill share each sample's prefill, in memory and on disk as in the
     // trials (`KVBENCH_PREFILL_CACHE`, `KVBENCH_PREFILL_CACHE_GB`)
-    let prefills = match DiskPrefills::from_env()? {
+    let prefills = match DiskPrefills::from_env(tier)? {
         Some(disk) => PrefillCache::with_disk(disk),
         None => PrefillCache::default(),
     };
