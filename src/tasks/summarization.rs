@@ -85,7 +85,7 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
     let cost = |text: &str| count(tok, text.trim()).map(|n| n + 6);
     // Draw the target against a budget with a long placeholder name (positions have at most two
     // digits), then fill the budget its own name leaves.
-    let placeholder = vec!["placeholder"; FIRST_WORDS].join(" ");
+    let placeholder = ["placeholder"; FIRST_WORDS].join(" ");
     let budget_for = |words: &str| {
         doc_budget(Task::Summarization, tok, target_len, INSTRUCTION, &question(99, words), &answer_prefix(99, words))
     };
