@@ -83,11 +83,21 @@ fn task_specific_golds() {
         // The prompt ends at the end of the last line; its newline opens the question part.
         assert!(s.question_text.starts_with('\n') && !s.question_text.ends_with('\n'));
         assert!(!s.trivial_answer.is_empty() && s.score(&s.trivial_answer) < 0.5, "{:?}", s.trivial_answer);
-        let s = sample(Task::Summarization, seed, 1024, tok()).unwrap();
-        let last = s.info["target_position"].as_u64().unwrap();
-        assert_eq!(last, s.info["articles"].as_u64().unwrap());
-        assert!(s.question_text.contains(&format!("Article {last}.")));
     }
+    // Summarization: the target sits at a seeded position, is last only by chance, and is named
+    // by its number and its first words, which follow "Article k:" in the context.
+    let mut not_last = 0;
+    for seed in 0..20 {
+        let s = sample(Task::Summarization, seed, 1024, tok()).unwrap();
+        let (k, n) = (s.info["target_position"].as_u64().unwrap(), s.info["articles"].as_u64().unwrap());
+        assert!((1..=n).contains(&k) && n >= 2, "seed {seed}: {k} of {n}");
+        not_last += usize::from(k < n);
+        let quoted = s.question_text.split('"').nth(1).unwrap();
+        assert!(s.question_text.contains(&format!("Article {k}, the article that begins \"{quoted}\".")));
+        assert!(s.context_text.contains(&format!("Article {k}:\n{quoted}")), "seed {seed}");
+        assert!(s.question_text.ends_with(&summarization::answer_prefix(k as usize, quoted)));
+    }
+    assert!((5..=15).contains(&not_last), "{not_last} of 20 targets not last");
 }
 
 #[test]

@@ -80,7 +80,7 @@ pub enum Task {
     SingleDocQa,
     /// HotpotQA distractor setting, padded with more distractor paragraphs.
     MultiDocQa,
-    /// XSum articles among other articles, summarised by position.
+    /// XSum articles among other articles, the one named by its number and first words summarised.
     Summarization,
     /// Many-shot question-type classification (BIG-bench question typing, 4 balanced classes).
     FewShot,
@@ -158,6 +158,9 @@ pub enum Metric {
     QaF1,
     /// LongBench ROUGE-L F, max over gold answers.
     RougeL,
+    /// ROUGE-L F1 over content words (stop words removed), max over gold answers
+    /// ([`metrics::rouge_l_content`]).
+    RougeLContent,
     /// LongBench classification score on the first output line.
     Classification {
         /// Every class name.
@@ -181,6 +184,7 @@ impl Metric {
             Metric::MatchAll => "match-all",
             Metric::QaF1 => "qa-f1",
             Metric::RougeL => "rouge-l",
+            Metric::RougeLContent => "rouge-l-content",
             Metric::Classification { .. } => "classification",
             Metric::EditSim => "edit-sim",
             Metric::Label { .. } => "label",
@@ -195,6 +199,7 @@ impl Metric {
             Metric::MatchAll => metrics::match_all(prediction, answers),
             Metric::QaF1 => best(&|a| metrics::qa_f1(prediction, a)),
             Metric::RougeL => best(&|a| metrics::rouge_l(prediction, a)),
+            Metric::RougeLContent => best(&|a| metrics::rouge_l_content(prediction, a)),
             Metric::Classification { classes } => {
                 let first = prediction.trim_start_matches('\n').split('\n').next().unwrap_or("");
                 best(&|a| metrics::classification(first, a, classes))
