@@ -75,7 +75,8 @@ impl DiskPrefills {
     /// when turned off.
     pub fn from_env(tier: super::Tier) -> Result<Option<Self>, String> {
         let Some(dir) = crate::assets::settings::prefill_cache() else { return Ok(None) };
-        let limit = crate::assets::settings::prefill_cache_bytes(tier.prefill_cache_gib()).map_err(|e| e.to_string())?;
+        let limit =
+            crate::assets::settings::prefill_cache_bytes(tier.prefill_cache_gib()).map_err(|e| e.to_string())?;
         Ok(Some(Self::new(dir, limit, build_id()?)))
     }
 

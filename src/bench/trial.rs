@@ -392,16 +392,19 @@ fn run_sample(
     })
 }
 
-/// The greedy choice (as [`argmax`]) and its lead over the runner-up, in logits.
+/// The greedy choice (as [`argmax`]: the first of equal maxima) and its lead over the runner-up,
+/// in logits, in one pass over the vocabulary (it runs at every decode step).
 fn top_two_gap(logits: &[f32]) -> (u32, f64) {
-    let best = argmax(logits);
-    let second = logits
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != best as usize)
-        .map(|(_, &x)| x)
-        .fold(f32::NEG_INFINITY, f32::max);
-    (best, f64::from(logits[best as usize]) - f64::from(second))
+    let (mut best, mut second) = (0, f32::NEG_INFINITY);
+    for (i, &x) in logits.iter().enumerate().skip(1) {
+        if x > logits[best] {
+            second = logits[best];
+            best = i;
+        } else if x > second {
+            second = x;
+        }
+    }
+    (best as u32, f64::from(logits[best]) - f64::from(second))
 }
 
 #[cfg(test)]
@@ -412,6 +415,10 @@ mod tests {
     fn the_margin_is_the_lead_over_the_runner_up() {
         assert_eq!(top_two_gap(&[0.5, 2.0, 1.25, -3.0]), (1, 0.75));
         assert_eq!(top_two_gap(&[1.0, 1.0]), (0, 0.0), "a tie has no margin");
+        assert_eq!(top_two_gap(&[3.0, 1.0, 2.0]), (0, 1.0));
+        for logits in [[0.5f32, 2.0, 1.25, -3.0], [-1.0, -1.0, 4.0, 4.0]] {
+            assert_eq!(top_two_gap(&logits).0, argmax(&logits), "the same choice as argmax");
+        }
     }
 
     #[test]
