@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use kvbench::assets::settings;
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
+use kvbench::bench::sequential::Design;
 use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, matrix, trial};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
@@ -51,6 +52,8 @@ struct Shared {
     trace_hashes: Mutex<HashMap<Task, String>>,
     results: PathBuf,
     resume: bool,
+    /// The tier's sequential design, unless `KVBENCH_SEQUENTIAL=0`.
+    stopping: Option<Design>,
 }
 
 fn shared() -> &'static Shared {
@@ -65,8 +68,9 @@ fn shared() -> &'static Shared {
             None => PrefillCache::default(),
         };
         let resume = settings::resume().unwrap_or_else(|e| panic!("{e}"));
+        let stopping = tier.stopping().filter(|_| settings::sequential().unwrap_or_else(|e| panic!("{e}")));
         let (traces, trace_hashes) = (Mutex::default(), Mutex::default());
-        Shared { tier, mode, prefills, traces, trace_hashes, results, resume }
+        Shared { tier, mode, prefills, traces, trace_hashes, results, resume, stopping }
     })
 }
 
@@ -124,7 +128,12 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     let file = golden::file_name(&name);
     let out = s.results.join(format!("{file}.json"));
     let provenance = provenance(task)?;
-    let stored = if s.resume { TrialResult::stored(&out, &name, &provenance, s.mode) } else { Ok(None) };
+    let stored = if s.resume {
+        TrialResult::stored(&out, &name, &provenance, s.mode)
+            .and_then(|r| r.map(|r| r.under(method.name() != "full", s.stopping.as_ref())).transpose())
+    } else {
+        Ok(None)
+    };
     let result = match stored {
         Ok(Some(done)) => {
             eprintln!("{name}: resumed from {}", out.display());
@@ -136,7 +145,8 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
             }
             let mut result = with_runtime(|rt| {
                 let trace = trace(task, rt)?;
-                trial::run(rt, &method, &trace, s.mode, &s.prefills).map_err(|e| Failed::from(e.to_string()))
+                trial::run_reporting(rt, &method, &trace, s.mode, &s.prefills, s.stopping.as_ref(), |_| {})
+                    .map_err(|e| Failed::from(e.to_string()))
             })?;
             if result.trial != name {
                 return Err(format!("trial {name} ran as {}: the trace is of another task", result.trial).into());

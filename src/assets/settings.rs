@@ -68,6 +68,13 @@ pub const RESULTS: Var = Var {
     default: "target/kvbench-results/<tier>",
     what: "where each trial's result is written (a shard's folder, say)",
 };
+/// Whether the full tier's trials stop early (a sequential design).
+pub const SEQUENTIAL: Var = Var {
+    name: "KVBENCH_SEQUENTIAL",
+    accepts: "use 1 (stop early where the tier's design allows) or 0",
+    default: "1",
+    what: "0: every trial runs every sample of its trace, even on the full tier (`kvbench::bench::sequential`)",
+};
 /// Whether trials resume from earlier results.
 pub const RESUME: Var = Var {
     name: "KVBENCH_RESUME",
@@ -148,6 +155,7 @@ pub const VARS: &[Var] = &[
     MODE,
     RESULTS,
     RESUME,
+    SEQUENTIAL,
     PREFILL_CACHE,
     PREFILL_CACHE_GB,
     ORT_PROFILE,
@@ -268,6 +276,11 @@ pub fn results_dir(tier: &str) -> PathBuf {
 /// [`RESUME`]: whether trials resume from earlier results.
 pub fn resume() -> Result<bool, SettingError> {
     RESUME.flag(RESUME.os())
+}
+
+/// [`SEQUENTIAL`]: whether a tier's sequential design applies (it does when unset).
+pub fn sequential() -> Result<bool, SettingError> {
+    Ok(SEQUENTIAL.choice(SEQUENTIAL.os(), &["0", "1"], "1")? == "1")
 }
 
 /// [`PREFILL_CACHE`]: the prefill cache's folder, `None` when `off`.

@@ -175,12 +175,20 @@ pub fn check(current: &GoldenTrial, golden: &GoldenTrial, gate: Gate) -> Verdict
         return Verdict::Changed("the method's configuration or mode changed".into());
     }
     let ids = |g: &GoldenTrial| g.samples.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
-    if ids(current) != ids(golden) {
-        return Verdict::Changed("the samples changed (new traces?)".into());
-    }
+    let (now, then) = (ids(current), ids(golden));
     match gate {
+        Gate::Replay if now != then => Verdict::Changed("the samples changed (new traces?)".into()),
         Gate::Replay => replay(current, golden),
-        Gate::Statistical { trials } => statistical(current, golden, stats::ALPHA / trials.max(1) as f64),
+        Gate::Statistical { trials } => {
+            // a sequential design may stop a trial at another look than its snapshot's: the two
+            // are compared on the samples both ran, the first of the same trace
+            let common = now.len().min(then.len());
+            if common == 0 || now[..common] != then[..common] {
+                return Verdict::Changed("the samples changed (new traces?)".into());
+            }
+            let first = |g: &GoldenTrial| GoldenTrial { samples: g.samples[..common].to_vec(), ..g.clone() };
+            statistical(&first(current), &first(golden), stats::ALPHA / trials.max(1) as f64)
+        }
     }
 }
 
@@ -269,6 +277,23 @@ mod tests {
         let mut reconfigured = base.clone();
         reconfigured.settings = serde_json::json!({ "bits": 4 });
         assert!(matches!(check(&reconfigured, &base, FULL), Verdict::Changed(_)));
+    }
+
+    #[test]
+    fn a_trial_stopped_at_another_look_is_compared_on_the_samples_both_ran() {
+        let base = golden(&[1.0, 0.0, 1.0, 1.0, 0.5, 0.25, 0.75, 1.0]);
+        let first = |g: &GoldenTrial, n: usize| GoldenTrial { samples: g.samples[..n].to_vec(), n, ..g.clone() };
+        assert_eq!(check(&first(&base, 5), &base, FULL), Verdict::Same);
+        assert_eq!(check(&base, &first(&base, 5), FULL), Verdict::Same);
+        let worse = golden(&[0.5, 0.0, 0.5, 0.6, 0.1, 0.0, 0.3, 0.4]);
+        assert!(matches!(check(&first(&worse, 6), &base, FULL), Verdict::Changed(_)));
+        let mut elsewhere = first(&base, 5);
+        elsewhere.samples[0].id = "other".into();
+        assert!(matches!(check(&elsewhere, &base, FULL), Verdict::Changed(w) if w.contains("samples changed")));
+        assert!(
+            matches!(check(&first(&base, 5), &base, Gate::Replay), Verdict::Changed(_)),
+            "replay needs every sample"
+        );
     }
 
     #[test]

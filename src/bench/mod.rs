@@ -4,6 +4,7 @@
 pub mod golden;
 pub mod paired;
 pub mod prefill_disk;
+pub mod sequential;
 pub mod stats;
 pub mod tier;
 pub mod trial;

@@ -134,6 +134,16 @@ impl Tier {
         }
     }
 
+    /// The sequential design this tier's trials (but `full`'s) run under: the full tier stops a
+    /// trial once its verdict against `full` is known ([`super::sequential`]); the default
+    /// tier's three samples are a replay check, run in full.
+    pub fn stopping(self) -> Option<super::sequential::Design> {
+        match self {
+            Tier::Default => None,
+            Tier::Full => Some(super::sequential::FULL_TIER),
+        }
+    }
+
     /// The prefill cache's default size limit in GiB: room for one task's shared prefills (the
     /// full tier's take 4.7 GB for few-shot, 17.5 for the needle), so that a trial of a method
     /// acting after prefill reads them instead of computing them again.

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::prefill_disk::{DiskPrefills, PrefillInputs};
+use super::sequential::{Design, Sequential};
 use super::stats::{self, Estimate};
 use crate::kv::{Acts, Method};
 use crate::model::generate::{
@@ -94,8 +95,13 @@ pub struct TrialResult {
     /// or there are no samples).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_peak_bytes: Option<f64>,
-    /// Per sample.
+    /// Per sample: all of the trace's, or the first of them up to where a sequential design
+    /// stopped the trial (see `sequential`).
     pub samples: Vec<SampleOutcome>,
+    /// The sequential design the trial ran under, and where it stopped (`None`: it ran every
+    /// sample with none, as `full` always does and every trial of the default tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<Sequential>,
     /// Seconds.
     pub seconds: f64,
     /// What it was computed from (set by the harness; empty in results written before it).
@@ -124,6 +130,21 @@ impl TrialResult {
             return Ok(Some(result));
         };
         Err(format!("the stored result in {} is not this one: {differs}", path.display()))
+    }
+}
+
+impl TrialResult {
+    /// This result, if it ran under `design` (or, where `applies` is false, `full`'s case,
+    /// under none): a result of another design holds other samples.
+    pub fn under(self, applies: bool, design: Option<&Design>) -> Result<Self, String> {
+        let wanted = design.filter(|_| applies);
+        match (self.sequential.as_ref().map(|s| &s.design), wanted) {
+            (ran, want) if ran == want => Ok(self),
+            (None, Some(_)) => Err("it ran every sample, without this tier's sequential design".into()),
+            (Some(_), None) => Err("it ran under a sequential design, and this run has none".into()),
+            (Some(_), Some(_)) => Err("it ran under another sequential design".into()),
+            (None, None) => unreachable!("equal"),
+        }
     }
 }
 
@@ -225,16 +246,19 @@ pub fn run(
     mode: Mode,
     prefills: &PrefillCache,
 ) -> Result<TrialResult, ModelError> {
-    run_reporting(rt, method, trace, mode, prefills, |_| {})
+    run_reporting(rt, method, trace, mode, prefills, None, |_| {})
 }
 
-/// [`run`], handing each sample's outcome to `done` as it finishes (for progress).
+/// [`run`], under a sequential `stopping` design if given one (see [`super::sequential`];
+/// never applied to `full`, whose every sample the others are compared with), handing each
+/// sample's outcome to `done` as it finishes (for progress).
 pub fn run_reporting(
     rt: &mut Runtime,
     method: &Arc<dyn Method>,
     trace: &Trace,
     mode: Mode,
     prefills: &PrefillCache,
+    stopping: Option<&Design>,
     mut done: impl FnMut(&SampleOutcome),
 ) -> Result<TrialResult, ModelError> {
     let clock = Instant::now();
@@ -243,12 +267,24 @@ pub fn run_reporting(
     for sample in &trace.samples {
         check_sample(rt, sample, trace.header.chunk, mode)?;
     }
-    let mut samples = Vec::with_capacity(trace.samples.len());
+    let n_max = trace.samples.len();
+    let design = stopping.filter(|_| method.name() != "full").copied();
+    let mut sequential = design.map(|design| Sequential { design, of: n_max, stopped: None });
+    // the full cache's score of each sample, as recorded: what `full` reproduces
+    let full: Vec<f64> = trace.samples.iter().map(|s| s.meta.reference_score).collect();
+    let mut samples = Vec::with_capacity(n_max);
     for sample in &trace.samples {
         let outcome = run_sample(rt, method, sample, trace.header.chunk, mode, prefills)
             .map_err(|e| ModelError::Invalid(format!("sample {}: {e}", sample.meta.id)))?;
         done(&outcome);
         samples.push(outcome);
+        if let Some(seq) = sequential.as_mut() {
+            let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
+            seq.stopped = seq.design.decide(&scores, &full[..scores.len()], n_max);
+            if seq.stopped.is_some() {
+                break;
+            }
+        }
     }
     let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
     let mean = |f: fn(&SampleOutcome) -> f64| samples.iter().map(f).sum::<f64>() / samples.len().max(1) as f64;
@@ -271,6 +307,7 @@ pub fn run_reporting(
             .filter(|_| !samples.is_empty())
             .map(|total| total / samples.len() as f64),
         samples,
+        sequential,
         seconds: clock.elapsed().as_secs_f64(),
         provenance: Provenance::default(),
     })
@@ -441,6 +478,7 @@ mod tests {
             measured_ratio: 1.0,
             mean_peak_bytes: None,
             samples: Vec::new(),
+            sequential: None,
             seconds: 1.5,
             provenance: provenance.clone(),
         };

@@ -11,6 +11,7 @@ mod golden;
 mod perf;
 mod record;
 mod report;
+mod sequential;
 mod venv;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Hold a folder of results against a tier's goldens with its gate; count failures by kind.
     Gate(gate::Args),
+    /// What the full tier's sequential design saves and risks, on results that ran every sample.
+    Sequential(sequential::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(args) => fuzz::run(args),
         Command::Report(args) => report::report(args),
         Command::Gate(args) => gate::run(args),
+        Command::Sequential(args) => sequential::run(args),
     }
 }
 

@@ -175,6 +175,7 @@ pub(crate) mod fixture {
             measured_ratio: 1.0,
             mean_peak_bytes: Some(1000.0),
             samples,
+            sequential: None,
             seconds: 0.5 * scores.len() as f64,
             provenance: Provenance::default(),
         }

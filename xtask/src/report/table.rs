@@ -53,7 +53,8 @@ pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool) -> St
     ));
     md.push_str(
         "## Scores\n\nTask scores ×100 with 95% intervals (Wilson where every score is 0 or 1, as exact-match scores \
-         are; t cut to [0, 1] otherwise), n samples per cell; `ratio` is the mean steady-state compression against \
+         are; t cut to [0, 1] otherwise), n samples per cell (`n=20/100`: a sequential design stopped the trial \
+         after 20 of the trace's 100 samples, its verdict against full reached; its score is of those 20); `ratio` is the mean steady-state compression against \
          an fp16 cache of the same tokens (fp16 bytes / peak bytes held after compression; the section Memory has \
          the peak and the bytes read), `top-1` the mean agreement with the full cache's answer.\n\n\
          ![score versus measured ratio](score-vs-ratio.png)\n\n| method | ratio | top-1 |",
@@ -81,7 +82,9 @@ pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool) -> St
                     // hold raw bounds, so cut them here too
                     let f = |x: f64| x.clamp(0.0, 1.0) * 100.0;
                     let s = &t.score;
-                    md.push_str(&format!(" {:.0} [{:.0}, {:.0}] n={} |", f(s.mean), f(s.lo), f(s.hi), s.n));
+                    let of =
+                        t.sequential.filter(|q| q.stopped.is_some()).map_or(String::new(), |q| format!("/{}", q.of));
+                    md.push_str(&format!(" {:.0} [{:.0}, {:.0}] n={}{of} |", f(s.mean), f(s.lo), f(s.hi), s.n));
                 }
                 None => md.push_str(" — |"),
             }

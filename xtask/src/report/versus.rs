@@ -17,6 +17,8 @@ const ALPHA: f64 = 0.05;
 struct Cell {
     paired: Paired,
     holm: f64,
+    /// Samples run, where a sequential design stopped the trial early (of `full`'s n).
+    stopped_at: Option<usize>,
     /// Every sample's score is `full`'s.
     same_scores: bool,
     /// Every sample's prediction is `full`'s.
@@ -24,7 +26,9 @@ struct Cell {
 }
 
 /// Per (method, task), the comparison with `full` of the same task, where both ran on the same
-/// samples.
+/// samples (or the configuration on the first of them, up to where its sequential design stopped
+/// it). Holm's correction takes each trial's p-value as its design gives it
+/// ([`kvbench::bench::sequential::Design::adjusted_p`]; a fixed-n trial's own).
 fn cells(trials: &[TrialResult]) -> BTreeMap<(String, &'static str), Cell> {
     let mut out = BTreeMap::new();
     for task in TASKS {
@@ -38,19 +42,23 @@ fn cells(trials: &[TrialResult]) -> BTreeMap<(String, &'static str), Cell> {
                 .iter()
                 .map(|s| reference.get(s.id.as_str()).map(|&(f, p)| (s.score, f, s.prediction == p)))
                 .collect();
-            let Some(pairs) = pairs.filter(|p| p.len() == full.samples.len() && !p.is_empty()) else { continue };
+            let stopped = t.sequential.filter(|s| s.of == full.samples.len()).and_then(|s| s.stopped);
+            let expected = stopped.map_or(full.samples.len(), |s| s.at);
+            let prefix = t.samples.iter().zip(&full.samples).all(|(a, b)| a.id == b.id);
+            let Some(pairs) = pairs.filter(|p| p.len() == expected && !p.is_empty() && prefix) else { continue };
             let (method, reference): (Vec<f64>, Vec<f64>) = pairs.iter().map(|p| (p.0, p.1)).unzip();
-            let same_scores = method == reference;
-            found.push((
-                t.method.clone(),
-                paired::compare(&method, &reference),
-                same_scores,
-                pairs.iter().all(|p| p.2),
-            ));
+            let paired = paired::compare(&method, &reference);
+            let p = match t.sequential {
+                Some(s) => s.design.adjusted_p(&method, &reference, full.samples.len()),
+                None => paired.p,
+            };
+            let same = (method == reference, pairs.iter().all(|p| p.2));
+            found.push((t.method.clone(), paired, p, stopped.map(|s| s.at), same));
         }
-        let adjusted = paired::holm(&found.iter().map(|f| f.1.p).collect::<Vec<_>>());
-        for ((method, paired, same_scores, same_predictions), holm) in found.into_iter().zip(adjusted) {
-            out.insert((method, task), Cell { paired, holm, same_scores, same_predictions });
+        let adjusted = paired::holm(&found.iter().map(|f| f.2).collect::<Vec<_>>());
+        for ((method, paired, _, stopped_at, (same_scores, same_predictions)), holm) in found.into_iter().zip(adjusted)
+        {
+            out.insert((method, task), Cell { paired, holm, stopped_at, same_scores, same_predictions });
         }
     }
     out
@@ -83,7 +91,10 @@ fn delta_table(cells: &BTreeMap<(String, &'static str), Cell>) -> String {
          (Student's t on the per-sample differences). **\\*** the difference survives Holm's correction across the \
          configurations of the task (exact McNemar where every score is 0 or 1, paired t otherwise; {:.0}% \
          family-wise); **≈** indistinguishable from full: the whole interval lies within ±{:.0} points, at an n \
-         (59 or more) where samples not seen could not hide a larger difference either.\n\n",
+         (59 or more) where samples not seen could not hide a larger difference either; **(k)** a sequential design \
+         stopped the trial after its first k samples, its verdict reached (the interval and Δ are of those k, \
+         against full on the same k; the correction takes the design's p-value: docs/HARNESS.md, \
+         \"Stopping early\").\n\n",
         ALPHA * 100.0,
         EQUIVALENCE * 100.0
     );
@@ -99,9 +110,10 @@ fn delta_table(cells: &BTreeMap<(String, &'static str), Cell>) -> String {
                 Some(c) => {
                     let p = &c.paired;
                     let marks = format!(
-                        "{}{}",
+                        "{}{}{}",
                         if c.holm < ALPHA { " \\*" } else { "" },
-                        if p.indistinguishable() { " ≈" } else { "" }
+                        if p.indistinguishable() { " ≈" } else { "" },
+                        c.stopped_at.map_or(String::new(), |k| format!(" ({k})"))
                     );
                     md.push_str(&format!(
                         " {:+.0} [{:+.0}, {:+.0}]{marks} |",
@@ -124,7 +136,8 @@ fn delta_table(cells: &BTreeMap<(String, &'static str), Cell>) -> String {
 fn sensitivity(trials: &[TrialResult], cells: &BTreeMap<(String, &'static str), Cell>) -> String {
     let mut md = String::from(
         "\n## What each task can see\n\n`MDE80`: the median, over the task's configurations, of the paired minimum \
-         detectable effect at 80% power and 5% (`(z₀.₉₇₅ + z₀.₈₀)·sd/√n` of the per-sample differences), ×100. \
+         detectable effect at 80% power and 5% (`(z₀.₉₇₅ + z₀.₈₀)·sd/√n` of the per-sample differences, n the task's: \
+         full's, for trials stopped early too), ×100. \
          `differ`: configurations marked \\* above; `≈`: marked ≈. `after prefill, = full`: of the configurations \
          whose method acts after prefill, those whose every sample scores as full's (then, those whose every \
          prediction is full's): a task where a compressed cache cannot change the score sees nothing.\n\n\
@@ -135,7 +148,9 @@ fn sensitivity(trials: &[TrialResult], cells: &BTreeMap<(String, &'static str), 
         let Some(full) = trials.iter().find(|t| t.task == task && t.method == "full") else { continue };
         let of_task: Vec<(&String, &Cell)> =
             cells.iter().filter(|((_, t), _)| *t == task).map(|((m, _), c)| (m, c)).collect();
-        let mut mdes: Vec<f64> = of_task.iter().map(|(_, c)| paired::mde80(c.paired.sd, c.paired.n)).collect();
+        // at the task's n, full's: a trial stopped early was stopped because it had seen enough
+        let n = full.samples.len();
+        let mut mdes: Vec<f64> = of_task.iter().map(|(_, c)| paired::mde80(c.paired.sd, n)).collect();
         mdes.sort_by(f64::total_cmp);
         let median = match mdes.len() {
             0 => f64::NAN,
@@ -249,6 +264,26 @@ mod tests {
         let md = sections(&[with_scores("full::needle", &[1.0; 20]), with_scores("h2o-2x::needle", &half)]);
         assert!(md.contains("| h2o-2x | -50 [-74, -26] \\* |"), "{md}");
         assert!(md.contains("| needle | 20 | 100 |"), "{md}");
+    }
+
+    #[test]
+    fn a_trial_stopped_early_is_paired_on_its_samples_with_its_designs_p() {
+        use kvbench::bench::sequential::{FULL_TIER, Reason, Sequential, Stop};
+        let full = with_scores("full::needle", &[1.0; 100]);
+        let mut lost = [1.0; 20];
+        lost[..14].fill(0.0);
+        let mut stopped = with_scores("h2o-8x::needle", &lost);
+        let stop = Stop { at: 20, reason: Reason::Differs, p: 2.0 * 0.5f64.powi(14) };
+        stopped.sequential = Some(Sequential { design: FULL_TIER, of: 100, stopped: Some(stop) });
+        let found = cells(&[full.clone(), stopped.clone()]);
+        let c = &found[&("h2o-8x".to_string(), "needle")];
+        assert_eq!((c.paired.n, c.stopped_at), (20, Some(20)));
+        assert!((c.holm - stop.p * 0.05 / 0.0005).abs() < 1e-12, "the design's p: {}", c.holm);
+        let md = sections(&[full.clone(), stopped.clone()]);
+        assert!(md.contains("| h2o-8x | -70 [-92, -48] \\* (20) |"), "{md}");
+        // without a record of its stop, a trial of 20 of 100 samples is of other samples
+        stopped.sequential = None;
+        assert!(cells(&[full, stopped]).is_empty());
     }
 
     #[test]
