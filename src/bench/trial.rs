@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::prefill_disk::{DiskPrefills, PrefillInputs};
 use super::sequential::{Design, Sequential};
 use super::stats::{self, Estimate};
-use crate::kv::{Acts, Method};
+use crate::kv::{Acts, KvCache, Method};
 use crate::model::generate::{
     GenerateOptions, Mode, Prompt, SharedPrefill, argmax, check_prompt, log_softmax, shared_prefill, start,
 };
@@ -59,9 +59,11 @@ pub struct SampleOutcome {
     /// older results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<f64>,
-    /// Wall seconds of this sample in this run. Work shared between trials (a reused prefill,
-    /// LLMLingua's scoring of a prompt its other ratios already scored) counts in the trial that
-    /// did it, so this is the harness's cost, not the method's.
+    /// Wall seconds of this sample in this run: its prefill, and its share of the decode steps
+    /// it ran in a group with other samples (each step's time split evenly among the samples in
+    /// it). Work shared between trials (a reused prefill, LLMLingua's scoring of a prompt its
+    /// other ratios already scored) counts in the trial that did it, so this is the harness's
+    /// cost, not the method's.
     pub seconds: f64,
 }
 
@@ -259,6 +261,32 @@ pub fn run_reporting(
     mode: Mode,
     prefills: &PrefillCache,
     stopping: Option<&Design>,
+    done: impl FnMut(&SampleOutcome),
+) -> Result<TrialResult, ModelError> {
+    run_in_groups(rt, method, trace, mode, prefills, stopping, BATCH, done)
+}
+
+/// [`run`] with each sample decoded alone (groups of one): what batching must reproduce, bit
+/// for bit (`tests/batched.rs`), and its speed's baseline (`cargo xtask trial-seconds`).
+pub fn run_unbatched(
+    rt: &mut Runtime,
+    method: &Arc<dyn Method>,
+    trace: &Trace,
+    mode: Mode,
+    prefills: &PrefillCache,
+) -> Result<TrialResult, ModelError> {
+    run_in_groups(rt, method, trace, mode, prefills, None, 1, |_| {})
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in_groups(
+    rt: &mut Runtime,
+    method: &Arc<dyn Method>,
+    trace: &Trace,
+    mode: Mode,
+    prefills: &PrefillCache,
+    stopping: Option<&Design>,
+    batch: usize,
     mut done: impl FnMut(&SampleOutcome),
 ) -> Result<TrialResult, ModelError> {
     let clock = Instant::now();
@@ -273,16 +301,18 @@ pub fn run_reporting(
     // the full cache's score of each sample, as recorded: what `full` reproduces
     let full: Vec<f64> = trace.samples.iter().map(|s| s.meta.reference_score).collect();
     let mut samples = Vec::with_capacity(n_max);
-    for sample in &trace.samples {
-        let outcome = run_sample(rt, method, sample, trace.header.chunk, mode, prefills)
-            .map_err(|e| ModelError::Invalid(format!("sample {}: {e}", sample.meta.id)))?;
-        done(&outcome);
-        samples.push(outcome);
-        if let Some(seq) = sequential.as_mut() {
-            let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
-            seq.stopped = seq.design.decide(&scores, &full[..scores.len()], n_max);
-            if seq.stopped.is_some() {
-                break;
+    'groups: while samples.len() < n_max {
+        let end = group_end(&trace.samples, samples.len(), batch);
+        let group = &trace.samples[samples.len()..end];
+        for outcome in run_group(rt, method, group, trace.header.chunk, mode, prefills)? {
+            done(&outcome);
+            samples.push(outcome);
+            if let Some(seq) = sequential.as_mut() {
+                let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
+                seq.stopped = seq.design.decide(&scores, &full[..scores.len()], n_max);
+                if seq.stopped.is_some() {
+                    break 'groups;
+                }
             }
         }
     }
@@ -339,94 +369,240 @@ fn prompt_and_options(sample: &TraceSample, chunk: usize, mode: Mode) -> Result<
     Ok((prompt, options))
 }
 
-fn run_sample(
+/// Samples decoded together at most: one graph run per step serves all of them, reading the
+/// weights once. Groups never straddle a multiple of it, so that a sequential design's looks
+/// (every 10 samples) fall between groups.
+pub const BATCH: usize = 10;
+
+/// Prompt tokens a group holds at most, summed over its samples: each lane keeps its own cache
+/// (and, from its first disagreement with the reference, a snapshot of it), so eight-thousand-
+/// token needles go two at a time.
+const BATCH_TOKENS: usize = 20_000;
+
+/// The end of the group of at most `batch` samples that starts at `from`.
+fn group_end(samples: &[TraceSample], from: usize, batch: usize) -> usize {
+    let limit = (from / batch.max(1) + 1) * batch.max(1);
+    let mut tokens = 0;
+    let mut end = from;
+    while end < samples.len().min(limit) && (end == from || tokens + samples[end].prompt_ids.len() <= BATCH_TOKENS) {
+        tokens += samples[end].prompt_ids.len();
+        end += 1;
+    }
+    end
+}
+
+/// `samples` (a group, see [`group_end`]), each prefilled alone, then decoded together: every
+/// step runs the decode graph once over the next token of each sample still decoding (see
+/// [`Runtime::forward_lanes`]), which gives each the bits it would get alone.
+fn run_group(
     rt: &mut Runtime,
     method: &Arc<dyn Method>,
-    sample: &TraceSample,
+    samples: &[TraceSample],
     chunk: usize,
     mode: Mode,
     prefills: &PrefillCache,
-) -> Result<SampleOutcome, ModelError> {
-    let clock = Instant::now();
-    let meta = &sample.meta;
-    let metric: Metric =
-        serde_json::from_value(meta.metric.clone()).map_err(|e| ModelError::Invalid(format!("unknown metric: {e}")))?;
-    let (prompt, options) = prompt_and_options(sample, chunk, mode)?;
-    let shared = if method.acts() == Acts::AfterPrefill { Some(prefills.get(rt, &prompt, options)?) } else { None };
-    rt.reset(method.clone())?;
-    let prefilled = start(rt, &prompt, options, shared.as_deref())?;
-
-    // Greedy decoding, scored by the task; along the way, the method's log-probs at the
-    // reference's steps while the two agree. At the first disagreement the cache is snapshotted,
-    // so that after the greedy answer the reference can be teacher-forced from there on.
-    let reference = &sample.reference_ids;
-    let mut logits = prefilled.logits.clone();
-    let (mut output, mut forced_rows) = (Vec::new(), Vec::new());
-    let mut fork: Option<(usize, crate::kv::CacheSnapshot, Vec<f32>)> = None;
-    let mut margin = f64::INFINITY;
+) -> Result<Vec<SampleOutcome>, ModelError> {
+    let mut lanes = Vec::with_capacity(samples.len());
+    for sample in samples {
+        lanes.push(Lane::start(rt, method, sample, chunk, mode, prefills).map_err(|e| named(sample, e))?);
+    }
     loop {
-        let (next, gap) = top_two_gap(&logits);
-        margin = margin.min(gap);
-        let i = output.len();
-        if fork.is_none() && i < reference.len() {
-            if next == reference[i] {
-                forced_rows.push(log_softmax(&logits));
-            } else {
-                fork = Some((i, rt.lock_cache()?.snapshot(), logits.clone()));
+        let clock = Instant::now();
+        let mut wanted = Vec::new();
+        for (j, lane) in lanes.iter_mut().enumerate() {
+            if let Some(step) = lane.advance(rt).map_err(|e| named(lane.sample, e))? {
+                wanted.push((j, step));
             }
         }
-        output.push(next);
-        if output.len() >= options.max_new_tokens || rt.tokenizer().is_stop(next) {
+        if wanted.is_empty() {
             break;
         }
-        logits = rt.forward(&[next], &[(prefilled.ids.len() + i) as i64], &[0])?;
-    }
-    let stats = rt.lock_cache()?.stats();
-    let per_token = rt.config().fp16_kv_bytes_per_token();
-    let fp16_full = per_token * (prompt.ids.len() + output.len() - 1);
-    let measured_ratio = fp16_full as f64 / stats.peak_bytes_after_prefill.max(1) as f64;
-    // the one-token steps after compression, as the cache counts its reads: the held-back prompt
-    // token (which sees the whole prefilled prompt and itself), then each decode step
-    let n = prefilled.ids.len();
-    let seen =
-        (prefilled.after_compression == 1).then_some(n).into_iter().chain((0..output.len() - 1).map(|i| n + i + 1));
-    let fp16_read = per_token * seen.sum::<usize>();
-    let read_ratio = (stats.bytes_read > 0).then(|| fp16_read as f64 / stats.bytes_read as f64);
-    let shown: Vec<u32> = output.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
-    let prediction = rt.tokenizer().decode(&shown)?;
-    let score = metric.score(&prediction, &meta.answers);
-    if let Some((from, snapshot, mut logits)) = fork {
-        rt.lock_cache()?.restore(&snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
-        for (i, &id) in reference.iter().enumerate().skip(from) {
-            forced_rows.push(log_softmax(&logits));
-            if i + 1 < reference.len() {
-                logits = rt.forward(&[id], &[(prefilled.ids.len() + i) as i64], &[0])?;
-            }
+        let mut caches: Vec<KvCache> =
+            wanted.iter().map(|&(j, _)| lanes[j].cache.take().expect("a lane decoding holds its cache")).collect();
+        let (ids, positions): (Vec<u32>, Vec<i64>) = wanted.iter().map(|&(_, step)| step).unzip();
+        let stepped = rt.forward_lanes(&mut caches, &ids, &positions);
+        let vocab = rt.config().vocab;
+        let share = clock.elapsed().as_secs_f64() / wanted.len() as f64;
+        for ((j, _), cache) in wanted.iter().zip(caches) {
+            lanes[*j].cache = Some(cache);
+        }
+        let logits = stepped?;
+        for (&(j, _), row) in wanted.iter().zip(logits.chunks_exact(vocab)) {
+            lanes[j].logits = row.to_vec();
+            lanes[j].seconds += share;
         }
     }
-    let (mut agree, mut kl) = (0.0, 0.0);
-    for ((row, &id), topk) in forced_rows.iter().zip(reference).zip(&sample.reference_topk) {
-        agree += f64::from(u8::from(argmax(row) == id));
-        // ids were checked against the vocabulary in `check_sample`
-        kl += topk.iter().map(|&(t, lp)| (lp as f64).exp() * (lp as f64 - row[t as usize] as f64)).sum::<f64>();
+    lanes.into_iter().map(|lane| lane.outcome(rt)).collect()
+}
+
+/// `e`, naming the sample it happened on.
+fn named(sample: &TraceSample, e: ModelError) -> ModelError {
+    ModelError::Invalid(format!("sample {}: {e}", sample.meta.id))
+}
+
+/// One sample decoding in a group: greedy decoding, scored by the task; along the way, the
+/// method's log-probs at the reference's steps while the two agree. At the first disagreement
+/// the cache is snapshotted, so that after the greedy answer the reference can be
+/// teacher-forced from there on.
+struct Lane<'t> {
+    sample: &'t TraceSample,
+    metric: Metric,
+    /// The sample's cache, between the group's steps.
+    cache: Option<KvCache>,
+    /// Prompt tokens as given, and as prefilled (after prompt compression).
+    prompt_len: usize,
+    prefilled_len: usize,
+    after_compression: usize,
+    max_new_tokens: usize,
+    /// The logits the next step of the lane reads.
+    logits: Vec<f32>,
+    output: Vec<u32>,
+    forced_rows: Vec<Vec<f32>>,
+    fork: Option<(usize, crate::kv::CacheSnapshot, Vec<f32>)>,
+    margin: f64,
+    /// After the greedy answer: its outcome, KL and agreement to come.
+    answered: Option<SampleOutcome>,
+    /// Teacher-forcing the reference, at this step of it.
+    forcing: Option<usize>,
+    done: bool,
+    seconds: f64,
+}
+
+impl<'t> Lane<'t> {
+    fn start(
+        rt: &mut Runtime,
+        method: &Arc<dyn Method>,
+        sample: &'t TraceSample,
+        chunk: usize,
+        mode: Mode,
+        prefills: &PrefillCache,
+    ) -> Result<Self, ModelError> {
+        let clock = Instant::now();
+        let metric: Metric = serde_json::from_value(sample.meta.metric.clone())
+            .map_err(|e| ModelError::Invalid(format!("unknown metric: {e}")))?;
+        let (prompt, options) = prompt_and_options(sample, chunk, mode)?;
+        let shared = if method.acts() == Acts::AfterPrefill { Some(prefills.get(rt, &prompt, options)?) } else { None };
+        rt.reset(method.clone())?;
+        let prefilled = start(rt, &prompt, options, shared.as_deref())?;
+        Ok(Self {
+            sample,
+            metric,
+            cache: Some(rt.take_cache()?),
+            prompt_len: prompt.ids.len(),
+            prefilled_len: prefilled.ids.len(),
+            after_compression: prefilled.after_compression,
+            max_new_tokens: options.max_new_tokens,
+            logits: prefilled.logits,
+            output: Vec::new(),
+            forced_rows: Vec::new(),
+            fork: None,
+            margin: f64::INFINITY,
+            answered: None,
+            forcing: None,
+            done: false,
+            seconds: clock.elapsed().as_secs_f64(),
+        })
     }
-    let measured_kl = sample.reference_topk.iter().any(|step| !step.is_empty());
-    let steps = forced_rows.len().max(1) as f64;
-    Ok(SampleOutcome {
-        id: meta.id.clone(),
-        prompt_len: meta.prompt_len,
-        depth: meta.info.get("depth").and_then(serde_json::Value::as_f64),
-        score,
-        prediction,
-        top1_agreement: if forced_rows.is_empty() { 1.0 } else { agree / steps },
-        kl: measured_kl.then_some(kl / steps),
-        measured_ratio,
-        peak_bytes: Some(stats.peak_bytes_after_prefill as u64),
-        peak_ratio: Some(fp16_full as f64 / stats.peak_bytes.max(1) as f64),
-        read_ratio,
-        margin: margin.is_finite().then_some(margin),
-        seconds: clock.elapsed().as_secs_f64(),
-    })
+
+    /// Go on from the logits last computed until a token must go through the model: that
+    /// token and its position, or `None` when the lane is done.
+    fn advance(&mut self, rt: &Runtime) -> Result<Option<(u32, i64)>, ModelError> {
+        let reference = &self.sample.reference_ids;
+        let n = self.prefilled_len;
+        while !self.done {
+            if let Some(i) = self.forcing {
+                self.forced_rows.push(log_softmax(&self.logits));
+                if i + 1 < reference.len() {
+                    self.forcing = Some(i + 1);
+                    return Ok(Some((reference[i], (n + i) as i64)));
+                }
+                self.done = true;
+                break;
+            }
+            let (next, gap) = top_two_gap(&self.logits);
+            self.margin = self.margin.min(gap);
+            let i = self.output.len();
+            if self.fork.is_none() && i < reference.len() {
+                if next == reference[i] {
+                    self.forced_rows.push(log_softmax(&self.logits));
+                } else {
+                    let snapshot = self.cache.as_ref().expect("a decoding lane holds its cache").snapshot();
+                    self.fork = Some((i, snapshot, self.logits.clone()));
+                }
+            }
+            self.output.push(next);
+            if self.output.len() < self.max_new_tokens && !rt.tokenizer().is_stop(next) {
+                return Ok(Some((next, (n + i) as i64)));
+            }
+            self.answered = Some(self.answer(rt)?);
+            match self.fork.take() {
+                Some((from, snapshot, logits)) => {
+                    let cache = self.cache.as_mut().expect("a decoding lane holds its cache");
+                    cache.restore(&snapshot).map_err(|e| ModelError::Invalid(e.to_string()))?;
+                    self.logits = logits;
+                    self.forcing = Some(from);
+                }
+                None => self.done = true,
+            }
+        }
+        Ok(None)
+    }
+
+    /// The greedy answer's outcome, but for agreement and KL (see [`Self::outcome`]).
+    fn answer(&self, rt: &Runtime) -> Result<SampleOutcome, ModelError> {
+        let meta = &self.sample.meta;
+        let stats = self.cache.as_ref().expect("a decoding lane holds its cache").stats();
+        let per_token = rt.config().fp16_kv_bytes_per_token();
+        let fp16_full = per_token * (self.prompt_len + self.output.len() - 1);
+        let measured_ratio = fp16_full as f64 / stats.peak_bytes_after_prefill.max(1) as f64;
+        // the one-token steps after compression, as the cache counts its reads: the held-back
+        // prompt token (which sees the whole prefilled prompt and itself), then each decode step
+        let n = self.prefilled_len;
+        let seen =
+            (self.after_compression == 1).then_some(n).into_iter().chain((0..self.output.len() - 1).map(|i| n + i + 1));
+        let fp16_read = per_token * seen.sum::<usize>();
+        let read_ratio = (stats.bytes_read > 0).then(|| fp16_read as f64 / stats.bytes_read as f64);
+        let shown: Vec<u32> = self.output.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
+        let prediction = rt.tokenizer().decode(&shown)?;
+        Ok(SampleOutcome {
+            id: meta.id.clone(),
+            prompt_len: meta.prompt_len,
+            depth: meta.info.get("depth").and_then(serde_json::Value::as_f64),
+            score: self.metric.score(&prediction, &meta.answers),
+            prediction,
+            top1_agreement: 1.0,
+            kl: None,
+            measured_ratio,
+            peak_bytes: Some(stats.peak_bytes_after_prefill as u64),
+            peak_ratio: Some(fp16_full as f64 / stats.peak_bytes.max(1) as f64),
+            read_ratio,
+            margin: self.margin.is_finite().then_some(self.margin),
+            seconds: 0.0,
+        })
+    }
+
+    /// The finished lane's outcome, with agreement and KL over the reference's steps.
+    fn outcome(self, rt: &Runtime) -> Result<SampleOutcome, ModelError> {
+        let answered = match self.answered {
+            Some(a) => a,
+            None => self.answer(rt)?,
+        };
+        let (mut agree, mut kl) = (0.0, 0.0);
+        let sample = self.sample;
+        for ((row, &id), topk) in self.forced_rows.iter().zip(&sample.reference_ids).zip(&sample.reference_topk) {
+            agree += f64::from(u8::from(argmax(row) == id));
+            // ids were checked against the vocabulary in `check_sample`
+            kl += topk.iter().map(|&(t, lp)| (lp as f64).exp() * (lp as f64 - row[t as usize] as f64)).sum::<f64>();
+        }
+        let measured_kl = sample.reference_topk.iter().any(|step| !step.is_empty());
+        let steps = self.forced_rows.len().max(1) as f64;
+        Ok(SampleOutcome {
+            top1_agreement: if self.forced_rows.is_empty() { 1.0 } else { agree / steps },
+            kl: measured_kl.then_some(kl / steps),
+            seconds: self.seconds,
+            ..answered
+        })
+    }
 }
 
 /// The greedy choice (as [`argmax`]: the first of equal maxima) and its lead over the runner-up,

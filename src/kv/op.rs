@@ -88,11 +88,24 @@ impl Kernel for KvAttentionKernel {
             ctx.output(0, [t as i64, q_w as i64])?.ok_or_else(|| ort::Error::new("KvAttention: no output"))?;
         let (_, out) = out.try_extract_tensor_mut::<f32>()?;
         let mut cache = KvCache::lock(&self.cache).map_err(|e| ort::Error::new(e.to_string()))?;
-        let store = cache
-            .layer_mut(self.layer)
-            .ok_or_else(|| ort::Error::new(format!("KvAttention: no layer {} in the cache", self.layer)))?;
-        store.append(&k, &v, t);
-        store.attend(&q, q_w, t, out);
+        let no_layer = || ort::Error::new(format!("KvAttention: no layer {} in the cache", self.layer));
+        let lanes = cache.lanes_mut();
+        if lanes.is_empty() {
+            // one sequence: the chunk's rows are its next tokens, causal among themselves
+            let store = cache.layer_mut(self.layer).ok_or_else(no_layer)?;
+            store.append(&k, &v, t);
+            store.attend(&q, q_w, t, out);
+        } else {
+            // a batched step: row j is the next token of lane j's sequence
+            if lanes.len() != t {
+                return Err(ort::Error::new(format!("KvAttention: {t} rows for {} lanes", lanes.len())));
+            }
+            for (j, lane) in lanes.iter_mut().enumerate() {
+                let store = lane.layer_mut(self.layer).ok_or_else(no_layer)?;
+                store.append(&k[j * kv_w..][..kv_w], &v[j * kv_w..][..kv_w], 1);
+                store.attend(&q[j * q_w..][..q_w], q_w, 1, &mut out[j * q_w..][..q_w]);
+            }
+        }
         #[cfg(feature = "perturb")]
         super::perturb::apply(out, self.layer, pos);
         Ok(())

@@ -30,6 +30,9 @@ pub struct KvCache {
     compressed_tokens: usize,
     prefilled: bool,
     stats: CacheStats,
+    /// During a batched step ([`crate::model::session::Runtime::forward_lanes`]): one cache per
+    /// row of the step, each another sequence's, which the kernels use instead of this one.
+    lanes: Vec<KvCache>,
 }
 
 /// What the cache held and read over one sequence.
@@ -69,6 +72,7 @@ impl KvCache {
             compressed_tokens: 0,
             prefilled: false,
             stats: CacheStats::default(),
+            lanes: Vec::new(),
         };
         cache.layers = (0..n_layers).map(|l| cache.method.layer_store(&cache.context(l))).collect();
         cache
@@ -107,6 +111,22 @@ impl KvCache {
         self.prefilled = false;
         self.stats = CacheStats::default();
         self.layers = (0..self.n_layers).map(|l| self.method.layer_store(&self.context(l))).collect();
+    }
+
+    /// Hand `lanes` (one sequence's cache per row of the next step) to the kernels, in place of
+    /// this cache, until [`Self::take_lanes`].
+    pub fn set_lanes(&mut self, lanes: Vec<KvCache>) {
+        self.lanes = lanes;
+    }
+
+    /// Take back the caches [`Self::set_lanes`] handed over.
+    pub fn take_lanes(&mut self) -> Vec<KvCache> {
+        std::mem::take(&mut self.lanes)
+    }
+
+    /// The caches of a batched step's rows (empty outside one).
+    pub fn lanes_mut(&mut self) -> &mut [KvCache] {
+        &mut self.lanes
     }
 
     /// The method in use.

@@ -202,9 +202,58 @@ impl Runtime {
         Ok(())
     }
 
+    /// Take the running sequence's cache out, leaving an empty `full` one: to keep it as a lane
+    /// of [`Self::forward_lanes`] while the runtime prefills the next sequence.
+    pub fn take_cache(&mut self) -> Result<KvCache, ModelError> {
+        let (shape, layers, rope_base) = (self.shape(), self.config.layers, self.config.rope_base);
+        let empty = KvCache::new(Arc::new(crate::kv::methods::Full), shape, layers, rope_base);
+        Ok(std::mem::replace(&mut *self.lock_cache()?, empty))
+    }
+
+    fn shape(&self) -> Heads {
+        Heads { heads: self.config.heads, kv_heads: self.config.kv_heads, head_dim: self.config.head_dim }
+    }
+
+    /// One decode step of several sequences at once: `ids[j]` at `positions[j]` is the next
+    /// token of the sequence whose cache is `lanes[j]`. One run of the decode graph reads the
+    /// weights once for all of them; every row's arithmetic is the one a step of that sequence
+    /// alone runs (products and norms are per row, attention per lane), so the logits are the
+    /// same bits (`tests/batched.rs`). Returns `[lanes.len(), vocab]`, row-major.
+    pub fn forward_lanes(
+        &mut self,
+        lanes: &mut Vec<KvCache>,
+        ids: &[u32],
+        positions: &[i64],
+    ) -> Result<Vec<f32>, ModelError> {
+        if lanes.len() != ids.len() || lanes.is_empty() {
+            return Err(ModelError::Invalid(format!("{} lanes for {} tokens", lanes.len(), ids.len())));
+        }
+        let rows: Vec<i64> = (0..ids.len() as i64).collect();
+        self.lock_cache()?.set_lanes(std::mem::take(lanes));
+        let logits = self.run(ids, positions, &rows, true);
+        *lanes = self.lock_cache()?.take_lanes();
+        for lane in lanes.iter_mut() {
+            lane.note_step(1);
+        }
+        logits
+    }
+
     /// Run the graph over `ids` at `positions`; return logits `[logit_rows.len(), vocab]`,
     /// row-major, for the chunk rows listed in `logit_rows`.
     pub fn forward(&mut self, ids: &[u32], positions: &[i64], logit_rows: &[i64]) -> Result<Vec<f32>, ModelError> {
+        let logits = self.run(ids, positions, logit_rows, ids.len() <= DECODE_ROWS)?;
+        self.lock_cache()?.note_step(ids.len());
+        Ok(logits)
+    }
+
+    /// One graph run: the decode graph's or the prefill graph's.
+    fn run(
+        &mut self,
+        ids: &[u32],
+        positions: &[i64],
+        logit_rows: &[i64],
+        decode: bool,
+    ) -> Result<Vec<f32>, ModelError> {
         if ids.is_empty() || ids.len() != positions.len() {
             return Err(ModelError::Invalid(format!("{} ids but {} positions", ids.len(), positions.len())));
         }
@@ -219,7 +268,7 @@ impl Runtime {
         }
         let t = ids.len();
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let session = if t <= DECODE_ROWS { &mut self.decode } else { &mut self.prefill };
+        let session = if decode { &mut self.decode } else { &mut self.prefill };
         let run = || -> Result<Vec<f32>, ModelError> {
             let outputs = session.run(ort::inputs![
                 "input_ids" => Tensor::from_array(([t], ids))?,
@@ -233,9 +282,7 @@ impl Runtime {
         // that kvbench's kernels, which split their work on rayon, start it on their own thread
         // instead of handing it to a sleeping pool and blocking: two thread wake-ups per kernel,
         // ~150 kernels per decode step (docs/PERF.md).
-        let logits = rayon::scope(|_| run())?;
-        self.lock_cache()?.note_step(t);
-        Ok(logits)
+        rayon::scope(|_| run())
     }
 }
 

@@ -12,6 +12,7 @@ mod perf;
 mod record;
 mod report;
 mod sequential;
+mod trial_seconds;
 mod venv;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ enum Command {
     Gate(gate::Args),
     /// What the full tier's sequential design saves and risks, on results that ran every sample.
     Sequential(sequential::Args),
+    /// Benchmark trial-seconds per (method, task): samples decoded alone against in groups.
+    TrialSeconds(trial_seconds::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Report(args) => report::report(args),
         Command::Gate(args) => gate::run(args),
         Command::Sequential(args) => sequential::run(args),
+        Command::TrialSeconds(args) => trial_seconds::run(args),
     }
 }
 
