@@ -7,7 +7,7 @@
 //! reference, so lanes fork, restore and teacher-force while others still decode greedily) and
 //! its needle task.
 
-use kvbench::bench::trial::{self, BATCH, SampleOutcome};
+use kvbench::bench::trial::{self, BATCH, SampleOutcome, TrialOptions};
 use kvbench::bench::{PrefillCache, Tier};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
@@ -15,9 +15,8 @@ use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
 use kvbench::trace::record::model_id;
 
-/// An outcome without its wall time, the one field that may differ.
 fn timeless(samples: &[SampleOutcome]) -> Vec<SampleOutcome> {
-    samples.iter().map(|s| SampleOutcome { seconds: 0.0, ..s.clone() }).collect()
+    samples.iter().map(SampleOutcome::timeless).collect()
 }
 
 #[test]
@@ -36,7 +35,8 @@ fn batched_trials_reproduce_unbatched_ones_bit_for_bit() {
         for name in names {
             let method = methods::by_name(name).unwrap();
             let batched = trial::run(&mut rt, &method, &trace, Mode::QueryAware, &prefills).unwrap();
-            let alone = trial::run_unbatched(&mut rt, &method, &trace, Mode::QueryAware, &prefills).unwrap();
+            let one_at_a_time = TrialOptions { batch: 1, ..TrialOptions::new(Mode::QueryAware) };
+            let alone = trial::run_with(&mut rt, &method, &trace, &prefills, one_at_a_time, |_| {}).unwrap();
             let (b, a) = (timeless(&batched.samples), timeless(&alone.samples));
             for (x, y) in b.iter().zip(&a) {
                 assert_eq!(x, y, "{name}::{}: sample {} differs batched", task.name(), x.id);

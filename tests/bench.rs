@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use kvbench::assets::settings;
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
 use kvbench::bench::sequential::Design;
+use kvbench::bench::trial::TrialOptions;
 use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, matrix, trial};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
@@ -129,8 +130,7 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     let out = s.results.join(format!("{file}.json"));
     let provenance = provenance(task)?;
     let stored = if s.resume {
-        TrialResult::stored(&out, &name, &provenance, s.mode)
-            .and_then(|r| r.map(|r| r.under(method.name() != "full", s.stopping.as_ref())).transpose())
+        TrialResult::stored(&out, &name, &provenance, s.mode).and_then(|r| r.map(|r| r.under(s.stopping)).transpose())
     } else {
         Ok(None)
     };
@@ -145,7 +145,8 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
             }
             let mut result = with_runtime(|rt| {
                 let trace = trace(task, rt)?;
-                trial::run_reporting(rt, &method, &trace, s.mode, &s.prefills, s.stopping.as_ref(), |_| {})
+                let options = TrialOptions { stopping: s.stopping, ..TrialOptions::new(s.mode) };
+                trial::run_with(rt, &method, &trace, &s.prefills, options, |_| {})
                     .map_err(|e| Failed::from(e.to_string()))
             })?;
             if result.trial != name {

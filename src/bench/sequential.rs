@@ -84,6 +84,12 @@ pub struct Sequential {
     pub stopped: Option<Stop>,
 }
 
+/// The design a trial of `method` runs under in a run with `stopping`: none for `full`, whose
+/// every sample the others are compared with.
+pub fn for_method(stopping: Option<Design>, method: &str) -> Option<Design> {
+    stopping.filter(|_| method != "full")
+}
+
 impl Design {
     /// The interim looks of a trial of `n_max` samples: `floor`, `floor + every`, … below `n_max`.
     pub fn looks(&self, n_max: usize) -> impl Iterator<Item = usize> + '_ {
@@ -177,7 +183,7 @@ pub fn simulate(design: &Design, method: &[f64], full: &[f64], replicates: usize
     out
 }
 
-/// Counts from [`simulate`] (sums over its replicates).
+/// Counts from [`simulate`] (sums over its replicates, and over trials with `+=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Simulated {
     /// Replicates of each world.
@@ -194,6 +200,18 @@ pub struct Simulated {
     pub observed_fixed: usize,
     /// Samples the design ran over the resampled draws.
     pub observed_samples: usize,
+}
+
+impl std::ops::AddAssign for Simulated {
+    fn add_assign(&mut self, other: Self) {
+        self.replicates += other.replicates;
+        self.null_sequential += other.null_sequential;
+        self.null_fixed += other.null_fixed;
+        self.null_samples += other.null_samples;
+        self.observed_sequential += other.observed_sequential;
+        self.observed_fixed += other.observed_fixed;
+        self.observed_samples += other.observed_samples;
+    }
 }
 
 /// Whether some outcome of the `n_max − n` samples not yet run could make the paired test of

@@ -67,6 +67,13 @@ pub struct SampleOutcome {
     pub seconds: f64,
 }
 
+impl SampleOutcome {
+    /// This outcome without its wall time, the one field two runs of the same trial may differ in.
+    pub fn timeless(&self) -> Self {
+        Self { seconds: 0.0, ..self.clone() }
+    }
+}
+
 /// A trial's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
@@ -136,17 +143,16 @@ impl TrialResult {
 }
 
 impl TrialResult {
-    /// This result, if it ran under `design` (or, where `applies` is false, `full`'s case,
-    /// under none): a result of another design holds other samples.
-    pub fn under(self, applies: bool, design: Option<&Design>) -> Result<Self, String> {
-        let wanted = design.filter(|_| applies);
-        match (self.sequential.as_ref().map(|s| &s.design), wanted) {
-            (ran, want) if ran == want => Ok(self),
-            (None, Some(_)) => Err("it ran every sample, without this tier's sequential design".into()),
-            (Some(_), None) => Err("it ran under a sequential design, and this run has none".into()),
-            (Some(_), Some(_)) => Err("it ran under another sequential design".into()),
-            (None, None) => unreachable!("equal"),
-        }
+    /// This result, if its trial ran under the design a run with `stopping` gives it
+    /// ([`super::sequential::for_method`]): a result of another design holds other samples.
+    pub fn under(self, stopping: Option<Design>) -> Result<Self, String> {
+        let (ran, wanted) = (self.sequential.map(|s| s.design), super::sequential::for_method(stopping, &self.method));
+        Err(match (ran, wanted) {
+            _ if ran == wanted => return Ok(self),
+            (None, _) => "it ran every sample, without this run's sequential design".into(),
+            (Some(_), None) => "it ran under a sequential design, and this run stops no trial early".into(),
+            (Some(d), Some(_)) => format!("it ran under another sequential design ({d:?})"),
+        })
     }
 }
 
@@ -248,47 +254,40 @@ pub fn run(
     mode: Mode,
     prefills: &PrefillCache,
 ) -> Result<TrialResult, ModelError> {
-    run_reporting(rt, method, trace, mode, prefills, None, |_| {})
+    run_with(rt, method, trace, prefills, TrialOptions::new(mode), |_| {})
 }
 
-/// [`run`], under a sequential `stopping` design if given one (see [`super::sequential`];
-/// never applied to `full`, whose every sample the others are compared with), handing each
-/// sample's outcome to `done` as it finishes (for progress).
-pub fn run_reporting(
+/// How a trial runs, beyond its method and trace.
+#[derive(Debug, Clone, Copy)]
+pub struct TrialOptions {
+    /// Compression mode.
+    pub mode: Mode,
+    /// The sequential design to stop under (see [`super::sequential`]; never applied to `full`,
+    /// whose every sample the others are compared with).
+    pub stopping: Option<Design>,
+    /// Samples decoded together at most ([`BATCH`]; 1 decodes each alone, what batching must
+    /// reproduce bit for bit, `tests/batched.rs`, and its speed's baseline, `cargo xtask
+    /// trial-seconds`).
+    pub batch: usize,
+}
+
+impl TrialOptions {
+    /// In `mode`, every sample, in groups of [`BATCH`].
+    pub fn new(mode: Mode) -> Self {
+        Self { mode, stopping: None, batch: BATCH }
+    }
+}
+
+/// [`run`] with `options`, handing each sample's outcome to `done` as it finishes (for progress).
+pub fn run_with(
     rt: &mut Runtime,
     method: &Arc<dyn Method>,
     trace: &Trace,
-    mode: Mode,
     prefills: &PrefillCache,
-    stopping: Option<&Design>,
-    done: impl FnMut(&SampleOutcome),
-) -> Result<TrialResult, ModelError> {
-    run_in_groups(rt, method, trace, mode, prefills, stopping, BATCH, done)
-}
-
-/// [`run`] with each sample decoded alone (groups of one): what batching must reproduce, bit
-/// for bit (`tests/batched.rs`), and its speed's baseline (`cargo xtask trial-seconds`).
-pub fn run_unbatched(
-    rt: &mut Runtime,
-    method: &Arc<dyn Method>,
-    trace: &Trace,
-    mode: Mode,
-    prefills: &PrefillCache,
-) -> Result<TrialResult, ModelError> {
-    run_in_groups(rt, method, trace, mode, prefills, None, 1, |_| {})
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_in_groups(
-    rt: &mut Runtime,
-    method: &Arc<dyn Method>,
-    trace: &Trace,
-    mode: Mode,
-    prefills: &PrefillCache,
-    stopping: Option<&Design>,
-    batch: usize,
+    options: TrialOptions,
     mut done: impl FnMut(&SampleOutcome),
 ) -> Result<TrialResult, ModelError> {
+    let TrialOptions { mode, stopping, batch } = options;
     let clock = Instant::now();
     // every sample is checked against the model before any is run, so that a bad one fails the
     // trial at once, not after the prefills of those before it (or its own)
@@ -296,19 +295,20 @@ fn run_in_groups(
         check_sample(rt, sample, trace.header.chunk, mode)?;
     }
     let n_max = trace.samples.len();
-    let design = stopping.filter(|_| method.name() != "full").copied();
+    let design = super::sequential::for_method(stopping, &method.name());
     let mut sequential = design.map(|design| Sequential { design, of: n_max, stopped: None });
     // the full cache's score of each sample, as recorded: what `full` reproduces
     let full: Vec<f64> = trace.samples.iter().map(|s| s.meta.reference_score).collect();
     let mut samples = Vec::with_capacity(n_max);
+    let mut scores = Vec::with_capacity(n_max);
     'groups: while samples.len() < n_max {
         let end = group_end(&trace.samples, samples.len(), batch);
         let group = &trace.samples[samples.len()..end];
         for outcome in run_group(rt, method, group, trace.header.chunk, mode, prefills)? {
             done(&outcome);
+            scores.push(outcome.score);
             samples.push(outcome);
             if let Some(seq) = sequential.as_mut() {
-                let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
                 seq.stopped = seq.design.decide(&scores, &full[..scores.len()], n_max);
                 if seq.stopped.is_some() {
                     break 'groups;
@@ -316,7 +316,6 @@ fn run_in_groups(
             }
         }
     }
-    let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
     let mean = |f: fn(&SampleOutcome) -> f64| samples.iter().map(f).sum::<f64>() / samples.len().max(1) as f64;
     Ok(TrialResult {
         trial: format!("{}::{}", method.name(), trace.header.task),
@@ -658,6 +657,15 @@ mod tests {
             seconds: 1.5,
             provenance: provenance.clone(),
         };
+        // a result is reused only under the design it ran under; `full` never has one
+        let design = super::super::sequential::FULL_TIER;
+        let ran = TrialResult { sequential: Some(Sequential { design, of: 3, stopped: None }), ..result.clone() };
+        let code = TrialResult { trial: "h2o-2x::code".into(), method: "h2o-2x".into(), ..ran.clone() };
+        assert!(code.clone().under(Some(design)).is_ok());
+        assert!(code.under(None).unwrap_err().contains("stops no trial early"));
+        assert!(result.clone().under(Some(design)).is_ok(), "full runs every sample under any design");
+        let h2o = TrialResult { method: "h2o-2x".into(), ..result.clone() };
+        assert!(h2o.under(Some(design)).unwrap_err().contains("every sample"));
         let stored = |trial: &str, p: &Provenance, mode: Mode| TrialResult::stored(&path, trial, p, mode);
         assert!(matches!(stored("full::code", &provenance, Mode::QueryAware), Ok(None)), "nothing stored yet");
         std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap()).unwrap();

@@ -71,7 +71,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let total = trace.samples.len();
     for (m, method) in methods.iter().enumerate() {
         let mut done = 0;
-        let result = trial::run_reporting(&mut rt, method, &trace, args.mode, &prefills, None, |s| {
+        let result = trial::run_with(&mut rt, method, &trace, &prefills, trial::TrialOptions::new(args.mode), |s| {
             done += 1;
             eprintln!(
                 "[{}/{}] {}: sample {done}/{total} ({}, {} tokens): score {:.2}, ratio {:.2}× ({:.1} s)",

@@ -113,15 +113,10 @@ impl KvCache {
         self.layers = (0..self.n_layers).map(|l| self.method.layer_store(&self.context(l))).collect();
     }
 
-    /// Hand `lanes` (one sequence's cache per row of the next step) to the kernels, in place of
-    /// this cache, until [`Self::take_lanes`].
-    pub fn set_lanes(&mut self, lanes: Vec<KvCache>) {
-        self.lanes = lanes;
-    }
-
-    /// Take back the caches [`Self::set_lanes`] handed over.
-    pub fn take_lanes(&mut self) -> Vec<KvCache> {
-        std::mem::take(&mut self.lanes)
+    /// Swap `lanes` (one sequence's cache per row of the next step) with those the kernels
+    /// use in place of this cache: hand them over before a batched step, take them back after.
+    pub fn swap_lanes(&mut self, lanes: &mut Vec<KvCache>) {
+        std::mem::swap(&mut self.lanes, lanes);
     }
 
     /// The caches of a batched step's rows (empty outside one).

@@ -173,6 +173,11 @@ impl ModelConfig {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
 
+    /// The attention shape the cache and its kernels work in.
+    pub fn attention_shape(&self) -> crate::kv::Heads {
+        crate::kv::Heads { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim }
+    }
+
     /// Query heads that share one key/value head.
     pub fn group(&self) -> usize {
         self.heads / self.kv_heads

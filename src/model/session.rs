@@ -20,7 +20,7 @@ use super::qlinear::Q4LinearOp;
 use super::tokenizer::{Tokenizer, TokenizerError};
 use crate::assets::{self, AssetError};
 use crate::kv::op::KvAttentionOp;
-use crate::kv::{CacheHandle, Heads, KvCache, Method};
+use crate::kv::{CacheHandle, KvCache, Method};
 
 /// Errors while loading or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -138,9 +138,8 @@ impl Runtime {
         // One global pool for the attention kernel; the first caller's size wins.
         let kernel_threads = within_machine(options.kernel_threads.unwrap_or(threads), "kernel threads");
         let _ = rayon::ThreadPoolBuilder::new().num_threads(kernel_threads).build_global();
-        let shape = Heads { heads: config.heads, kv_heads: config.kv_heads, head_dim: config.head_dim };
-        let cache =
-            KvCache::new(Arc::new(crate::kv::methods::Full), shape, config.layers, config.rope_base).into_handle();
+        let shape = config.attention_shape();
+        let cache = empty_cache(&config).into_handle();
         let open = |onnx: &Path, kind: GraphKind| -> Result<Session, ModelError> {
             let mut builder = Session::builder(env)?;
             if let Some(prefix) = crate::assets::settings::ort_profile() {
@@ -205,13 +204,8 @@ impl Runtime {
     /// Take the running sequence's cache out, leaving an empty `full` one: to keep it as a lane
     /// of [`Self::forward_lanes`] while the runtime prefills the next sequence.
     pub fn take_cache(&mut self) -> Result<KvCache, ModelError> {
-        let (shape, layers, rope_base) = (self.shape(), self.config.layers, self.config.rope_base);
-        let empty = KvCache::new(Arc::new(crate::kv::methods::Full), shape, layers, rope_base);
+        let empty = empty_cache(&self.config);
         Ok(std::mem::replace(&mut *self.lock_cache()?, empty))
-    }
-
-    fn shape(&self) -> Heads {
-        Heads { heads: self.config.heads, kv_heads: self.config.kv_heads, head_dim: self.config.head_dim }
     }
 
     /// One decode step of several sequences at once: `ids[j]` at `positions[j]` is the next
@@ -229,9 +223,9 @@ impl Runtime {
             return Err(ModelError::Invalid(format!("{} lanes for {} tokens", lanes.len(), ids.len())));
         }
         let rows: Vec<i64> = (0..ids.len() as i64).collect();
-        self.lock_cache()?.set_lanes(std::mem::take(lanes));
+        self.lock_cache()?.swap_lanes(lanes);
         let logits = self.run(ids, positions, &rows, true);
-        *lanes = self.lock_cache()?.take_lanes();
+        self.lock_cache()?.swap_lanes(lanes);
         for lane in lanes.iter_mut() {
             lane.note_step(1);
         }
@@ -296,6 +290,11 @@ impl Drop for Runtime {
             }
         }
     }
+}
+
+/// An empty cache of the `full` method for `config`'s model.
+fn empty_cache(config: &ModelConfig) -> KvCache {
+    KvCache::new(Arc::new(crate::kv::methods::Full), config.attention_shape(), config.layers, config.rope_base)
 }
 
 /// `asked` threads, at least one and at most the machine's parallelism: more only oversubscribe

@@ -74,15 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 (false, true) => row.fixed_only += 1,
                 (false, false) => {}
             }
-            let sim = sequential::simulate(&FULL_TIER, &method, &reference, args.replicates, &mut rng);
-            let s = &mut row.sim;
-            s.replicates += sim.replicates;
-            s.null_sequential += sim.null_sequential;
-            s.null_fixed += sim.null_fixed;
-            s.null_samples += sim.null_samples;
-            s.observed_sequential += sim.observed_sequential;
-            s.observed_fixed += sim.observed_fixed;
-            s.observed_samples += sim.observed_samples;
+            row.sim += sequential::simulate(&FULL_TIER, &method, &reference, args.replicates, &mut rng);
         }
     }
     println!(
@@ -121,9 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         total.sequential_seconds += r.sequential_seconds;
         total.trials += r.trials;
         total.stopped += r.stopped;
-        total.sim.replicates += r.sim.replicates;
-        total.sim.null_sequential += r.sim.null_sequential;
-        total.sim.null_fixed += r.sim.null_fixed;
+        total.sim += r.sim;
     }
     let reps = total.sim.replicates.max(1) as f64;
     println!(

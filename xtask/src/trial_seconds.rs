@@ -1,14 +1,14 @@
 //! `cargo xtask trial-seconds`: the benchmark of what a trial costs. For each (method, task) it
 //! runs the trial over the tier's own samples as the benchmark runs it (one thread, shared
-//! prefills read from the prefill cache), with every sample decoded alone (`before`:
-//! `trial::run_unbatched`, kvbench's decoding until 2026-12-01) and in groups (`after`:
+//! prefills read from the prefill cache), with every sample decoded alone (`before`: a batch of
+//! one, kvbench's decoding until 2026-12-01) and in groups (`after`:
 //! `trial::run`), alternating the two, and prints the seconds of each beside the check that both
 //! computed the same results. Writes `docs/trial-seconds.json`.
 
 use std::time::Instant;
 
 use anyhow::Context;
-use kvbench::bench::trial::{self, SampleOutcome};
+use kvbench::bench::trial::{self, SampleOutcome, TrialOptions};
 use kvbench::bench::{DiskPrefills, PrefillCache, Tier};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
@@ -79,12 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 after: Vec::new(),
                 same_results: true,
             };
-            let timeless = |s: &[SampleOutcome]| -> Vec<SampleOutcome> {
-                s.iter().map(|s| SampleOutcome { seconds: 0.0, ..s.clone() }).collect()
-            };
+            let timeless = |s: &[SampleOutcome]| s.iter().map(SampleOutcome::timeless).collect::<Vec<_>>();
+            let one_at_a_time = TrialOptions { batch: 1, ..TrialOptions::new(Mode::QueryAware) };
             for _ in 0..args.rounds {
                 let clock = Instant::now();
-                let alone = trial::run_unbatched(&mut rt, &method, &trace, Mode::QueryAware, &prefills)?;
+                let alone = trial::run_with(&mut rt, &method, &trace, &prefills, one_at_a_time, |_| {})?;
                 row.before.push(clock.elapsed().as_secs_f64());
                 let clock = Instant::now();
                 let grouped = trial::run(&mut rt, &method, &trace, Mode::QueryAware, &prefills)?;
