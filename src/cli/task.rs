@@ -14,8 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use kvbench::assets;
-use kvbench::kv::methods;
-use kvbench::model::generate::{GenerateOptions, generate};
+use kvbench::model::generate::full_cache_answer;
 use kvbench::model::gguf::GgufFile;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::model::tokenizer::Tokenizer;
@@ -152,11 +151,7 @@ fn run_sample(args: SampleArgs) -> Result<()> {
 
 /// Greedy answer of the full-cache model to `ids`, without stop tokens.
 fn answer(rt: &mut Runtime, ids: &[u32], max_new_tokens: usize) -> Result<String> {
-    rt.reset(methods::by_name("full")?)?;
-    let options = GenerateOptions { max_new_tokens, chunk: 512, ..GenerateOptions::default() };
-    let generation = generate(rt, ids, options)?;
-    let shown: Vec<u32> = generation.output_ids.into_iter().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
-    Ok(rt.tokenizer().decode(&shown)?)
+    Ok(full_cache_answer(rt, ids, max_new_tokens)?)
 }
 
 fn log_line(log: &Option<PathBuf>, value: serde_json::Value) -> Result<()> {

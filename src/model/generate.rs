@@ -202,6 +202,16 @@ pub fn generate(rt: &mut Runtime, prompt_ids: &[u32], options: GenerateOptions) 
     generate_prompt(rt, &Prompt::whole(prompt_ids), options)
 }
 
+/// The full cache's greedy answer to `ids` (at most `max_new_tokens`, chunks of 512), as text
+/// without stop tokens: how task calibration and the traces' baselines answer.
+pub fn full_cache_answer(rt: &mut Runtime, ids: &[u32], max_new_tokens: usize) -> Result<String, ModelError> {
+    rt.reset(Arc::new(Full))?;
+    let options = GenerateOptions { max_new_tokens, chunk: 512, ..GenerateOptions::default() };
+    let generation = generate(rt, ids, options)?;
+    let shown: Vec<u32> = generation.output_ids.into_iter().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
+    Ok(rt.tokenizer().decode(&shown)?)
+}
+
 /// A full-precision prefill of a prompt's compressed part, kept to serve every method that acts
 /// after prefill ("prefill once, replay many").
 #[derive(Debug, Clone)]

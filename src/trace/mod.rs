@@ -5,6 +5,7 @@
 //! Replaying needs no dataset: everything a trial scores against is in the trace. The first
 //! samples may also carry attention probes ([`probe`]) for model-free replay of one layer.
 
+pub mod baselines;
 pub mod format;
 pub mod probe;
 pub mod record;

@@ -3,6 +3,7 @@
 //! One module per command. Commands that need llama.cpp build llama-cpp-python from source into
 //! a private virtual environment under `target/` (see [`venv`]); nothing is installed globally.
 
+mod baselines;
 mod bench;
 mod bless;
 mod fuzz;
@@ -48,6 +49,8 @@ enum Command {
     Gate(gate::Args),
     /// What the full tier's sequential design saves and risks, on results that ran every sample.
     Sequential(sequential::Args),
+    /// Score each trace sample's no-context and trivial baselines; write them beside the trace.
+    Baselines(baselines::Args),
     /// Benchmark trial-seconds per (method, task): samples decoded alone against in groups.
     TrialSeconds(trial_seconds::Args),
 }
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gate(args) => gate::run(args),
         Command::Sequential(args) => sequential::run(args),
         Command::TrialSeconds(args) => trial_seconds::run(args),
+        Command::Baselines(args) => baselines::run(args),
     }
 }
 

@@ -107,7 +107,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     write_merged(&out, &trials)?;
 
     let needle = !plots::needle_cells(&trials).is_empty();
-    let md = table::markdown(&args.tier, &trials, needle);
+    let md = table::markdown(&args.tier, &trials, needle, &versus::baselines(&args.tier, &trials));
     // atomically, as every output: a run killed mid-write leaves the previous report whole
     kvbench::assets::write_atomic(&out.join("report.md"), md.as_bytes())?;
     // the table stands without the plots (which need the font fetched): a plot that cannot be

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use kvbench::bench::{Provenance, TrialResult};
 use kvbench::model::generate::Mode;
 
+use super::versus::TaskBaselines;
+
 /// Task categories, in the report's column order: the benchmark's own list.
 pub const TASKS: [&str; kvbench::tasks::Task::ALL.len()] = {
     let mut names = [""; kvbench::tasks::Task::ALL.len()];
@@ -23,7 +25,7 @@ pub fn methods() -> Vec<String> {
 
 /// The report of `trials`; `needle_heatmaps`: whether the needle heatmaps are drawn (the tier
 /// has needle results), so that the table links them.
-pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool) -> String {
+pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool, baselines: &TaskBaselines) -> String {
     let methods = methods();
     let by: BTreeMap<(&str, &str), &TrialResult> =
         trials.iter().map(|t| ((t.method.as_str(), t.task.as_str()), t)).collect();
@@ -99,7 +101,7 @@ pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool) -> St
              ![needle heatmaps](needle-heatmap.png)\n",
         );
     }
-    md.push_str(&super::versus::sections(trials));
+    md.push_str(&super::versus::sections(trials, baselines));
     md.push_str(&provenance(trials));
     md
 }

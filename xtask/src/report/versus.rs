@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use kvbench::bench::TrialResult;
 use kvbench::bench::paired::{self, EQUIVALENCE, Paired};
 use kvbench::kv::Acts;
+use kvbench::trace::baselines::Baselines;
 
 use super::table::{TASKS, methods};
 
@@ -64,11 +65,32 @@ fn cells(trials: &[TrialResult]) -> BTreeMap<(String, &'static str), Cell> {
     out
 }
 
+/// Per task, the means of the no-context and trivial baselines over the trace `full` replayed
+/// (`kvbench::trace::baselines`), or why there are none.
+pub type TaskBaselines = BTreeMap<String, Result<(f64, f64), String>>;
+
+/// The baselines stored beside `tier`'s traces, for the trace each task's `full` replayed.
+pub fn baselines(tier: &str, trials: &[TrialResult]) -> TaskBaselines {
+    let Ok(tier) = kvbench::bench::Tier::from_name(tier) else { return TaskBaselines::new() };
+    let mut out = TaskBaselines::new();
+    for full in trials.iter().filter(|t| t.method == "full") {
+        let Ok(task) = kvbench::tasks::Task::from_name(&full.task) else { continue };
+        let found = match Baselines::read(&tier.trace_path(task), &full.provenance.trace) {
+            Ok(Some(b)) if b.samples.iter().map(|s| &s.id).eq(full.samples.iter().map(|s| &s.id)) => Ok(b.means()),
+            Ok(Some(_)) => Err(format!("{}: the baselines are of other samples than full's", full.task)),
+            Ok(None) => Err(format!("{}: no baselines (`cargo xtask baselines --tier {}`)", full.task, tier.name())),
+            Err(why) => Err(why),
+        };
+        out.insert(full.task.clone(), found);
+    }
+    out
+}
+
 /// The sections after the score table.
-pub fn sections(trials: &[TrialResult]) -> String {
+pub fn sections(trials: &[TrialResult], baselines: &TaskBaselines) -> String {
     let cells = cells(trials);
     let mut md = delta_table(&cells);
-    md.push_str(&sensitivity(trials, &cells));
+    md.push_str(&sensitivity(trials, &cells, baselines));
     md.push_str(&fidelity(trials));
     md.push_str(&memory(trials));
     md
@@ -133,17 +155,25 @@ fn delta_table(cells: &BTreeMap<(String, &'static str), Cell>) -> String {
 /// What each task can see at this n: the median paired MDE80 of its configurations, how many
 /// differ from full after correction, how many are shown indistinguishable, and how many of the
 /// methods acting after prefill answer every sample exactly as full does.
-fn sensitivity(trials: &[TrialResult], cells: &BTreeMap<(String, &'static str), Cell>) -> String {
+fn sensitivity(
+    trials: &[TrialResult],
+    cells: &BTreeMap<(String, &'static str), Cell>,
+    baselines: &TaskBaselines,
+) -> String {
     let mut md = String::from(
         "\n## What each task can see\n\n`MDE80`: the median, over the task's configurations, of the paired minimum \
          detectable effect at 80% power and 5% (`(z₀.₉₇₅ + z₀.₈₀)·sd/√n` of the per-sample differences, n the task's: \
          full's, for trials stopped early too), ×100. \
          `differ`: configurations marked \\* above; `≈`: marked ≈. `after prefill, = full`: of the configurations \
          whose method acts after prefill, those whose every sample scores as full's (then, those whose every \
-         prediction is full's): a task where a compressed cache cannot change the score sees nothing.\n\n\
-         | task | n | full | MDE80 | differ | ≈ | after prefill, = full: scores | predictions |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+         prediction is full's): a task where a compressed cache cannot change the score sees nothing. \
+         `baseline`: the better of the no-context and trivial baselines' mean on the same samples (`cargo xtask \
+         baselines`); `headroom`: full less it. A task **sees** when its headroom is at least 3 × MDE80.\n\n\
+         | task | n | full | baseline | headroom | MDE80 | sees? | differ | ≈ | after prefill, = full: scores | \
+         predictions |\n\
+         |---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
     );
+    let mut missing = Vec::new();
     for task in TASKS {
         let Some(full) = trials.iter().find(|t| t.task == task && t.method == "full") else { continue };
         let of_task: Vec<(&String, &Cell)> =
@@ -162,8 +192,21 @@ fn sensitivity(trials: &[TrialResult], cells: &BTreeMap<(String, &'static str), 
             .filter(|(m, _)| kvbench::kv::methods::by_name(m).is_ok_and(|m| m.acts() == Acts::AfterPrefill))
             .map(|(_, c)| c)
             .collect();
+        let (baseline, headroom, sees) = match baselines.get(task) {
+            Some(Ok((bare, trivial))) => {
+                let (best, which) = if bare >= trivial { (*bare, "no context") } else { (*trivial, "trivial") };
+                let headroom = full.score.mean - best;
+                let sees = if headroom >= 3.0 * median { "yes" } else { "**cannot see at this n**" };
+                (format!("{:.1} ({which})", best * 100.0), format!("{:.1}", headroom * 100.0), sees)
+            }
+            Some(Err(why)) => {
+                missing.push(why.clone());
+                ("—".into(), "—".into(), "—")
+            }
+            None => ("—".into(), "—".into(), "—"),
+        };
         md.push_str(&format!(
-            "| {task} | {} | {:.0} | {:.1} | {} of {} | {} | {} of {} | {} |\n",
+            "| {task} | {} | {:.1} | {baseline} | {headroom} | {:.1} | {sees} | {} of {} | {} | {} of {} | {} |\n",
             full.samples.len(),
             full.score.mean * 100.0,
             median * 100.0,
@@ -174,6 +217,9 @@ fn sensitivity(trials: &[TrialResult], cells: &BTreeMap<(String, &'static str), 
             after.len(),
             after.iter().filter(|c| c.same_predictions).count(),
         ));
+    }
+    for why in missing {
+        md.push_str(&format!("\nNo headroom for {why}.\n"));
     }
     md
 }
@@ -261,9 +307,12 @@ mod tests {
         assert!((w.holm - 2.0 * 2.0 * 0.5f64.powi(10)).abs() < 1e-9, "{}", w.holm);
         let s = &cells[&("kivi-4bit".to_string(), "needle")];
         assert!(!s.paired.indistinguishable() && s.holm == 1.0 && s.same_scores && s.same_predictions, "n = 20");
-        let md = sections(&[with_scores("full::needle", &[1.0; 20]), with_scores("h2o-2x::needle", &half)]);
+        let md = sections(
+            &[with_scores("full::needle", &[1.0; 20]), with_scores("h2o-2x::needle", &half)],
+            &TaskBaselines::new(),
+        );
         assert!(md.contains("| h2o-2x | -50 [-74, -26] \\* |"), "{md}");
-        assert!(md.contains("| needle | 20 | 100 |"), "{md}");
+        assert!(md.contains("| needle | 20 | 100.0 |"), "{md}");
     }
 
     #[test]
@@ -279,11 +328,39 @@ mod tests {
         let c = &found[&("h2o-8x".to_string(), "needle")];
         assert_eq!((c.paired.n, c.stopped_at), (20, Some(20)));
         assert!((c.holm - stop.p * 0.05 / 0.0005).abs() < 1e-12, "the design's p: {}", c.holm);
-        let md = sections(&[full.clone(), stopped.clone()]);
+        let md = sections(&[full.clone(), stopped.clone()], &TaskBaselines::new());
         assert!(md.contains("| h2o-8x | -70 [-92, -48] \\* (20) |"), "{md}");
         // without a record of its stop, a trial of 20 of 100 samples is of other samples
         stopped.sequential = None;
         assert!(cells(&[full, stopped]).is_empty());
+    }
+
+    #[test]
+    fn a_task_sees_when_its_headroom_is_three_mdes() {
+        // full 80 on 20 needles, a configuration losing 6 of them: sd of the differences
+        // √(6·(1 − 0.3)² + 14·0.3²)/19 = 0.470, MDE80 = 2.8016·0.470/√20 = 0.295
+        let mut scores = [1.0; 20];
+        scores[..4].fill(0.0);
+        let full = with_scores("full::needle", &scores);
+        let mut lost = scores;
+        lost[4..10].fill(0.0);
+        let trials = [full, with_scores("h2o-2x::needle", &lost)];
+        let row = |bare: f64, trivial: f64| {
+            let baselines = TaskBaselines::from([("needle".to_string(), Ok((bare, trivial)))]);
+            let md = sections(&trials, &baselines);
+            md.lines().find(|l| l.starts_with("| needle | 20 |")).expect("the needle's row").to_string()
+        };
+        assert!(
+            row(0.0, 0.05).starts_with("| needle | 20 | 80.0 | 5.0 (trivial) | 75.0 | 29.5 | **cannot see"),
+            "{}",
+            row(0.0, 0.05)
+        );
+        let missing = TaskBaselines::from([("needle".to_string(), Err("needle: no baselines".to_string()))]);
+        assert!(sections(&trials, &missing).contains("No headroom for needle: no baselines."));
+        // every needle lost: differences all −1, no spread, and the whole score is headroom
+        let all = [with_scores("full::needle", &[1.0; 20]), with_scores("h2o-2x::needle", &[0.0; 20])];
+        let baselines = TaskBaselines::from([("needle".to_string(), Ok((0.0, 0.0)))]);
+        assert!(sections(&all, &baselines).contains("| needle | 20 | 100.0 | 0.0 (no context) | 100.0 | 0.0 | yes |"));
     }
 
     #[test]
