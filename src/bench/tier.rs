@@ -140,7 +140,7 @@ impl Tier {
     pub fn stopping(self) -> Option<super::sequential::Design> {
         match self {
             Tier::Default => None,
-            Tier::Full => Some(super::sequential::FULL_TIER),
+            Tier::Full => Some(super::sequential::full_tier()),
         }
     }
 

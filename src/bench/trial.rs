@@ -658,7 +658,7 @@ mod tests {
             provenance: provenance.clone(),
         };
         // a result is reused only under the design it ran under; `full` never has one
-        let design = super::super::sequential::FULL_TIER;
+        let design = super::super::sequential::full_tier();
         let ran = TrialResult { sequential: Some(Sequential { design, of: 3, stopped: None }), ..result.clone() };
         let code = TrialResult { trial: "h2o-2x::code".into(), method: "h2o-2x".into(), ..ran.clone() };
         assert!(code.clone().under(Some(design)).is_ok());

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kvbench::bench::paired;
-use kvbench::bench::sequential::{self, FULL_TIER, Simulated};
+use kvbench::bench::sequential::{self, Simulated, full_tier};
 use kvbench::tasks::rng::Rng;
 
 /// Arguments.
@@ -45,6 +45,7 @@ struct Row {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let trials = crate::report::merge(&args.results)?;
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let design = full_tier();
     let mut rng = Rng::from_state(0x005e_90e4_71a1);
     for full in trials.iter().filter(|t| t.method == "full") {
         let ids: Vec<&str> = full.samples.iter().map(|s| s.id.as_str()).collect();
@@ -59,8 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("{}: not a run of every sample of full's (stopped early, or other samples)", t.trial);
             }
             let method: Vec<f64> = t.samples.iter().map(|s| s.score).collect();
-            let (rejected, used) = sequential::run(&FULL_TIER, &method, &reference);
-            let fixed = paired::compare(&method, &reference).p < FULL_TIER.alpha;
+            let (rejected, used) = sequential::run(&design, &method, &reference);
+            let fixed = paired::compare(&method, &reference).p < design.alpha;
             row.trials += 1;
             // trial seconds outside the samples (loading, checks) are kept whole
             let per_sample: f64 = t.samples.iter().map(|s| s.seconds).sum();
@@ -74,13 +75,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 (false, true) => row.fixed_only += 1,
                 (false, false) => {}
             }
-            row.sim += sequential::simulate(&FULL_TIER, &method, &reference, args.replicates, &mut rng);
+            row.sim += sequential::simulate(&design, &method, &reference, args.replicates, &mut rng);
         }
     }
     println!(
-        "Design: first look after {} samples, then every {}, each at {}; the last analysis at what is left of {} \
-         ({} draws of each world per trial).\n",
-        FULL_TIER.floor, FULL_TIER.every, FULL_TIER.alpha_look, FULL_TIER.alpha, args.replicates
+        "Design: first look after {} samples, then every {}, each spending {} and stopping below that over {} \
+         configurations; the last analysis at what is left of {} ({} draws of each world per trial).\n",
+        design.floor, design.every, design.alpha_look, design.family, design.alpha, args.replicates
     );
     println!(
         "| task | n | trials | trial-seconds, fixed n | with the design | ratio | stopped early | rejected: both, \

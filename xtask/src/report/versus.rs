@@ -317,13 +317,14 @@ mod tests {
 
     #[test]
     fn a_trial_stopped_early_is_paired_on_its_samples_with_its_designs_p() {
-        use kvbench::bench::sequential::{FULL_TIER, Reason, Sequential, Stop};
+        use kvbench::bench::sequential::{Reason, Sequential, Stop, full_tier};
         let full = with_scores("full::needle", &[1.0; 100]);
         let mut lost = [1.0; 20];
         lost[..14].fill(0.0);
         let mut stopped = with_scores("h2o-8x::needle", &lost);
         let stop = Stop { at: 20, reason: Reason::Differs, p: 2.0 * 0.5f64.powi(14) };
-        stopped.sequential = Some(Sequential { design: FULL_TIER, of: 100, stopped: Some(stop) });
+        let design = full_tier();
+        stopped.sequential = Some(Sequential { design, of: 100, stopped: Some(stop) });
         let found = cells(&[full.clone(), stopped.clone()]);
         let c = &found[&("h2o-8x".to_string(), "needle")];
         assert_eq!((c.paired.n, c.stopped_at), (20, Some(20)));
