@@ -52,7 +52,14 @@ pub struct Design {
     /// The design's level over all its analyses.
     pub alpha: f64,
     /// The configurations whose p-values the report corrects together (a task's, but `full`).
+    /// Results of the design's first version, which stopped at `alpha_look` alone, have none:
+    /// they read as a family of one.
+    #[serde(default = "one")]
     pub family: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The full tier's design: looks at 20, 30, …, each spending 0.05%, stopping below 0.05% over
@@ -305,6 +312,12 @@ mod tests {
         let stop = design.decide(&method, &full, 100).expect("stops");
         assert_eq!((stop.at, stop.reason), (20, Reason::Differs));
         assert!(design.adjusted_p(&method, &full, 100) < design.alpha / 47.0);
+    }
+
+    #[test]
+    fn a_design_recorded_before_families_reads_as_a_family_of_one() {
+        let old: Design = serde_json::from_str(r#"{"floor":20,"every":10,"alpha_look":0.0005,"alpha":0.05}"#).unwrap();
+        assert_eq!(old, FULL_TIER);
     }
 
     #[test]
