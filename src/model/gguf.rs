@@ -43,6 +43,8 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 
+use super::kquants;
+
 /// Magic bytes at the start of every GGUF file.
 const MAGIC: [u8; 4] = *b"GGUF";
 /// The only container version this reader understands.
@@ -222,8 +224,14 @@ pub enum GgmlType {
     Q4_0,
     /// 32-element blocks of 4-bit values with a scale and a minimum (3).
     Q4_1,
+    /// 32-element blocks of 5-bit values with one scale (6).
+    Q5_0,
     /// 32-element blocks of 8-bit values with one scale (8).
     Q8_0,
+    /// 256-element super-blocks of 4-bit values, 6-bit scales and minima per 32 (12).
+    Q4_K,
+    /// 256-element super-blocks of 6-bit values, 8-bit scales per 16 (14).
+    Q6_K,
 }
 
 impl GgmlType {
@@ -231,7 +239,8 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             Self::F32 | Self::F16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => 32,
+            Self::Q4_K | Self::Q6_K => kquants::SUPER_BLOCK,
         }
     }
 
@@ -242,7 +251,10 @@ impl GgmlType {
             Self::F16 => 2,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => kquants::Q5_0_BYTES,
             Self::Q8_0 => 34,
+            Self::Q4_K => kquants::Q4_K_BYTES,
+            Self::Q6_K => kquants::Q6_K_BYTES,
         }
     }
 }
@@ -258,7 +270,10 @@ impl TryFrom<u32> for GgmlType {
             1 => Ok(Self::F16),
             2 => Ok(Self::Q4_0),
             3 => Ok(Self::Q4_1),
+            6 => Ok(Self::Q5_0),
             8 => Ok(Self::Q8_0),
+            12 => Ok(Self::Q4_K),
+            14 => Ok(Self::Q6_K),
             other => Err(other),
         }
     }
@@ -424,6 +439,9 @@ impl GgufFile {
             GgmlType::Q4_0 => dequantize_q4_0(bytes, &mut out),
             GgmlType::Q4_1 => dequantize_q4_1(bytes, &mut out),
             GgmlType::Q8_0 => dequantize_q8_0(bytes, &mut out),
+            GgmlType::Q5_0 => kquants::dequantize_q5_0(bytes, &mut out),
+            GgmlType::Q4_K => kquants::dequantize_q4_k(bytes, &mut out),
+            GgmlType::Q6_K => kquants::dequantize_q6_k(bytes, &mut out),
         }
         Ok(out)
     }
@@ -984,12 +1002,13 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_tensor_type() {
-        let err = parse(build(&[], &[("q4k", vec![256], 12, 0)], &[0; 144])).unwrap_err();
+        // Q5_K (13) sits between two supported k-quants
+        let err = parse(build(&[], &[("q5k", vec![256], 13, 0)], &[0; 176])).unwrap_err();
         assert!(
-            matches!(&err, GgufError::UnknownTensorType { tensor, ggml_type: 12, .. } if tensor == "q4k"),
+            matches!(&err, GgufError::UnknownTensorType { tensor, ggml_type: 13, .. } if tensor == "q5k"),
             "{err:?}"
         );
-        assert_eq!(err.to_string(), "/models/test.gguf: tensor \"q4k\" has unsupported ggml type 12");
+        assert_eq!(err.to_string(), "/models/test.gguf: tensor \"q5k\" has unsupported ggml type 13");
     }
 
     #[test]

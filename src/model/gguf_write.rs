@@ -116,7 +116,10 @@ fn ggml_id(t: GgmlType) -> u32 {
         GgmlType::F16 => 1,
         GgmlType::Q4_0 => 2,
         GgmlType::Q4_1 => 3,
+        GgmlType::Q5_0 => 6,
         GgmlType::Q8_0 => 8,
+        GgmlType::Q4_K => 12,
+        GgmlType::Q6_K => 14,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gguf_write;
 pub mod head;
+pub mod kquants;
 pub mod onnx;
 pub mod qlinear;
 pub mod quant;

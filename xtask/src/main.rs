@@ -53,6 +53,8 @@ enum Command {
     Baselines(baselines::Args),
     /// Benchmark trial-seconds per (method, task): samples decoded alone against in groups.
     TrialSeconds(trial_seconds::Args),
+    /// Regenerate tests/data/dequant_reference.json: gguf-py's values for the Gemma file's blocks.
+    DequantReference,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,7 +71,25 @@ fn main() -> anyhow::Result<()> {
         Command::Sequential(args) => sequential::run(args),
         Command::TrialSeconds(args) => trial_seconds::run(args),
         Command::Baselines(args) => baselines::run(args),
+        Command::DequantReference => dequant_reference(),
     }
+}
+
+/// `cargo xtask dequant-reference`: gguf-py dequantizes the first blocks of the Gemma GGUF's
+/// tensors of each type kvbench reads beyond llama's (Q5_0, Q4_K, Q6_K), for `model::kquants`'s
+/// bit-exact unit test.
+fn dequant_reference() -> anyhow::Result<()> {
+    let gguf = kvbench::assets::gemma3_gguf()?;
+    let python = venv::gguf_python()?;
+    let out = project_root().join("tests/data/dequant_reference.json");
+    venv::run(
+        std::process::Command::new(python)
+            .arg(project_root().join("xtask/py/dequant_reference.py"))
+            .arg(&gguf)
+            .arg(&out),
+    )?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
 }
 
 /// The workspace root.

@@ -39,6 +39,32 @@ pub fn llama_python() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
+/// The gguf-py version the dequantization reference was made with.
+pub const GGUF_PY: &str = "0.19.0";
+
+/// Path of a Python interpreter with gguf-py (GGML's own reader and dequantizer) and numpy, in a
+/// small environment of its own under `target/` (no compiler needed), built on first use.
+pub fn gguf_python() -> anyhow::Result<PathBuf> {
+    let dir = project_root().join("target").join("xtask-gguf-venv");
+    let python = dir.join("bin").join("python");
+    let has = |python: &PathBuf| {
+        Command::new(python)
+            .args(["-c", &format!("import gguf, importlib.metadata as m; assert m.version('gguf') == '{GGUF_PY}'")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if python.is_file() && has(&python) {
+        return Ok(python);
+    }
+    eprintln!("xtask: installing gguf=={GGUF_PY} and numpy into {}", dir.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q"]).arg(format!("gguf=={GGUF_PY}")).arg("numpy"))?;
+    if !has(&python) {
+        bail!("{} still cannot import gguf {GGUF_PY} after installing it", python.display());
+    }
+    Ok(python)
+}
+
 fn imports_llama(python: &PathBuf) -> bool {
     Command::new(python).args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success())
 }

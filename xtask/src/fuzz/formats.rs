@@ -225,8 +225,16 @@ fn gguf_once(
                     }
                 }
                 3 => {
-                    info.ggml_type =
-                        *rng.pick(&[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0])
+                    info.ggml_type = *rng.pick(&[
+                        GgmlType::F32,
+                        GgmlType::F16,
+                        GgmlType::Q4_0,
+                        GgmlType::Q4_1,
+                        GgmlType::Q5_0,
+                        GgmlType::Q8_0,
+                        GgmlType::Q4_K,
+                        GgmlType::Q6_K,
+                    ])
                 }
                 _ => info.name = rng.pick(&TENSOR_NAMES).to_string(),
             }

@@ -247,6 +247,11 @@ fn tensor_data(t: GgmlType, n: u64, salt: u64) -> Vec<u8> {
                 out.extend((0..16).map(|j| ((value(b * 32 + j) + 0.5) * 255.0) as u8));
             }
         }
+        // the seeds are llama models, which hold none of these: any bytes of the right length
+        GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
+            let len = n / t.block_len() as u64 * t.block_bytes() as u64;
+            out.extend((0..len).map(|i| (value(i) * 255.0) as i8 as u8));
+        }
     }
     out
 }
