@@ -118,54 +118,13 @@ impl ModelConfig {
     /// The file's tensors are exactly [`Self::expected_tensors`] (plus an untied `output.weight`
     /// of the embedding's shape), each of its expected shape.
     fn check_tensors(&self, gguf: &GgufFile) -> Result<(), GgufError> {
-        let bad = |tensor: &str, reason: String| GgufError::BadTensor {
-            path: gguf.path().to_path_buf(),
-            tensor: tensor.to_string(),
-            reason,
-        };
-        // nine tensors a layer: a block_count the file cannot hold is refused before the list of
-        // expected tensors is made (a hostile count of 2^32 would ask for 38 billion entries)
-        let held = gguf.tensors().len();
-        if self.layers.saturating_mul(9).saturating_add(2) > held {
-            return Err(GgufError::Invalid {
-                path: gguf.path().to_path_buf(),
-                what: format!(
-                    "{ARCHITECTURE}.block_count is {}, but the file holds {held} tensors, fewer than {} layers need",
-                    self.layers, self.layers
-                ),
-            });
-        }
-        let mut expected = self.expected_tensors();
-        if gguf.tensor_info("output.weight").is_ok() {
-            expected.push(("output.weight".into(), vec![self.hidden, self.vocab]));
-        }
-        for (name, dims) in &expected {
-            let info = gguf.tensor_info(name)?;
-            if info.dims.iter().map(|&d| d as usize).ne(dims.iter().copied()) {
-                return Err(bad(
-                    name,
-                    format!(
-                        "shape {:?}, but the metadata ({} layers, hidden {}, {} heads, {} kv heads, ffn {}, vocabulary {}) \
-                         imply {dims:?}",
-                        info.dims, self.layers, self.hidden, self.heads, self.kv_heads, self.ffn, self.vocab
-                    ),
-                ));
+        check_tensor_table(gguf, ARCHITECTURE, self.layers, 9, || {
+            let mut expected = self.expected_tensors();
+            if gguf.tensor_info("output.weight").is_ok() {
+                expected.push(("output.weight".into(), vec![self.hidden, self.vocab]));
             }
-        }
-        if gguf.tensors().len() != expected.len() {
-            let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-            let extra =
-                gguf.tensors().iter().find(|t| !known.contains(t.name.as_str())).expect("a tensor not expected");
-            return Err(bad(
-                &extra.name,
-                format!(
-                    "not part of a {ARCHITECTURE} model of {} layers: kvbench would ignore it (a bias, another \
-                     architecture's weight, a layer beyond block_count), so it refuses the file",
-                    self.layers
-                ),
-            ));
-        }
-        Ok(())
+            expected
+        })
     }
 
     /// Width of the fused q|k|v projection.
@@ -187,4 +146,51 @@ impl ModelConfig {
     pub fn fp16_kv_bytes_per_token(&self) -> usize {
         self.layers * 2 * self.kv_heads * self.head_dim * 2
     }
+}
+
+/// A file's tensors are exactly `expected()` (names and GGUF dimensions, row length first), for a
+/// model of `arch` with `layers` layers of `per_layer` tensors each: a tensor missing or of another
+/// shape, or one the model would not read (a bias, another architecture's weight, a layer beyond
+/// `block_count`), is an error naming it. A `block_count` the file cannot hold is refused before
+/// `expected` is called (a hostile count of 2^32 would ask for billions of entries).
+pub(crate) fn check_tensor_table(
+    gguf: &GgufFile,
+    arch: &str,
+    layers: usize,
+    per_layer: usize,
+    expected: impl FnOnce() -> Vec<(String, Vec<usize>)>,
+) -> Result<(), GgufError> {
+    let bad = |tensor: &str, reason: String| GgufError::BadTensor {
+        path: gguf.path().to_path_buf(),
+        tensor: tensor.to_string(),
+        reason,
+    };
+    let held = gguf.tensors().len();
+    if layers.saturating_mul(per_layer).saturating_add(2) > held {
+        return Err(GgufError::Invalid {
+            path: gguf.path().to_path_buf(),
+            what: format!(
+                "{arch}.block_count is {layers}, but the file holds {held} tensors, fewer than {layers} layers need"
+            ),
+        });
+    }
+    let expected = expected();
+    for (name, dims) in &expected {
+        let info = gguf.tensor_info(name)?;
+        if info.dims.iter().map(|&d| d as usize).ne(dims.iter().copied()) {
+            return Err(bad(name, format!("shape {:?}, but the file's metadata imply {dims:?}", info.dims)));
+        }
+    }
+    if held != expected.len() {
+        let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let extra = gguf.tensors().iter().find(|t| !known.contains(t.name.as_str())).expect("a tensor not expected");
+        return Err(bad(
+            &extra.name,
+            format!(
+                "not part of a {arch} model of {layers} layers: kvbench would ignore it (a bias, another \
+                 architecture's weight, a layer beyond block_count), so it refuses the file"
+            ),
+        ));
+    }
+    Ok(())
 }

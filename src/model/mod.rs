@@ -8,6 +8,7 @@
 pub mod config;
 pub mod export;
 pub mod fused;
+pub mod gemma3;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_write;

@@ -126,6 +126,18 @@ impl Runtime {
             None => assets::smollm2_gguf()?,
         };
         let gguf = GgufFile::open(&gguf_path)?;
+        if gguf.get_str("general.architecture").is_ok_and(|a| a == super::gemma3::ARCHITECTURE) {
+            // read and checked, so that a bad file says what is wrong with it; but not run yet
+            let gemma = super::gemma3::Gemma3Config::from_gguf(&gguf)?;
+            return Err(ModelError::Invalid(format!(
+                "{}: a Gemma 3 model ({} layers, hidden {}, {} of them global), read and checked, but kvbench \
+                 cannot run Gemma 3 yet: its graph is still being written (issue 24)",
+                gguf_path.display(),
+                gemma.layers,
+                gemma.hidden,
+                (0..gemma.layers).filter(|&l| gemma.is_global(l)).count()
+            )));
+        }
         let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let sha = assets::sha256_file(gguf.path())?;

