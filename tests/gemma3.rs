@@ -35,3 +35,13 @@ fn the_loader_refuses_gemma_by_name_until_its_graph_exists() {
     let msg = err.to_string();
     assert!(msg.contains("Gemma 3") && msg.contains("18 layers") && msg.contains("3 of them global"), "{msg}");
 }
+
+#[test]
+fn the_sentencepiece_tokenizer_gives_llama_cpps_ids_on_the_issues_example() {
+    // llama.cpp's ids, BOS included (issue 24); transformers' GGUF tokenizer conversion gives 10
+    // pieces and no BOS here, so llama.cpp is the reference
+    let spm = kvbench::model::spm::Spm::from_gguf(&gemma()).unwrap();
+    let ids = spm.encode("The capital of France is");
+    assert_eq!(ids, [2, 818, 5279, 529, 7001, 563]);
+    assert_eq!(spm.decode(&ids).unwrap(), "The capital of France is");
+}

@@ -8,15 +8,20 @@
 //!   cache grows with the context in a sixth of the layers only. This is local/global attention,
 //!   not RecurrentGemma's recurrence.
 //! - **Two RoPE bases**: the GGUF's `rope.freq_base` (1,000,000) on global layers, 10,000 on local
-//!   ones (transformers' `rope_local_base_freq`; the GGUF has no key for it and llama.cpp fixes it
-//!   for this architecture). Rotation by halves (GPT-NeoX style), on unpermuted weights.
+//!   ones (transformers' `rope_local_base_freq`; newer converters write it as `rope.freq_base_swa`,
+//!   which llama.cpp reads with 10,000 as the default, and this file has no such key). No RoPE
+//!   scaling on the 270M model. Rotation by halves (GPT-NeoX style, over all 256 dimensions), on
+//!   unpermuted weights (the converter permutes Q/K for llama only).
+//! - **The window**: a local layer's query at position p sees keys p − 511 … p (transformers:
+//!   `kv_idx > q_idx - sliding_window`; llama.cpp masks `p1 - p0 >= n_swa`).
 //! - **Norms around both blocks**: `attn_norm` before and `post_attention_norm` after attention,
 //!   `ffn_norm` before and `post_ffw_norm` after the MLP, all RMSNorm; and RMSNorm over each
 //!   head's queries and keys (`attn_q_norm`, `attn_k_norm`) before RoPE. The GGUF stores each
-//!   norm's multiplier as is (the converter folds Gemma's `1 + w` in).
-//! - **The rest**: embeddings scaled by √hidden; GeGLU (`gelu_tanh(gate) · up`); attention scale
-//!   `1/√head_dim` (the 270M model's `query_pre_attn_scalar` is its head size); the output head
-//!   tied to the embedding; no logit soft-capping.
+//!   norm's multiplier as is: the converter adds Gemma's `1 +` to every `norm.weight` in f32.
+//! - **The rest**: embeddings scaled by √hidden (in f32, as llama.cpp; transformers in bf16 rounds
+//!   it to 25.25); GeGLU (`gelu_tanh(gate) · up`); attention scale `1/√head_dim` (the 270M model's
+//!   `query_pre_attn_scalar` is its head size, 256); the output head tied to the embedding; no
+//!   logit soft-capping (Gemma 3 passes none to attention, and the 270M model sets no final one).
 
 use super::gguf::{GgufError, GgufFile};
 
@@ -24,7 +29,8 @@ use super::gguf::{GgufError, GgufFile};
 pub const ARCHITECTURE: &str = "gemma3";
 /// One layer in this many is global (`(l + 1) % 6 == 0`); the others slide.
 pub const GLOBAL_EVERY: usize = 6;
-/// RoPE base of the sliding-window layers (not in the GGUF).
+/// RoPE base of the sliding-window layers where the GGUF has no `rope.freq_base_swa` (older
+/// converters, this file's, wrote none; llama.cpp's default, transformers' `rope_local_base_freq`).
 pub const LOCAL_ROPE_BASE: f32 = 10_000.0;
 
 /// A Gemma 3 model's numbers.
@@ -78,7 +84,7 @@ impl Gemma3Config {
             vocab: gguf.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0) as usize,
             context: int("context_length")?,
             rope_base_global: gguf.get_f32(&key("rope.freq_base"))?,
-            rope_base_local: LOCAL_ROPE_BASE,
+            rope_base_local: gguf.get_f32(&key("rope.freq_base_swa")).unwrap_or(LOCAL_ROPE_BASE),
             sliding_window: int("attention.sliding_window")?,
             rms_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
         };
@@ -105,7 +111,11 @@ impl Gemma3Config {
         if !cfg.heads.is_multiple_of(cfg.kv_heads) {
             return Err(invalid(format!("{} query heads do not share {} kv heads evenly", cfg.heads, cfg.kv_heads)));
         }
-        for (name, x) in [("rope.freq_base", cfg.rope_base_global), ("attention.layer_norm_rms_epsilon", cfg.rms_eps)] {
+        for (name, x) in [
+            ("rope.freq_base", cfg.rope_base_global),
+            ("rope.freq_base_swa", cfg.rope_base_local),
+            ("attention.layer_norm_rms_epsilon", cfg.rms_eps),
+        ] {
             if !(x.is_finite() && x > 0.0) {
                 return Err(invalid(format!("{} is {x}, not a positive number", key(name))));
             }

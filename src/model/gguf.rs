@@ -390,6 +390,27 @@ impl GgufFile {
         }
     }
 
+    /// A boolean value.
+    pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
+        match *self.get(key)? {
+            MetaValue::Bool(v) => Ok(v),
+            _ => Err(self.wrong_type(key, "a boolean")),
+        }
+    }
+
+    /// An array of floats (`f64` elements narrowed), e.g. `tokenizer.ggml.scores`.
+    pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
+        const EXPECTED: &str = "an array of floats";
+        self.get_array(key, EXPECTED)?
+            .iter()
+            .map(|v| match *v {
+                MetaValue::F32(x) => Ok(x),
+                MetaValue::F64(x) => Ok(x as f32),
+                _ => Err(self.wrong_type(key, EXPECTED)),
+            })
+            .collect()
+    }
+
     /// A string value.
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         match self.get(key)? {

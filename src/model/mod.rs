@@ -19,6 +19,7 @@ pub mod qlinear;
 pub mod quant;
 pub mod rowwise;
 pub mod session;
+pub mod spm;
 pub mod tokenizer;
 
 pub use config::ModelConfig;
