@@ -103,8 +103,68 @@ pub fn attend_observed(
     }
 
     let observe = mass.is_some();
-    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> =
-        (0..heads).into_par_iter().map(|h| chunk_head(q, h, d, kv[h / group], scale, observe, ROW_BLOCK)).collect();
+    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..heads)
+        .into_par_iter()
+        .map(|h| chunk_head(q, h, d, kv[h / group], scale, observe, ROW_BLOCK, None))
+        .collect();
+    for (h, (o, column_sums)) in per_head.iter().enumerate() {
+        for j in 0..t {
+            out[j * heads * d + h * d..][..d].copy_from_slice(&o[j * d..][..d]);
+        }
+        if let (Some(mass), Some(sums)) = (mass.as_deref_mut(), column_sums) {
+            add_into(&mut mass[h / group], sums);
+        }
+    }
+}
+
+/// [`attend_observed`] where each query row sees at most the last `window` of the entries it would
+/// see (itself included): the sliding-window attention of Gemma 3's local layers, whose query at
+/// position p sees keys p − window + 1 … p. Entries before a row's window get probability zero
+/// (and no mass). Where no row's window cuts anything, this is [`attend_observed`], bit for bit.
+///
+/// # Panics
+/// If `window` is 0, and as [`attend_observed`].
+pub fn attend_window(
+    shape: Heads,
+    q: Queries<'_>,
+    kv: &[KvView<'_>],
+    out: &mut [f32],
+    mut mass: Option<&mut [Vec<f32>]>,
+    window: usize,
+) {
+    assert!(window >= 1, "a window holds at least the query's own token");
+    check_call(shape, q, kv, out, mass.as_deref());
+    let Heads { heads, kv_heads, head_dim: d } = shape;
+    let (t, n) = (q.rows, kv[0].keys.len() / d);
+    if n <= window {
+        return attend_observed(shape, q, kv, out, mass);
+    }
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    if t <= FEW_ROWS {
+        // each row over the slice of its window, as a decode step over that slice alone
+        for j in 0..t {
+            let visible = n - t + j + 1;
+            let lo = visible.saturating_sub(window);
+            for g in 0..kv_heads {
+                let view = KvView { keys: &kv[g].keys[lo * d..], values: &kv[g].values[lo * d..] };
+                let mut scores = vec![0.0f32; group * (visible - lo)];
+                let o = &mut out[j * heads * d + g * group * d..][..group * d];
+                grouped_row(q.heads(j, g * group, group, d), d, view, scale, &mut scores, o);
+                if let Some(mass) = mass.as_deref_mut() {
+                    for row in scores.chunks_exact(visible - lo) {
+                        add_into(&mut mass[g][lo..], row);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let observe = mass.is_some();
+    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..heads)
+        .into_par_iter()
+        .map(|h| chunk_head(q, h, d, kv[h / group], scale, observe, ROW_BLOCK, Some(window)))
+        .collect();
     for (h, (o, column_sums)) in per_head.iter().enumerate() {
         for j in 0..t {
             out[j * heads * d + h * d..][..d].copy_from_slice(&o[j * d..][..d]);
@@ -128,7 +188,9 @@ const ROW_BLOCK: usize = 128;
 /// `row_block - 1` masked ones, whose probabilities are zero. Every block size gives the same bits
 /// (tested), by the way `matrixmultiply` sums: each score is one length-`d` dot product in a single
 /// k-chunk (it splits k into chunks of 256 from 0, and `d ≤ 256`), and the weighted sums over more
-/// keys only add exact zeros, in the same chunks, with α = 1.
+/// keys only add exact zeros, in the same chunks, with α = 1. With a `window`, row `j`'s softmax
+/// covers only the last `window` of its visible keys, and the ones before get zero.
+#[allow(clippy::too_many_arguments)]
 fn chunk_head(
     q: Queries<'_>,
     h: usize,
@@ -137,6 +199,7 @@ fn chunk_head(
     scale: f32,
     observe: bool,
     row_block: usize,
+    window: Option<usize>,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (t, n) = (q.rows, view.keys.len() / d);
     // what the products' strides rely on (`check_call` asserts it for every caller but the tests)
@@ -168,7 +231,14 @@ fn chunk_head(
             );
         }
         for (j, row) in (r0..r1).zip(scores[r0 * n..r1 * n].chunks_exact_mut(n)) {
-            softmax_prefix(&mut row[..width], n - t + j + 1);
+            let visible = n - t + j + 1;
+            match window.map_or(0, |w| visible.saturating_sub(w)) {
+                0 => softmax_prefix(&mut row[..width], visible),
+                lo => {
+                    softmax_prefix(&mut row[lo..width], visible - lo);
+                    row[..lo].fill(0.0);
+                }
+            }
         }
     }
     let column_sums = observe.then(|| {
@@ -443,6 +513,12 @@ const EXP_BIAS: f32 = 127.0 + 8_388_608.0;
 /// Straightforward f64 attention, the reference the kernel is tested against.
 #[cfg(test)]
 pub(crate) fn naive(shape: Heads, q: &[f32], t: usize, kv: &[KvView<'_>]) -> Vec<f32> {
+    naive_window(shape, q, t, kv, usize::MAX)
+}
+
+/// [`naive`] with each row over the last `window` of its visible entries.
+#[cfg(test)]
+pub(crate) fn naive_window(shape: Heads, q: &[f32], t: usize, kv: &[KvView<'_>], window: usize) -> Vec<f32> {
     let Heads { heads, kv_heads, head_dim: d } = shape;
     let n = kv[0].keys.len() / d;
     let mut out = vec![0.0f32; t * heads * d];
@@ -451,7 +527,8 @@ pub(crate) fn naive(shape: Heads, q: &[f32], t: usize, kv: &[KvView<'_>]) -> Vec
             let view = kv[h / (heads / kv_heads)];
             let qv = &q[j * heads * d + h * d..][..d];
             let visible = n - t + j + 1;
-            let scores: Vec<f64> = (0..visible)
+            let lo = visible.saturating_sub(window);
+            let scores: Vec<f64> = (lo..visible)
                 .map(|i| {
                     let k = &view.keys[i * d..][..d];
                     qv.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (d as f64).sqrt()
@@ -461,7 +538,7 @@ pub(crate) fn naive(shape: Heads, q: &[f32], t: usize, kv: &[KvView<'_>]) -> Vec
             let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let z: f64 = w.iter().sum();
             for c in 0..d {
-                let acc: f64 = (0..visible).map(|i| w[i] * view.values[i * d + c] as f64).sum();
+                let acc: f64 = (lo..visible).map(|i| w[i - lo] * view.values[i * d + c] as f64).sum();
                 out[j * heads * d + h * d + c] = (acc / z) as f32;
             }
         }
@@ -502,6 +579,43 @@ mod tests {
     }
 
     #[test]
+    fn a_sliding_window_matches_the_naive_reference_and_cuts_nothing_it_need_not() {
+        let mut rng = StdRng::seed_from_u64(11);
+        // Gemma 3's shape (4 heads over one kv head of 256) and a llama-like one
+        for shape in [Heads { heads: 4, kv_heads: 1, head_dim: 256 }, Heads { heads: 6, kv_heads: 2, head_dim: 64 }] {
+            let Heads { heads, kv_heads, head_dim: d } = shape;
+            // (entries held, new rows, window): chunks past the window, at its edge, decode steps
+            for (n, t, window) in
+                [(300, 200, 64), (700, 512, 512), (512, 512, 512), (513, 1, 512), (90, 3, 7), (40, 4, 64)]
+            {
+                let q = random(&mut rng, t * heads * d, 1.0);
+                let keys: Vec<Vec<f32>> = (0..kv_heads).map(|_| random(&mut rng, n * d, 1.0)).collect();
+                let values: Vec<Vec<f32>> = (0..kv_heads).map(|_| random(&mut rng, n * d, 1.0)).collect();
+                let kv: Vec<KvView<'_>> =
+                    keys.iter().zip(&values).map(|(k, v)| KvView { keys: k, values: v }).collect();
+                let want = naive_window(shape, &q, t, &kv, window);
+                let mut got = vec![0.0f32; t * heads * d];
+                let mut mass = vec![vec![0.0f32; n]; kv_heads];
+                attend_window(shape, Queries::new(&q, heads * d, t), &kv, &mut got, Some(&mut mass), window);
+                assert!(relative_error(&got, &want) < 1e-5, "{shape:?} n {n} t {t} window {window}");
+                // every row's probabilities sum to one over its window, and nothing before it
+                let group = heads / kv_heads;
+                for (g, m) in mass.iter().enumerate() {
+                    let total: f32 = m.iter().sum();
+                    assert!((total - (t * group) as f32).abs() < 1e-3 * (t * group) as f32, "kv head {g}: {total}");
+                    let first_seen = (n - t + 1).saturating_sub(window);
+                    assert!(m[..first_seen].iter().all(|&x| x == 0.0), "mass before every row's window");
+                }
+                if n <= window {
+                    let mut plain = vec![0.0f32; t * heads * d];
+                    attend(shape, Queries::new(&q, heads * d, t), &kv, &mut plain);
+                    assert_eq!(plain, got, "a window that cuts nothing gives the unwindowed bits");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn row_blocks_give_the_bits_of_the_whole_chunk() {
         let mut rng = StdRng::seed_from_u64(11);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -512,9 +626,9 @@ mod tests {
             let view = KvView { keys: &keys, values: &values };
             let queries = Queries::new(&q, 3 * 64, t);
             // one block of all rows over all keys: the products of the unblocked chunk
-            let (whole, whole_sums) = chunk_head(queries, 1, 64, view, 0.125, true, t);
+            let (whole, whole_sums) = chunk_head(queries, 1, 64, view, 0.125, true, t, None);
             for block in [ROW_BLOCK, 64, 7, 1] {
-                let (o, sums) = chunk_head(queries, 1, 64, view, 0.125, true, block);
+                let (o, sums) = chunk_head(queries, 1, 64, view, 0.125, true, block, None);
                 assert_eq!(bits(&o), bits(&whole), "t={t} n={n} block={block}: output");
                 assert_eq!(bits(&sums.unwrap()), bits(whole_sums.as_ref().unwrap()), "t={t} n={n} block={block}: mass");
             }
