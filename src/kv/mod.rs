@@ -21,6 +21,7 @@ pub mod prefill;
 pub mod quant;
 pub mod rope;
 pub mod rowquant;
+pub mod sliding;
 pub mod store;
 pub mod tokens;
 
