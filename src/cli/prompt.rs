@@ -86,7 +86,7 @@ pub fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn 
             let whole = if args.chat { chatml(None, &joined) } else { joined };
             let context_end = whole.find(&context).map_or(0, |at| at + context.len());
             let (head, tail) = whole.split_at(context_end);
-            SplitPrompt::split(&rt.tokenizer().encode(head)?, &rt.tokenizer().encode(tail)?)
+            SplitPrompt::split(&rt.tokenizer().encode(head)?, &rt.tokenizer().encode_more(tail)?)
         }
     };
     Ok((rt, prompt))

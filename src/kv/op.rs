@@ -45,7 +45,13 @@ impl Operator for KvAttentionOp {
         let layer =
             ctx.get::<i64>("layer").ok_or_else(|| ort::Error::new("KvAttention needs an int attribute `layer`"))?;
         let layer = usize::try_from(layer).map_err(|_| ort::Error::new(format!("KvAttention layer {layer} < 0")))?;
-        Ok(KvAttentionKernel { layer, cache: self.cache.clone(), shape: self.shape, rope_base: self.rope_base })
+        let rope_base = ctx.get::<f32>("rope_base").unwrap_or(self.rope_base);
+        if !(rope_base.is_finite() && rope_base > 0.0) {
+            return Err(ort::Error::new(format!("KvAttention layer {layer}: rope_base {rope_base}")));
+        }
+        let rope_style =
+            if ctx.get::<i64>("rope_halves") == Some(1) { rope::Style::Halves } else { rope::Style::Adjacent };
+        Ok(KvAttentionKernel { layer, cache: self.cache.clone(), shape: self.shape, rope_base, rope_style })
     }
 }
 
@@ -55,6 +61,7 @@ pub struct KvAttentionKernel {
     cache: CacheHandle,
     shape: Heads,
     rope_base: f32,
+    rope_style: rope::Style,
 }
 
 impl Kernel for KvAttentionKernel {
@@ -80,8 +87,8 @@ impl Kernel for KvAttentionKernel {
             qr.copy_from_slice(&row[..q_w]);
             kr.copy_from_slice(&row[q_w..q_w + kv_w]);
             vr.copy_from_slice(&row[q_w + kv_w..]);
-            rope::apply(qr, d, pos[j], self.rope_base);
-            rope::apply(kr, d, pos[j], self.rope_base);
+            rope::apply_style(qr, d, pos[j], self.rope_base, self.rope_style);
+            rope::apply_style(kr, d, pos[j], self.rope_base, self.rope_style);
         }
 
         let mut out =

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::method::{Acts, StoreContext};
 use super::prefill::{FullStore, PREFILL_METHOD};
+use super::sliding::SlidingStore;
 use super::{Heads, LayerStore, Method};
 use crate::codec;
 
@@ -27,6 +28,9 @@ pub struct KvCache {
     n_layers: usize,
     rope_base: f32,
     layers: Vec<Box<dyn LayerStore>>,
+    /// Per layer, the window of a sliding-window layer (Gemma 3's local layers), whose store is
+    /// the architecture's [`SlidingStore`] whatever the method; empty: no such layers.
+    windows: Vec<Option<usize>>,
     compressed_tokens: usize,
     prefilled: bool,
     stats: CacheStats,
@@ -69,13 +73,36 @@ impl KvCache {
             n_layers,
             rope_base,
             layers: Vec::new(),
+            windows: Vec::new(),
             compressed_tokens: 0,
             prefilled: false,
             stats: CacheStats::default(),
             lanes: Vec::new(),
         };
-        cache.layers = (0..n_layers).map(|l| cache.method.layer_store(&cache.context(l))).collect();
+        cache.layers = cache.fresh_layers();
         cache
+    }
+
+    /// This cache with layer `l` a sliding-window layer of `windows[l]` where that is set.
+    pub fn with_windows(mut self, windows: Vec<Option<usize>>) -> Self {
+        self.windows = windows;
+        self.layers = self.fresh_layers();
+        self
+    }
+
+    /// Empty stores: the architecture's where a layer slides, the method's elsewhere.
+    fn fresh_layers(&self) -> Vec<Box<dyn LayerStore>> {
+        (0..self.n_layers)
+            .map(|l| match self.window(l) {
+                Some(w) => Box::new(SlidingStore::new(self.shape, w)) as Box<dyn LayerStore>,
+                None => self.method.layer_store(&self.context(l)),
+            })
+            .collect()
+    }
+
+    /// Layer `l`'s window, if it slides.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.windows.get(l).copied().flatten()
     }
 
     fn context(&self, layer: usize) -> StoreContext {
@@ -101,7 +128,8 @@ impl KvCache {
 
     /// Start a new sequence, possibly with another method.
     pub fn reset(&mut self, method: Arc<dyn Method>) {
-        *self = Self::new(method, self.shape, self.n_layers, self.rope_base);
+        let windows = std::mem::take(&mut self.windows);
+        *self = Self::new(method, self.shape, self.n_layers, self.rope_base).with_windows(windows);
     }
 
     /// Start the sequence: empty stores sized for a method budget relative to `compressed_tokens`
@@ -110,7 +138,7 @@ impl KvCache {
         self.compressed_tokens = compressed_tokens;
         self.prefilled = false;
         self.stats = CacheStats::default();
-        self.layers = (0..self.n_layers).map(|l| self.method.layer_store(&self.context(l))).collect();
+        self.layers = self.fresh_layers();
     }
 
     /// Swap `lanes` (one sequence's cache per row of the next step) with those the kernels
@@ -183,7 +211,8 @@ impl KvCache {
     /// The prompt (or context) is complete: methods that act after prefill compress now.
     pub fn end_prefill(&mut self) {
         if self.method.acts() == Acts::AfterPrefill {
-            for l in 0..self.layers.len() {
+            let global: Vec<usize> = (0..self.layers.len()).filter(|&l| self.window(l).is_none()).collect();
+            for l in global {
                 let ctx = self.context(l);
                 let prefill =
                     self.layers[l].as_prefill().expect("methods acting after prefill prefill into a FullStore");

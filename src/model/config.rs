@@ -1,13 +1,41 @@
-//! The architecture numbers of a llama-family GGUF, read once and validated.
+//! The architecture numbers of a GGUF, read once and validated: the model adapter's output.
+//!
+//! `general.architecture` chooses the reader: `llama` (SmolLM2, Llama) here, `gemma3` in
+//! [`super::gemma3`]; any other is an error naming it. The result carries what the exporter, the
+//! attention kernel and the cache need to know of the architecture: its shape, its RoPE (base and
+//! pairing, per layer) and which layers slide over a window.
 
 use super::gguf::{GgufError, GgufFile};
+use crate::kv::rope;
 
-/// The one architecture the exporter writes (Gemma 3 comes with a model adapter of its own).
+/// The llama architecture's name in `general.architecture`.
 pub const ARCHITECTURE: &str = "llama";
+
+/// The architectures kvbench runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Architecture {
+    /// llama: SmolLM2-135M-Instruct, the first model.
+    Llama,
+    /// Gemma 3: local/global attention ([`super::gemma3`]).
+    Gemma3,
+}
+
+/// Layers that attend over a sliding window, and what differs on them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LocalLayers {
+    /// Tokens a local layer's query sees, itself included.
+    pub window: usize,
+    /// RoPE base on local layers.
+    pub rope_base: f32,
+    /// Layer `l` is global when `(l + 1)` is a multiple of this; the others are local.
+    pub global_every: usize,
+}
 
 /// Shapes and constants the exporter and the attention kernel need.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ModelConfig {
+    /// Which architecture.
+    pub arch: Architecture,
     /// Decoder layers.
     pub layers: usize,
     /// Hidden size.
@@ -24,10 +52,12 @@ pub struct ModelConfig {
     pub vocab: usize,
     /// Training context length.
     pub context: usize,
-    /// RoPE frequency base.
+    /// RoPE frequency base (of the global layers, where some are local).
     pub rope_base: f32,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
+    /// The sliding-window layers, if the architecture has any.
+    pub local: Option<LocalLayers>,
 }
 
 impl ModelConfig {
@@ -37,9 +67,14 @@ impl ModelConfig {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, GgufError> {
         let invalid = |what: String| GgufError::Invalid { path: gguf.path().to_path_buf(), what };
         let arch = gguf.get_str("general.architecture")?.to_string();
+        if arch == super::gemma3::ARCHITECTURE {
+            return super::gemma3::Gemma3Config::from_gguf(gguf).map(|g| g.model_config());
+        }
         if arch != ARCHITECTURE {
             return Err(invalid(format!(
-                "architecture {arch:?}: kvbench runs {ARCHITECTURE:?} models (SmolLM2, Llama) and would misread this one"
+                "architecture {arch:?}: kvbench runs {ARCHITECTURE:?} (SmolLM2, Llama) and {:?} (Gemma 3) models and \
+                 would misread this one",
+                super::gemma3::ARCHITECTURE
             )));
         }
         let key = |k: &str| format!("{arch}.{k}");
@@ -47,6 +82,8 @@ impl ModelConfig {
         let heads = gguf.get_u32(&key("attention.head_count"))? as usize;
         let embd = gguf.tensor_info("token_embd.weight")?;
         let cfg = Self {
+            arch: Architecture::Llama,
+            local: None,
             layers: gguf.get_u32(&key("block_count"))? as usize,
             hidden,
             ffn: gguf.get_u32(&key("feed_forward_length"))? as usize,
@@ -125,6 +162,20 @@ impl ModelConfig {
             }
             expected
         })
+    }
+
+    /// The window of layer `l`'s queries, if it is a sliding-window layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.local.filter(|local| !(l + 1).is_multiple_of(local.global_every)).map(|local| local.window)
+    }
+
+    /// Layer `l`'s RoPE: base and pairing.
+    pub fn rope(&self, l: usize) -> (f32, rope::Style) {
+        match (self.arch, self.local) {
+            (Architecture::Llama, _) => (self.rope_base, rope::Style::Adjacent),
+            (Architecture::Gemma3, Some(local)) if self.window(l).is_some() => (local.rope_base, rope::Style::Halves),
+            (Architecture::Gemma3, _) => (self.rope_base, rope::Style::Halves),
+        }
     }
 
     /// Width of the fused q|k|v projection.

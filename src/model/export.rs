@@ -124,23 +124,23 @@ pub fn export(gguf: &GgufFile, cfg: &ModelConfig, kind: GraphKind) -> Result<Vec
 }
 
 /// ONNX Runtime's contrib-operator domain (`MatMulNBits`).
-const MS_DOMAIN: &str = "com.microsoft";
+pub(super) const MS_DOMAIN: &str = "com.microsoft";
 
 /// What is done around a product `x · W`: before it, an RMSNorm of `x` (weight, epsilon) or
 /// SwiGLU's `silu(g) ⊙ u` of `x = [g | u]`; after it, a residual added. The decode graph's
 /// `Q4Linear` does them inside the kernel; otherwise they are graph nodes.
 #[derive(Default, Clone, Copy)]
-struct Around<'a> {
-    norm: Option<(&'a str, f32)>,
-    swiglu: bool,
-    residual: Option<&'a str>,
+pub(super) struct Around<'a> {
+    pub(super) norm: Option<(&'a str, f32)>,
+    pub(super) swiglu: bool,
+    pub(super) residual: Option<&'a str>,
 }
 
 /// `x[T, input] · [W_1 | W_2 | …]` for GGUF matrices `names` (each `[out_i, input]`), as one
 /// product named `out`, with what is `around` it. Q4_1 stays 4-bit ([`super::quant`]); anything
 /// else is dequantized to fp32.
 #[allow(clippy::too_many_arguments)]
-fn linear(
+pub(super) fn linear(
     g: &mut GraphBuilder,
     gguf: &GgufFile,
     names: &[&str],
@@ -254,7 +254,7 @@ fn matmul_nbits(g: &mut GraphBuilder, raw: &[&[u8]], input: usize, x: &str, out:
 }
 
 /// RMSNorm through ONNX Runtime's fused `SimplifiedLayerNormalization` kernel.
-fn rms_norm(g: &mut GraphBuilder, x: &str, weight: &str, eps: f32, out: &str) -> String {
+pub(super) fn rms_norm(g: &mut GraphBuilder, x: &str, weight: &str, eps: f32, out: &str) -> String {
     g.node(
         "SimplifiedLayerNormalization",
         &[x, weight],

@@ -135,6 +135,28 @@ impl Gemma3Config {
         Ok(cfg)
     }
 
+    /// The adapter's common description of this model.
+    pub fn model_config(&self) -> super::ModelConfig {
+        super::ModelConfig {
+            arch: super::config::Architecture::Gemma3,
+            layers: self.layers,
+            hidden: self.hidden,
+            ffn: self.ffn,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            vocab: self.vocab,
+            context: self.context,
+            rope_base: self.rope_base_global,
+            rms_eps: self.rms_eps,
+            local: Some(super::config::LocalLayers {
+                window: self.sliding_window,
+                rope_base: self.rope_base_local,
+                global_every: GLOBAL_EVERY,
+            }),
+        }
+    }
+
     /// Whether layer `l` attends over the whole context.
     pub fn is_global(&self, l: usize) -> bool {
         (l + 1).is_multiple_of(GLOBAL_EVERY)

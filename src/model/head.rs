@@ -255,7 +255,7 @@ fn dot4_avx2(rows: [(&[i8], &[f32]); 4], x: &[f32]) -> [f32; 4] {
     })
 }
 
-fn dequantize_row(codes: &[i8], scales: &[f32], w: &mut [f32]) {
+pub(crate) fn dequantize_row(codes: &[i8], scales: &[f32], w: &mut [f32]) {
     for ((wb, cb), &d) in w.chunks_exact_mut(BLOCK).zip(codes.chunks_exact(BLOCK)).zip(scales) {
         for (wi, &c) in wb.iter_mut().zip(cb) {
             *wi = d * c as f32;

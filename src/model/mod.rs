@@ -6,7 +6,9 @@
 //! `generate` is the one prefill/decode loop that the CLI and the benchmark share.
 
 pub mod config;
+pub mod embed;
 pub mod export;
+pub mod export_gemma3;
 pub mod fused;
 pub mod gemma3;
 pub mod generate;

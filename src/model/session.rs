@@ -126,18 +126,6 @@ impl Runtime {
             None => assets::smollm2_gguf()?,
         };
         let gguf = GgufFile::open(&gguf_path)?;
-        if gguf.get_str("general.architecture").is_ok_and(|a| a == super::gemma3::ARCHITECTURE) {
-            // read and checked, so that a bad file says what is wrong with it; but not run yet
-            let gemma = super::gemma3::Gemma3Config::from_gguf(&gguf)?;
-            return Err(ModelError::Invalid(format!(
-                "{}: a Gemma 3 model ({} layers, hidden {}, {} of them global), read and checked, but kvbench \
-                 cannot run Gemma 3 yet: its graph is still being written (issue 24)",
-                gguf_path.display(),
-                gemma.layers,
-                gemma.hidden,
-                (0..gemma.layers).filter(|&l| gemma.is_global(l)).count()
-            )));
-        }
         let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let sha = assets::sha256_file(gguf.path())?;
@@ -159,7 +147,11 @@ impl Runtime {
                 builder = builder.with_profiling(format!("{}-{}", prefix.to_string_lossy(), kind.name()))?;
             }
             let op = KvAttentionOp { cache: cache.clone(), shape, rope_base: config.rope_base };
-            let domain = ort::operator::OperatorDomain::new(DOMAIN)?.add(op)?.add(Q8LinearOp)?.add(Q4LinearOp)?;
+            let domain = ort::operator::OperatorDomain::new(DOMAIN)?
+                .add(op)?
+                .add(Q8LinearOp)?
+                .add(Q4LinearOp)?
+                .add(super::embed::Q8GatherOp)?;
             let mut builder = builder
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(threads)?
@@ -307,6 +299,7 @@ impl Drop for Runtime {
 /// An empty cache of the `full` method for `config`'s model.
 fn empty_cache(config: &ModelConfig) -> KvCache {
     KvCache::new(Arc::new(crate::kv::methods::Full), config.attention_shape(), config.layers, config.rope_base)
+        .with_windows((0..config.layers).map(|l| config.window(l)).collect())
 }
 
 /// `asked` threads, at least one and at most the machine's parallelism: more only oversubscribe
@@ -326,7 +319,11 @@ fn within_machine(asked: usize, what: &str) -> usize {
 fn exported_model(gguf: &GgufFile, sha: &str, config: &ModelConfig, kind: GraphKind) -> Result<PathBuf, ModelError> {
     let dir = assets::cache_dir().join("onnx");
     let stem = format!("{}-{}", &sha[..16], kind.name());
-    let path = dir.join(format!("{stem}-exporter-v{EXPORTER_VERSION}.onnx"));
+    let version = match config.arch {
+        super::config::Architecture::Llama => format!("v{EXPORTER_VERSION}"),
+        super::config::Architecture::Gemma3 => format!("gemma3-v{}", super::export_gemma3::VERSION),
+    };
+    let path = dir.join(format!("{stem}-exporter-{version}.onnx"));
     let recorded = hash_path(&path);
     if path.is_file() {
         match verified(&path, &recorded)? {
@@ -346,7 +343,10 @@ fn exported_model(gguf: &GgufFile, sha: &str, config: &ModelConfig, kind: GraphK
         }
     }
     eprintln!("kvbench: exporting {} to ONNX (once; cached in {})", gguf.path().display(), path.display());
-    let bytes = export::export(gguf, config, kind)?;
+    let bytes = match config.arch {
+        super::config::Architecture::Llama => export::export(gguf, config, kind)?,
+        super::config::Architecture::Gemma3 => super::export_gemma3::export(gguf, config, kind)?,
+    };
     assets::write_atomic(&path, &bytes)?;
     assets::write_atomic(&recorded, assets::sha256_bytes(&bytes).as_bytes())?;
     Ok(path)

@@ -164,13 +164,24 @@ impl Spm {
         if self.add_bos {
             out.push(self.bos);
         }
+        self.encode_into(text, &mut out);
+        out
+    }
+
+    /// Token ids of `text` without a BOS (a continuation of an encoded prompt).
+    pub fn encode_pieces(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_into(text, &mut out);
+        out
+    }
+
+    fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
         for fragment in self.partition(text) {
             match fragment {
                 Fragment::Token(id) => out.push(id),
-                Fragment::Text(raw) => self.merge(&raw.replace(' ', SPACE), &mut out),
+                Fragment::Text(raw) => self.merge(&raw.replace(' ', SPACE), out),
             }
         }
-        out
     }
 
     /// `text` cut at the literal tokens, longest first, each occurrence left to right.
@@ -267,6 +278,11 @@ impl Spm {
             }
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The id of the token whose text is `text`, if any.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.index.get(text.as_bytes()).copied()
     }
 
     /// The BOS token.

@@ -81,22 +81,44 @@ pub enum TokenizerError {
     },
 }
 
-/// SmolLM2's byte-level BPE tokenizer, built from GGUF metadata.
+/// The model's tokenizer, built from GGUF metadata: SmolLM2's byte-level BPE (`gpt2` with the
+/// `smollm` pre-tokenizer), or a SentencePiece vocabulary of scores (`llama`, Gemma 3's;
+/// [`super::spm`]). Any other is refused by name.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     vocab_size: usize,
     bos: u32,
     eos: u32,
-    im_start: u32,
-    im_end: u32,
+    im_start: Option<u32>,
+    im_end: Option<u32>,
     end_of_text: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Bpe(Box<tokenizers::Tokenizer>),
+    Spm(Box<super::spm::Spm>),
 }
 
 impl Tokenizer {
     /// Builds the tokenizer from the `tokenizer.ggml.*` metadata of `gguf`.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, TokenizerError> {
         let model = gguf.get_str("tokenizer.ggml.model")?;
+        if model == "llama" {
+            let spm = super::spm::Spm::from_gguf(gguf)?;
+            let (vocab_size, bos, eos) = (spm.vocab_size(), spm.bos_id(), spm.eos_id());
+            let end_of_turn = spm.token_id("<end_of_turn>");
+            return Ok(Self {
+                inner: Inner::Spm(Box::new(spm)),
+                vocab_size,
+                bos,
+                eos,
+                im_start: None,
+                im_end: None,
+                end_of_text: end_of_turn,
+            });
+        }
         let pre = gguf.get_str("tokenizer.ggml.pre")?;
         if (model, pre) != ("gpt2", "smollm") {
             return Err(TokenizerError::Unsupported { model: model.into(), pre: pre.into() });
@@ -148,17 +170,37 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&literal);
 
-        Ok(Self { inner, vocab_size: tokens.len(), bos, eos, im_start, im_end, end_of_text })
+        Ok(Self {
+            inner: Inner::Bpe(Box::new(inner)),
+            vocab_size: tokens.len(),
+            bos,
+            eos,
+            im_start: Some(im_start),
+            im_end: Some(im_end),
+            end_of_text,
+        })
     }
 
-    /// Encodes `text` without adding BOS; special tokens such as
-    /// `<|im_start|>` written in `text` become their single ids.
+    /// Encodes `text` as llama.cpp does with special tokens parsed: BOS first where the GGUF
+    /// says to add it (Gemma's does; SmolLM2's does not), and special tokens such as
+    /// `<|im_start|>` written in `text` as their single ids.
     ///
-    /// Bytes that have no symbol in the vocabulary (SmolLM2 lacks six ASCII
+    /// Bytes that have no symbol in SmolLM2's vocabulary (it lacks six ASCII
     /// control characters, e.g. 0x04) are dropped, exactly as llama.cpp does.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self.inner.encode_fast(text, false).map_err(TokenizerError::Encode)?;
-        Ok(encoding.get_ids().to_vec())
+        match &self.inner {
+            Inner::Bpe(bpe) => Ok(bpe.encode_fast(text, false).map_err(TokenizerError::Encode)?.get_ids().to_vec()),
+            Inner::Spm(spm) => Ok(spm.encode(text)),
+        }
+    }
+
+    /// Encodes `text` that continues an already encoded prompt: as [`Self::encode`], but never
+    /// with a BOS in front.
+    pub fn encode_more(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        match &self.inner {
+            Inner::Bpe(_) => self.encode(text),
+            Inner::Spm(spm) => Ok(spm.encode_pieces(text)),
+        }
     }
 
     /// Decodes `ids` back to text, keeping the text of special tokens. Byte
@@ -168,7 +210,10 @@ impl Tokenizer {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             return Err(TokenizerError::UnknownId { id, vocab_size: self.vocab_size });
         }
-        self.inner.decode(ids, false).map_err(TokenizerError::Decode)
+        match &self.inner {
+            Inner::Bpe(bpe) => bpe.decode(ids, false).map_err(TokenizerError::Decode),
+            Inner::Spm(spm) => spm.decode(ids),
+        }
     }
 
     /// The end-of-sequence id (`tokenizer.ggml.eos_token_id`).
@@ -176,19 +221,19 @@ impl Tokenizer {
         self.eos
     }
 
-    /// The beginning-of-sequence id (`tokenizer.ggml.bos_token_id`); never
-    /// added by [`encode`](Self::encode).
+    /// The beginning-of-sequence id (`tokenizer.ggml.bos_token_id`), which
+    /// [`encode`](Self::encode) adds where the GGUF says so.
     pub fn bos_id(&self) -> u32 {
         self.bos
     }
 
-    /// The id of `<|im_start|>`.
-    pub fn im_start_id(&self) -> u32 {
+    /// The id of `<|im_start|>` (a ChatML vocabulary's).
+    pub fn im_start_id(&self) -> Option<u32> {
         self.im_start
     }
 
-    /// The id of `<|im_end|>`.
-    pub fn im_end_id(&self) -> u32 {
+    /// The id of `<|im_end|>` (a ChatML vocabulary's).
+    pub fn im_end_id(&self) -> Option<u32> {
         self.im_end
     }
 
@@ -197,10 +242,11 @@ impl Tokenizer {
         self.vocab_size
     }
 
-    /// Whether generation should stop at `id`: EOS, `<|im_end|>`, or
-    /// `<|endoftext|>` (llama.cpp treats all three as end of generation).
+    /// Whether generation should stop at `id`: EOS, `<|im_end|>` or
+    /// `<|endoftext|>` (llama.cpp treats all three as end of generation), or
+    /// Gemma's `<end_of_turn>`.
     pub fn is_stop(&self, id: u32) -> bool {
-        id == self.eos || id == self.im_end || Some(id) == self.end_of_text
+        id == self.eos || Some(id) == self.im_end || Some(id) == self.end_of_text
     }
 }
 
@@ -388,7 +434,7 @@ mod tests {
             assert_eq!(tok.encode(special).unwrap(), [id]);
             assert_eq!(tok.decode(&[id]).unwrap(), special);
         }
-        assert_eq!((tok.im_start_id(), tok.im_end_id()), (1, 2));
+        assert_eq!((tok.im_start_id(), tok.im_end_id()), (Some(1), Some(2)));
         assert!(tok.is_stop(0) && tok.is_stop(2) && !tok.is_stop(1) && !tok.is_stop(3));
         let prompt = chatml(None, "What is 2+2?");
         let ids = tok.encode(&prompt).unwrap();
