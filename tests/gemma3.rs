@@ -51,3 +51,75 @@ fn the_sentencepiece_tokenizer_gives_llama_cpps_ids_on_the_issues_example() {
     assert_eq!(ids, [2, 818, 5279, 529, 7001, 563]);
     assert_eq!(spm.decode(&ids).unwrap(), "The capital of France is");
 }
+
+/// Largest tolerated difference between kvbench's fp32 logits and the float64 reference's, as for
+/// SmolLM2 (measured 2026-12-01 over the ten prompts and both graphs: 0.00008).
+const EXACT_LOGIT_GAP: f32 = 0.005;
+
+#[derive(serde::Deserialize)]
+struct ExactReference {
+    prompts: Vec<ExactPrompt>,
+}
+
+#[derive(serde::Deserialize)]
+struct ExactPrompt {
+    name: String,
+    prompt_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    /// Per greedy step, the reference's top-5 `(id, logit)`.
+    top5: Vec<Vec<(u32, f32)>>,
+}
+
+/// `golden/gemma3_exact_reference.json` (`cargo xtask gemma-reference`: float64 numpy on gguf-py's
+/// weights): kvbench's greedy tokens equal it on all ten prompts, one of 8,400 tokens, and its
+/// logits of the reference's top 5 are within [`EXACT_LOGIT_GAP`] at every step, fed the
+/// reference's continuation through the prefill graph (one chunk) and the decode graph (one token
+/// at a time).
+#[test]
+fn greedy_tokens_and_logits_match_the_float64_reference() {
+    use kvbench::kv::methods::Full;
+    use kvbench::model::generate::{GenerateOptions, generate, prefill};
+    use std::sync::Arc;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/gemma3_exact_reference.json");
+    let exact: ExactReference = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(exact.prompts.len() >= 8 && exact.prompts.iter().any(|p| p.prompt_ids.len() > 8_000));
+    let gguf = kvbench::assets::gemma3_gguf().unwrap();
+    let mut rt = Runtime::load(&LoadOptions { gguf: Some(gguf), ..LoadOptions::default() }).unwrap();
+    let (mut failures, mut worst) = (Vec::new(), 0.0f32);
+    for p in &exact.prompts {
+        rt.reset(Arc::new(Full)).unwrap();
+        let options = GenerateOptions { max_new_tokens: p.output_ids.len(), ..GenerateOptions::default() };
+        let ours = generate(&mut rt, &p.prompt_ids, options).unwrap().output_ids;
+        if ours != p.output_ids {
+            failures.push(format!("{}: greedy ids {ours:?}, float64 reference {:?}", p.name, p.output_ids));
+        }
+        let n = p.prompt_ids.len();
+        let steps = p.output_ids.len();
+        let tail: Vec<u32> =
+            std::iter::once(p.prompt_ids[n - 1]).chain(p.output_ids[..steps - 1].iter().copied()).collect();
+        let positions: Vec<i64> = (0..steps).map(|i| (n - 1 + i) as i64).collect();
+        for one_by_one in [false, true] {
+            rt.reset(Arc::new(Full)).unwrap();
+            prefill(&mut rt, &p.prompt_ids[..n - 1], 512).unwrap();
+            let logits: Vec<f32> = if one_by_one {
+                tail.iter().zip(&positions).flat_map(|(&id, &pos)| rt.forward(&[id], &[pos], &[0]).unwrap()).collect()
+            } else {
+                rt.forward(&tail, &positions, &(0..steps as i64).collect::<Vec<_>>()).unwrap()
+            };
+            for (step, row) in logits.chunks_exact(rt.config().vocab).enumerate() {
+                for &(id, logit) in &p.top5[step] {
+                    let gap = (row[id as usize] - logit).abs();
+                    worst = worst.max(gap);
+                    if gap > EXACT_LOGIT_GAP {
+                        failures.push(format!(
+                            "{} step {step} (decode graph: {one_by_one}): logit of {id} is {}, reference {logit}",
+                            p.name, row[id as usize]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("largest top-5 logit gap to the float64 reference: {worst:.5}");
+    assert!(failures.is_empty(), "kvbench's Gemma 3 disagrees with the float64 reference:\n{}", failures.join("\n"));
+}

@@ -8,6 +8,7 @@ mod bench;
 mod bless;
 mod fuzz;
 mod gate;
+mod gemma_reference;
 mod golden;
 mod perf;
 mod record;
@@ -55,6 +56,8 @@ enum Command {
     TrialSeconds(trial_seconds::Args),
     /// Regenerate tests/data/dequant_reference.json: gguf-py's values for the Gemma file's blocks.
     DequantReference,
+    /// Regenerate golden/gemma3_exact_reference.json: Gemma 3 in float64 numpy on 10 prompts.
+    GemmaReference(gemma_reference::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::TrialSeconds(args) => trial_seconds::run(args),
         Command::Baselines(args) => baselines::run(args),
         Command::DequantReference => dequant_reference(),
+        Command::GemmaReference(args) => gemma_reference::run(args),
     }
 }
 

