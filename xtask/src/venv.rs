@@ -65,6 +65,31 @@ pub fn gguf_python() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
+/// The Hugging Face stack the transformers and kvpress references run on (torch pulls its CUDA
+/// libraries from the registry: the environment is about 5 GB; on this CPU it runs without them).
+pub const HF_STACK: [&str; 4] = ["kvpress==0.5.5", "transformers==5.2.0", "torch==2.15.0", "gguf==0.19.0"];
+
+/// Path of a Python interpreter with [`HF_STACK`], in `target/xtask-hf-venv`, built on first use.
+pub fn hf_python() -> anyhow::Result<PathBuf> {
+    let dir = project_root().join("target").join("xtask-hf-venv");
+    let python = dir.join("bin").join("python");
+    let check = "import importlib.metadata as m, sys; \
+                 sys.exit(any(m.version(p.split('==')[0]) != p.split('==')[1] for p in sys.argv[1:]))";
+    let has = |python: &PathBuf| {
+        Command::new(python).args(["-c", check]).args(HF_STACK).output().is_ok_and(|o| o.status.success())
+    };
+    if python.is_file() && has(&python) {
+        return Ok(python);
+    }
+    eprintln!("xtask: installing {} into {} (once; about 5 GB, many minutes)", HF_STACK.join(" "), dir.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q"]).args(HF_STACK).arg("numpy"))?;
+    if !has(&python) {
+        bail!("{} still lacks {} after installing them", python.display(), HF_STACK.join(" "));
+    }
+    Ok(python)
+}
+
 fn imports_llama(python: &PathBuf) -> bool {
     Command::new(python).args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success())
 }
