@@ -298,7 +298,8 @@ fn a_gguf_of_another_architecture_or_shape_is_refused_before_export() {
         },
         &[],
     );
-    assert!(config_error(&qwen).contains("architecture \"qwen2\": kvbench runs \"llama\" models"));
+    let err = config_error(&qwen);
+    assert!(err.contains("architecture \"qwen2\": kvbench runs \"llama\" (SmolLM2, Llama) and \"gemma3\""), "{err}");
     // qwen2's biases on a file that says llama
     let bias = vec![0u8; 576 * 4];
     let biased = gguf_variant(
