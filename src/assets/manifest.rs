@@ -243,6 +243,11 @@ mod tests {
         );
         for a in manifest() {
             assert!(!a.members.is_empty() && !a.licence.is_empty() && !a.version.is_empty(), "{}", a.name);
+            if let Some(parts) = &a.assemble {
+                // one file, cached by its own pin (a `.complete` marker would never be written)
+                assert!(a.kind == Kind::PipWheel && a.archive_sha256.is_none() && a.only_file().is_ok(), "{}", a.name);
+                assert!(parts.parts.iter().all(|p| is_hash(&p.sha256) && p.size > 0), "{}", a.name);
+            }
             assert!(a.archive_sha256.as_deref().is_none_or(is_hash), "{}", a.name);
             for m in &a.members {
                 assert!(m.sha256.as_deref().is_none_or(is_hash), "{}: {}", a.name, m.path);

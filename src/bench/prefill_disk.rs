@@ -136,7 +136,8 @@ impl DiskPrefills {
     /// misses). Failing to store only costs a recomputation later, so errors are
     /// reported, not returned.
     pub fn store(&self, inputs: &PrefillInputs, prefill: &SharedPrefill) {
-        let payload = prefill.encode();
+        // a model whose prefill the disk format cannot hold (Gemma's local layers) is not cached
+        let Some(payload) = prefill.encode() else { return };
         let size = (PREAMBLE + payload.len()) as u64;
         if self.make_room(size).is_none() {
             return;
@@ -202,7 +203,7 @@ impl DiskPrefills {
 /// The bytes of a disk entry holding `prefill` (what [`DiskPrefills::store`] writes), for tests
 /// and the fuzzer's seeds.
 pub fn encode_entry(prefill: &SharedPrefill) -> Vec<u8> {
-    wrap(VERSION, &prefill.encode())
+    wrap(VERSION, &prefill.encode().expect("a llama prefill encodes"))
 }
 
 /// An entry of format `version` around `payload`: magic, version, the payload's sha256, the

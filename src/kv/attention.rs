@@ -141,7 +141,7 @@ pub fn attend_window(
     }
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
-    if t <= FEW_ROWS {
+    if t <= FEW_ROWS && d % LANES == 0 && group <= MAX_GROUP {
         // each row over the slice of its window, as a decode step over that slice alone
         for j in 0..t {
             let visible = n - t + j + 1;

@@ -238,6 +238,11 @@ pub trait LayerStore: Send + Sync + fmt::Debug {
     fn as_prefill(&self) -> Option<&FullStore> {
         None
     }
+
+    /// The window, if this is a sliding-window layer's store (the architecture's, not a method's).
+    fn window(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Clone for Box<dyn LayerStore> {

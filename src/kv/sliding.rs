@@ -80,6 +80,10 @@ impl LayerStore for SlidingStore {
     fn clone_box(&self) -> Box<dyn LayerStore> {
         Box::new(self.clone())
     }
+
+    fn window(&self) -> Option<usize> {
+        Some(self.window)
+    }
 }
 
 #[cfg(test)]

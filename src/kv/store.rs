@@ -246,10 +246,13 @@ impl KvCache {
     /// full-precision prefill taken before [`Self::end_prefill`] also restores into the cache of
     /// any method that acts after prefill: all of them prefill the same way.
     pub fn restore(&mut self, snapshot: &CacheSnapshot) -> Result<(), SnapshotMismatch> {
+        // a sliding-window layer is the architecture's in both, or in neither
+        let same_layers = snapshot.layers.len() == self.layers.len()
+            && snapshot.layers.iter().enumerate().all(|(l, s)| s.window() == self.window(l));
         let shared_prefill = !snapshot.prefilled
             && self.method.acts() == Acts::AfterPrefill
-            && snapshot.layers.iter().all(|l| l.as_prefill().is_some());
-        if !(snapshot.method == self.method.name() || shared_prefill) || snapshot.layers.len() != self.layers.len() {
+            && snapshot.layers.iter().all(|l| l.as_prefill().is_some() || l.window().is_some());
+        if !(snapshot.method == self.method.name() || shared_prefill) || !same_layers {
             return Err(SnapshotMismatch { snapshot: snapshot.method.clone(), cache: self.method.name() });
         }
         self.layers = snapshot.layers.clone();
@@ -350,5 +353,25 @@ mod tests {
         cache.restore(&snap).unwrap();
         assert_eq!(cache.tokens(), 1);
         assert_eq!(cache.bytes(), snap.bytes());
+    }
+
+    #[test]
+    fn a_shared_prefill_with_sliding_layers_restores_into_a_method_of_the_same_layers_only() {
+        let shape = Heads { heads: 2, kv_heads: 1, head_dim: 4 };
+        let windows = vec![Some(4), None, Some(4)];
+        let mut cache = KvCache::new(Arc::new(Full), shape, 3, 10_000.0).with_windows(windows.clone());
+        let row = [0.5f32; 4];
+        for l in 0..3 {
+            cache.layer_mut(l).unwrap().append(&row, &row, 1);
+        }
+        let snap = cache.snapshot();
+        let snapkv = crate::kv::methods::by_name("snapkv-2x").unwrap();
+        let mut other = KvCache::new(snapkv.clone(), shape, 3, 10_000.0).with_windows(windows);
+        other.restore(&snap).unwrap();
+        assert_eq!(other.layer(0).and_then(|l| l.window()), Some(4));
+        assert!(other.layer(1).and_then(|l| l.as_prefill()).is_some());
+        // a cache whose layers all attend globally is another model: refused
+        let mut global = KvCache::new(snapkv, shape, 3, 10_000.0);
+        assert!(global.restore(&snap).is_err());
     }
 }

@@ -99,6 +99,8 @@ impl ModelConfig {
             || cfg.kv_heads == 0
             || !cfg.heads.is_multiple_of(cfg.kv_heads)
             || cfg.head_dim * cfg.heads != hidden
+            || !cfg.head_dim.is_multiple_of(2)
+            || cfg.head_dim > 512
         {
             return Err(invalid(format!(
                 "inconsistent attention shape: {} heads, {} kv heads, hidden {hidden}",

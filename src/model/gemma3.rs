@@ -108,6 +108,12 @@ impl Gemma3Config {
                 return Err(invalid(format!("{} is 0: not a model kvbench can run", key(name))));
             }
         }
+        if !cfg.head_dim.is_multiple_of(2) || cfg.head_dim > 512 {
+            return Err(invalid(format!(
+                "head size {} (key_length): RoPE needs an even size of at most 512",
+                cfg.head_dim
+            )));
+        }
         if !cfg.heads.is_multiple_of(cfg.kv_heads) {
             return Err(invalid(format!("{} query heads do not share {} kv heads evenly", cfg.heads, cfg.kv_heads)));
         }
@@ -124,7 +130,7 @@ impl Gemma3Config {
         for unsupported in
             ["rope.scaling.type", "rope.scaling.factor", "attn_logit_softcapping", "final_logit_softcapping"]
         {
-            if gguf.get_str(&key(unsupported)).is_ok() || gguf.get_f32(&key(unsupported)).is_ok() {
+            if gguf.has(&key(unsupported)) {
                 return Err(invalid(format!(
                     "{} is set: kvbench's Gemma 3 has no {unsupported} (the 270M model uses none)",
                     key(unsupported)

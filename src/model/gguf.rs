@@ -390,6 +390,11 @@ impl GgufFile {
         }
     }
 
+    /// Whether the metadata has `key`, of any type.
+    pub fn has(&self, key: &str) -> bool {
+        self.metadata.contains_key(key)
+    }
+
     /// A boolean value.
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
         match *self.get(key)? {

@@ -203,7 +203,8 @@ impl Tokenizer {
         }
     }
 
-    /// Decodes `ids` back to text, keeping the text of special tokens. Byte
+    /// Decodes `ids` back to text: SmolLM2's keeps the text of special tokens; Gemma's drops
+    /// control tokens, as llama.cpp renders them. Byte
     /// sequences that are not valid UTF-8 (e.g. half of a multi-byte
     /// character) decode to U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {

@@ -29,7 +29,7 @@ pub fn doc_budget(
 ) -> Result<usize, TaskError> {
     let (head, tail) = template();
     let fixed = tok.encode(&format!("{head}{instruction}"))?.len()
-        + tok.encode(&format!("{question}{tail}{answer_prefix}"))?.len();
+        + tok.encode_more(&format!("{question}{tail}{answer_prefix}"))?.len();
     if fixed + 64 > target_len {
         return Err(TaskError::TooShort {
             task: task.name(),
@@ -50,8 +50,8 @@ pub fn assemble(task: Task, seed: u64, target_len: usize, tok: &Tokenizer, parts
         (format!("{head}{}", parts.instruction), format!("{}{tail}{}", parts.question, parts.answer_prefix))
     };
     let prefix_ids = tok.encode(&prefix_text)?;
-    let doc_ids = truncate::middle(&tok.encode(&parts.document)?, budget);
-    let question_ids = tok.encode(&question_text)?;
+    let doc_ids = truncate::middle(&tok.encode_more(&parts.document)?, budget);
+    let question_ids = tok.encode_more(&question_text)?;
     let context_text = format!("{prefix_text}{}", tok.decode(&doc_ids)?);
     let no_context_ids = [prefix_ids.as_slice(), question_ids.as_slice()].concat();
     let context_ids = [prefix_ids, doc_ids].concat();
