@@ -85,13 +85,11 @@ pub fn attend_observed(
     q: Queries<'_>,
     kv: &[KvView<'_>],
     out: &mut [f32],
-    mut mass: Option<&mut [Vec<f32>]>,
+    mass: Option<&mut [Vec<f32>]>,
 ) {
     check_call(shape, q, kv, out, mass.as_deref());
     let Heads { heads, kv_heads, head_dim: d } = shape;
-    let t = q.rows;
-    let group = heads / kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
+    let (t, group) = (q.rows, heads / kv_heads);
 
     if t <= FEW_ROWS && d % LANES == 0 && group <= MAX_GROUP {
         #[cfg(target_arch = "x86_64")]
@@ -102,19 +100,7 @@ pub fn attend_observed(
         return attend_rows(shape, q, kv, out, mass);
     }
 
-    let observe = mass.is_some();
-    let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..heads)
-        .into_par_iter()
-        .map(|h| chunk_head(q, h, d, kv[h / group], scale, observe, ROW_BLOCK, None))
-        .collect();
-    for (h, (o, column_sums)) in per_head.iter().enumerate() {
-        for j in 0..t {
-            out[j * heads * d + h * d..][..d].copy_from_slice(&o[j * d..][..d]);
-        }
-        if let (Some(mass), Some(sums)) = (mass.as_deref_mut(), column_sums) {
-            add_into(&mut mass[h / group], sums);
-        }
-    }
+    chunk_all(shape, q, kv, out, mass, None);
 }
 
 /// [`attend_observed`] where each query row sees at most the last `window` of the entries it would
@@ -160,10 +146,25 @@ pub fn attend_window(
         }
         return;
     }
+    chunk_all(shape, q, kv, out, mass, Some(window));
+}
+
+/// The blocked path: every query head's [`chunk_head`] in parallel, written into `out` row by row
+/// and, if `mass` is given, its column sums added to its kv head's.
+fn chunk_all(
+    shape: Heads,
+    q: Queries<'_>,
+    kv: &[KvView<'_>],
+    out: &mut [f32],
+    mut mass: Option<&mut [Vec<f32>]>,
+    window: Option<usize>,
+) {
+    let Heads { heads, kv_heads, head_dim: d } = shape;
+    let (t, group, scale) = (q.rows, heads / kv_heads, 1.0 / (d as f32).sqrt());
     let observe = mass.is_some();
     let per_head: Vec<(Vec<f32>, Option<Vec<f32>>)> = (0..heads)
         .into_par_iter()
-        .map(|h| chunk_head(q, h, d, kv[h / group], scale, observe, ROW_BLOCK, Some(window)))
+        .map(|h| chunk_head(q, h, d, kv[h / group], scale, observe, ROW_BLOCK, window))
         .collect();
     for (h, (o, column_sums)) in per_head.iter().enumerate() {
         for j in 0..t {
