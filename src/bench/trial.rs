@@ -551,15 +551,15 @@ impl<'t> Lane<'t> {
     fn answer(&self, rt: &Runtime) -> Result<SampleOutcome, ModelError> {
         let meta = &self.sample.meta;
         let stats = self.cache.as_ref().expect("a decoding lane holds its cache").stats();
-        let per_token = rt.config().fp16_kv_bytes_per_token();
-        let fp16_full = per_token * (self.prompt_len + self.output.len() - 1);
+        let fp16 = |tokens: usize| rt.config().fp16_kv_bytes(tokens);
+        let fp16_full = fp16(self.prompt_len + self.output.len() - 1);
         let measured_ratio = fp16_full as f64 / stats.peak_bytes_after_prefill.max(1) as f64;
         // the one-token steps after compression, as the cache counts its reads: the held-back
         // prompt token (which sees the whole prefilled prompt and itself), then each decode step
         let n = self.prefilled_len;
         let seen =
             (self.after_compression == 1).then_some(n).into_iter().chain((0..self.output.len() - 1).map(|i| n + i + 1));
-        let fp16_read = per_token * seen.sum::<usize>();
+        let fp16_read: usize = seen.map(fp16).sum();
         let read_ratio = (stats.bytes_read > 0).then(|| fp16_read as f64 / stats.bytes_read as f64);
         let shown: Vec<u32> = self.output.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
         let prediction = rt.tokenizer().decode(&shown)?;

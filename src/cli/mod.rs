@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod fidelity;
 pub mod generate;
+pub mod model;
 pub mod prompt;
 pub mod replay;
 pub mod task;

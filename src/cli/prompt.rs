@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use kvbench::kv::methods;
 use kvbench::model::generate::{Mode, Prompt as SplitPrompt};
 use kvbench::model::session::{LoadOptions, Runtime};
-use kvbench::model::tokenizer::chatml;
+use kvbench::model::tokenizer::{Template, chatml};
 use kvbench::trace::format::MAX_CHUNK;
+
+use super::model::ModelArgs;
 
 #[derive(clap::Args)]
 pub struct PromptArgs {
@@ -25,7 +27,8 @@ pub struct PromptArgs {
     /// occurrence of this string on (e.g. "What is the special magic number").
     #[arg(long, requires = "prompt_file", conflicts_with = "question_file")]
     pub question_at: Option<String>,
-    /// Wrap the prompt (and question) in the model's ChatML template as a user turn.
+    /// Wrap the prompt (and question) in the model's ChatML template as a user turn (SmolLM2's;
+    /// a base model without a chat template refuses it).
     #[arg(long)]
     pub chat: bool,
     /// Compress with the question in the prompt but its last token (query-aware), before the
@@ -39,9 +42,8 @@ pub struct PromptArgs {
     /// Threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Use this GGUF instead of the pinned SmolLM2-135M-Instruct (fetched on first use).
-    #[arg(long)]
-    pub gguf: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// `--chunk`'s parser: a prefill chunk of 1 to [`MAX_CHUNK`] tokens, as a trace may hold.
@@ -51,11 +53,6 @@ pub fn chunk_tokens() -> clap::builder::RangedU64ValueParser<usize> {
 
 /// Load the runtime and tokenize the prompt (context, then question).
 pub fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn std::error::Error>> {
-    if let Some(gguf) = &args.gguf
-        && !gguf.is_file()
-    {
-        return Err(format!("GGUF file {} does not exist", gguf.display()).into());
-    }
     let read = |path: &PathBuf, what: &str| {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
     };
@@ -76,13 +73,17 @@ pub fn load_prompt(args: &PromptArgs) -> Result<(Runtime, SplitPrompt), Box<dyn 
             context.rfind(marker.as_str()).ok_or_else(|| format!("the prompt file does not contain {marker:?}"))?;
         question = context.split_off(at);
     }
-    let rt = Runtime::load(&LoadOptions { gguf: args.gguf.clone(), threads: args.threads, kernel_threads: None })?;
+    let gguf = args.model.path()?;
+    let rt = Runtime::load(&LoadOptions { gguf: Some(gguf), threads: args.threads, kernel_threads: None })?;
     let prompt = match ids {
         Some(ids) => SplitPrompt::whole(&ids),
         None => {
             // Tokenize the context part and the question part separately, so that the split
             // between them is a token boundary.
             let joined = format!("{context}{question}");
+            if args.chat && rt.tokenizer().template() != Template::ChatMl {
+                return Err("--chat: this model has no chat template (a base model takes plain text)".into());
+            }
             let whole = if args.chat { chatml(None, &joined) } else { joined };
             let context_end = whole.find(&context).map_or(0, |at| at + context.len());
             let (head, tail) = whole.split_at(context_end);

@@ -13,7 +13,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use kvbench::assets;
 use kvbench::model::generate::full_cache_answer;
 use kvbench::model::gguf::GgufFile;
 use kvbench::model::session::{LoadOptions, Runtime};
@@ -21,6 +20,8 @@ use kvbench::model::tokenizer::Tokenizer;
 use kvbench::tasks::metrics::{cohen_kappa, label_of, mean_ci95, needle_partial};
 use kvbench::tasks::{self, Rng, Sample, Task, few_shot, needle};
 use serde_json::json;
+
+use super::model::ModelArgs;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -56,9 +57,9 @@ struct SampleArgs {
     /// Print the sample as one JSON object (with token ids).
     #[arg(long)]
     json: bool,
-    /// Use this GGUF's tokenizer instead of the pinned SmolLM2's.
-    #[arg(long)]
-    gguf: Option<PathBuf>,
+    /// Whose tokenizer and prompt template (only the tokenizer is read, not the weights).
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args)]
@@ -87,6 +88,8 @@ struct CalibrateArgs {
     /// Threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args)]
@@ -113,6 +116,8 @@ struct NeedleGridArgs {
     /// Append per-sample results here (JSON lines).
     #[arg(long)]
     log: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 pub fn run(args: TaskArgs) -> Result<()> {
@@ -124,17 +129,17 @@ pub fn run(args: TaskArgs) -> Result<()> {
     }
 }
 
-fn tokenizer(gguf: Option<PathBuf>) -> Result<Tokenizer> {
-    let path = match gguf {
-        Some(path) => path,
-        None => assets::smollm2_gguf()?,
-    };
-    Ok(Tokenizer::from_gguf(&GgufFile::open(&path)?)?)
+fn tokenizer(model: &ModelArgs) -> Result<Tokenizer> {
+    Ok(Tokenizer::from_gguf(&GgufFile::open(&model.path()?)?)?)
+}
+
+fn load(model: &ModelArgs, threads: usize) -> Result<Runtime> {
+    Ok(Runtime::load(&LoadOptions { gguf: Some(model.path()?), threads, kernel_threads: None })?)
 }
 
 fn run_sample(args: SampleArgs) -> Result<()> {
     let task = Task::from_name(&args.task)?;
-    let tok = tokenizer(args.gguf)?;
+    let tok = tokenizer(&args.model)?;
     let s = tasks::sample(task, args.seed, args.len.unwrap_or(task.default_len()), &tok)?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -165,7 +170,7 @@ fn log_line(log: &Option<PathBuf>, value: serde_json::Value) -> Result<()> {
 fn run_calibrate(args: CalibrateArgs) -> Result<()> {
     let task = Task::from_name(&args.task)?;
     let len = args.len.unwrap_or(task.default_len());
-    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
+    let mut rt = load(&args.model, args.threads)?;
     let tok = rt.tokenizer().clone();
     let mut rows = Vec::new();
     for seed in args.first_seed..args.first_seed + args.samples as u64 {
@@ -288,7 +293,7 @@ fn kappa_line(task: &str, len: usize, rows: &[serde_json::Value]) -> Option<Stri
 }
 
 fn run_needle_grid(args: NeedleGridArgs) -> Result<()> {
-    let mut rt = Runtime::load(&LoadOptions::default())?;
+    let mut rt = load(&args.model, LoadOptions::default().threads)?;
     let tok = rt.tokenizer().clone();
     let phrasing = if args.pass_key { needle::Phrasing::PassKey } else { needle::Phrasing::Ruler };
     let mut table = vec![vec![(0.0, 0.0, 0usize); args.lens.len()]; args.depths.len()];

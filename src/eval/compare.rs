@@ -35,6 +35,9 @@ pub struct MethodRun {
     pub found: Option<bool>,
     /// Whether the full-precision prefill was shared rather than recomputed.
     pub shared_prefill: bool,
+    /// Seconds of the shared prefill this run restored (computed once, before the first shared
+    /// run, and not in `seconds`); `None` when the method prefilled itself.
+    pub shared_prefill_seconds: Option<f64>,
     /// Seconds of prefill (zero-ish when shared) and of decode.
     pub seconds: (f64, f64),
 }
@@ -60,23 +63,22 @@ pub fn compare(
         let g = generate_shared(rt, prompt, options, if share { shared.as_ref() } else { None })?;
         let shown: Vec<u32> = g.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
         let text = rt.tokenizer().decode(&shown)?;
-        let per_token = rt.config().fp16_kv_bytes_per_token() as f64;
-        let mean_tokens = prompt.ids.len() as f64 + g.decode_steps as f64 / 2.0;
+        // an fp16 cache's bytes over the decode steps, on average (linear in the tokens for a
+        // model without local layers; exact there)
+        let fp16 = |tokens: usize| rt.config().fp16_kv_bytes(tokens) as f64;
+        let fp16_mean = (fp16(prompt.ids.len()) + fp16(prompt.ids.len() + g.decode_steps)) / 2.0;
         let run = MethodRun {
             method: method.name(),
             nominal_ratio: method.nominal_ratio(),
             measured_ratio: g.measured_ratio(),
-            read_ratio: if g.bytes_read_per_step() > 0.0 {
-                per_token * mean_tokens / g.bytes_read_per_step()
-            } else {
-                0.0
-            },
+            read_ratio: if g.bytes_read_per_step() > 0.0 { fp16_mean / g.bytes_read_per_step() } else { 0.0 },
             bytes_after_prefill: g.cache.peak_bytes_after_prefill,
             bytes_read_per_step: g.bytes_read_per_step(),
             prefilled_tokens: g.prefilled_ids.len(),
             found: expect.map(|e| text.contains(e)),
             text,
             shared_prefill: share,
+            shared_prefill_seconds: if share { shared.as_ref().map(|s| s.seconds) } else { None },
             seconds: (g.prefill_seconds, g.decode_seconds),
         };
         progress(&run);

@@ -120,6 +120,8 @@ pub fn evaluate(method: &dyn Method, recordings: &[Recorded], prefills: &[Vec<Fu
                 shape,
                 compressed_tokens: recorded.prompt,
                 rope_base: recorded.rope_base,
+                // probes are recorded on SmolLM2 (llama's adjacent pairs) only
+                rope_style: crate::kv::rope::Style::Adjacent,
             };
             let mut full: Box<dyn LayerStore> = Box::new(prefilled.clone());
             let mut store: Box<dyn LayerStore> = match method.acts() {

@@ -47,6 +47,8 @@ pub struct StoreContext {
     /// The model's RoPE frequency base (keys arrive rotated; a method that re-positions them
     /// needs it).
     pub rope_base: f32,
+    /// And which channels RoPE pairs (adjacent for llama's GGUF weights, halves for Gemma 3).
+    pub rope_style: crate::kv::rope::Style,
 }
 
 /// A KV-cache method: what is stored, how, and how attention reads it.

@@ -27,6 +27,7 @@ pub struct KvCache {
     shape: Heads,
     n_layers: usize,
     rope_base: f32,
+    rope_style: crate::kv::rope::Style,
     layers: Vec<Box<dyn LayerStore>>,
     /// Per layer, the window of a sliding-window layer (Gemma 3's local layers), whose store is
     /// the architecture's [`SlidingStore`] whatever the method; empty: no such layers.
@@ -72,6 +73,7 @@ impl KvCache {
             shape,
             n_layers,
             rope_base,
+            rope_style: crate::kv::rope::Style::Adjacent,
             layers: Vec::new(),
             windows: Vec::new(),
             compressed_tokens: 0,
@@ -81,6 +83,14 @@ impl KvCache {
         };
         cache.layers = cache.fresh_layers();
         cache
+    }
+
+    /// This cache for a model whose RoPE pairs channels so (adjacent pairs unless set): the
+    /// methods that re-rotate keys (InfLLM) need it.
+    pub fn with_rope_style(mut self, style: crate::kv::rope::Style) -> Self {
+        self.rope_style = style;
+        self.layers = self.fresh_layers();
+        self
     }
 
     /// This cache with layer `l` a sliding-window layer of `windows[l]` where that is set.
@@ -112,6 +122,7 @@ impl KvCache {
             shape: self.shape,
             compressed_tokens: self.compressed_tokens,
             rope_base: self.rope_base,
+            rope_style: self.rope_style,
         }
     }
 
@@ -129,7 +140,9 @@ impl KvCache {
     /// Start a new sequence, possibly with another method.
     pub fn reset(&mut self, method: Arc<dyn Method>) {
         let windows = std::mem::take(&mut self.windows);
-        *self = Self::new(method, self.shape, self.n_layers, self.rope_base).with_windows(windows);
+        *self = Self::new(method, self.shape, self.n_layers, self.rope_base)
+            .with_rope_style(self.rope_style)
+            .with_windows(windows);
     }
 
     /// Start the sequence: empty stores sized for a method budget relative to `compressed_tokens`

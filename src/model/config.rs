@@ -199,6 +199,15 @@ impl ModelConfig {
     pub fn fp16_kv_bytes_per_token(&self) -> usize {
         self.layers * 2 * self.kv_heads * self.head_dim * 2
     }
+
+    /// Bytes of an fp16 KV cache of `tokens` tokens as the model holds it: every token in a global
+    /// layer, at most the window in a local one (Gemma 3's sliding-window layers; an fp16 Gemma
+    /// cache in llama.cpp holds no more). For a model without local layers, exactly
+    /// `tokens × fp16_kv_bytes_per_token()`. The reference of every compression ratio.
+    pub fn fp16_kv_bytes(&self, tokens: usize) -> usize {
+        let per_layer = 2 * self.kv_heads * self.head_dim * 2;
+        (0..self.layers).map(|l| per_layer * self.window(l).map_or(tokens, |w| tokens.min(w))).sum()
+    }
 }
 
 /// A file's tensors are exactly `expected()` (names and GGUF dimensions, row length first), for a

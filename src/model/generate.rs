@@ -36,7 +36,7 @@ pub enum Mode {
     QueryAgnostic,
     /// Query-aware, but the whole prompt is prefilled and the first answer token taken from the
     /// uncompressed prefill's logits; only the later tokens see the compressed cache. kvbench's
-    /// behaviour before 2026-12 (and that of `docs/report-full` until it is re-run), kept to
+    /// behaviour before 2026-12 (and that of `docs/report-full-legacy`), kept to
     /// measure what the difference does: it favours methods that act after prefill, since those
     /// acting during prefill get no such uncompressed first token.
     QueryAwareUncompressedFirstToken,
@@ -455,7 +455,7 @@ pub fn decode(rt: &mut Runtime, prefilled: &Prefilled, options: GenerateOptions)
         decode_steps,
         peak_cache_bytes: cache.peak_bytes,
         cache,
-        fp16_full_bytes: rt.config().fp16_kv_bytes_per_token() * full_tokens,
+        fp16_full_bytes: rt.config().fp16_kv_bytes(full_tokens),
     })
 }
 

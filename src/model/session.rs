@@ -299,6 +299,7 @@ impl Drop for Runtime {
 /// An empty cache of the `full` method for `config`'s model.
 fn empty_cache(config: &ModelConfig) -> KvCache {
     KvCache::new(Arc::new(crate::kv::methods::Full), config.attention_shape(), config.layers, config.rope_base)
+        .with_rope_style(config.rope(config.layers - 1).1)
         .with_windows((0..config.layers).map(|l| config.window(l)).collect())
 }
 

@@ -87,6 +87,7 @@ pub enum TokenizerError {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: Inner,
+    template: Template,
     vocab_size: usize,
     bos: u32,
     eos: u32,
@@ -94,6 +95,29 @@ pub struct Tokenizer {
     im_end: Option<u32>,
     end_of_text: Option<u32>,
 }
+
+/// How a task prompt wraps the user's text for this model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// SmolLM2's ChatML user turn, with its default system prompt ([`chatml`]).
+    ChatMl,
+    /// A base model without a chat template (Gemma-3-270M): plain completion, the user's text
+    /// as is and a newline before the answer.
+    Plain,
+}
+
+impl Template {
+    /// The text before the user's and the text after it, up to where the answer begins.
+    pub fn halves(self) -> (&'static str, &'static str) {
+        match self {
+            Self::ChatMl => (CHATML_HEAD, "<|im_end|>\n<|im_start|>assistant\n"),
+            Self::Plain => ("", "\n"),
+        }
+    }
+}
+
+/// [`chatml`]'s text before the user's, with the default system prompt.
+const CHATML_HEAD: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n";
 
 #[derive(Debug, Clone)]
 enum Inner {
@@ -109,8 +133,18 @@ impl Tokenizer {
             let spm = super::spm::Spm::from_gguf(gguf)?;
             let (vocab_size, bos, eos) = (spm.vocab_size(), spm.bos_id(), spm.eos_id());
             let end_of_turn = spm.token_id("<end_of_turn>");
+            if gguf.has("tokenizer.chat_template") {
+                // an instruction-tuned Gemma: its turns are not ChatML, and a base model's plain
+                // prompts would be the wrong input for it
+                return Err(invalid(
+                    "this SentencePiece GGUF has a chat template; kvbench runs such models only as base models \
+                     (no tokenizer.chat_template), with plain-completion prompts"
+                        .into(),
+                ));
+            }
             return Ok(Self {
                 inner: Inner::Spm(Box::new(spm)),
+                template: Template::Plain,
                 vocab_size,
                 bos,
                 eos,
@@ -172,6 +206,7 @@ impl Tokenizer {
 
         Ok(Self {
             inner: Inner::Bpe(Box::new(inner)),
+            template: Template::ChatMl,
             vocab_size: tokens.len(),
             bos,
             eos,
@@ -215,6 +250,11 @@ impl Tokenizer {
             Inner::Bpe(bpe) => bpe.decode(ids, false).map_err(TokenizerError::Decode),
             Inner::Spm(spm) => spm.decode(ids),
         }
+    }
+
+    /// How task prompts wrap the user's text for this model.
+    pub fn template(&self) -> Template {
+        self.template
     }
 
     /// The end-of-sequence id (`tokenizer.ggml.eos_token_id`).

@@ -15,7 +15,7 @@ fn tok() -> &'static Tokenizer {
 
 #[test]
 fn every_task_fits_its_length_and_splits_context_from_question() {
-    let (head, tail) = template();
+    let (head, tail) = template(tok());
     let head_ids = tok().encode(head).unwrap();
     for task in Task::ALL {
         for (seed, len) in [(0, 1024), (5, 2048)] {

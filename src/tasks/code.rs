@@ -103,7 +103,7 @@ pub const MAX_SIM_TO_PREV: u32 = 50;
 pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts, TaskError> {
     let files = files()?;
     // The question part (the line before the cut) is not known yet: reserve room for a long one.
-    let (_, tail) = super::template();
+    let (_, tail) = super::template(tok);
     let budget = doc_budget(Task::Code, tok, target_len, &format!("{INSTRUCTION}{tail}"), "", "")?.saturating_sub(64);
     // Rust averages a little over 3 characters per token here; want a prefix of at least the budget.
     let want_chars = budget * 3;

@@ -11,8 +11,11 @@
 //! KV-cache methods run *query-aware* (the whole prompt but its last token is prefilled, then
 //! compressed, and the last token fed through what was kept) or *query-agnostic* (the context is
 //! prefilled and compressed before the question is known), so
-//! every sample carries its prompt in two parts, joined by one fixed template, SmolLM2's ChatML
-//! (the text [`chatml`](crate::model::tokenizer::chatml) renders, with the model's default system prompt):
+//! every sample carries its prompt in two parts, joined by the model's one fixed template
+//! ([`Template`](crate::model::tokenizer::Template)): for SmolLM2 its ChatML turn (the text
+//! [`chatml`](crate::model::tokenizer::chatml) renders, with the model's default system prompt),
+//! for a base model without a chat template (Gemma-3-270M) plain completion, `head` empty and
+//! the `<|im_end|>…assistant` part a single `"\n"`:
 //!
 //! ```text
 //! context  = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n" + instruction + document
@@ -30,8 +33,9 @@
 //!
 //! The prompt's ids are `encode(head + instruction) ++ encode(document) ++ encode(question)`, so
 //! [`Sample::context_ids`] is exactly a prefix of [`Sample::prompt_ids`] (tokenizing the joined
-//! text in one go could merge tokens across the seams; kvbench never does). No BOS is added, as
-//! the model's template has none.
+//! text in one go could merge tokens across the seams; kvbench never does). A BOS comes first
+//! where the GGUF says to add one (Gemma's; SmolLM2's template has none), and nowhere else:
+//! every part after the first is encoded with `encode_more`.
 //!
 //! # Pure and fitted to a length
 //!

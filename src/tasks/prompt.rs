@@ -1,21 +1,13 @@
-//! Parts -> sample: the ChatML template around the user's text, the document's token budget, and
-//! the assembly of context and question ids (the layout is described in the [`super`] module doc).
-
-use std::sync::OnceLock;
+//! Parts -> sample: the model's template around the user's text (SmolLM2's ChatML turn, or plain
+//! completion for a base model), the document's token budget, and the assembly of context and
+//! question ids (the layout is described in the [`super`] module doc).
 
 use super::{Parts, Sample, Task, TaskError, truncate};
-use crate::model::tokenizer::{Tokenizer, chatml};
+use crate::model::tokenizer::Tokenizer;
 
-/// The two fixed halves of the template around the user's text.
-pub fn template() -> (&'static str, &'static str) {
-    static PARTS: OnceLock<(String, String)> = OnceLock::new();
-    let (head, tail) = PARTS.get_or_init(|| {
-        let marker = "\u{1}USER\u{1}";
-        let full = chatml(None, marker);
-        let (head, tail) = full.split_once(marker).expect("chatml contains the user text");
-        (head.to_string(), tail.to_string())
-    });
-    (head, tail)
+/// The two fixed halves of the model's template around the user's text.
+pub fn template(tok: &Tokenizer) -> (&'static str, &'static str) {
+    tok.template().halves()
 }
 
 /// Tokens left for the document once template, instruction, question and answer prefix are counted.
@@ -27,7 +19,7 @@ pub fn doc_budget(
     question: &str,
     answer_prefix: &str,
 ) -> Result<usize, TaskError> {
-    let (head, tail) = template();
+    let (head, tail) = template(tok);
     let fixed = tok.encode(&format!("{head}{instruction}"))?.len()
         + tok.encode_more(&format!("{question}{tail}{answer_prefix}"))?.len();
     if fixed + 64 > target_len {
@@ -42,7 +34,7 @@ pub fn doc_budget(
 
 /// Put `parts` into the template and fit the document to `target_len` (middle truncation).
 pub fn assemble(task: Task, seed: u64, target_len: usize, tok: &Tokenizer, parts: Parts) -> Result<Sample, TaskError> {
-    let (head, tail) = template();
+    let (head, tail) = template(tok);
     let budget = doc_budget(task, tok, target_len, &parts.instruction, &parts.question, &parts.answer_prefix)?;
     let (prefix_text, question_text) = if parts.in_answer {
         (format!("{head}{}{tail}", parts.instruction), format!("{}{}", parts.question, parts.answer_prefix))
@@ -75,12 +67,13 @@ pub fn assemble(task: Task, seed: u64, target_len: usize, tok: &Tokenizer, parts
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::model::tokenizer::{Template, chatml};
 
     #[test]
     fn template_halves_rejoin_to_chatml() {
-        let (head, tail) = template();
+        let (head, tail) = Template::ChatMl.halves();
         assert_eq!(format!("{head}Hi{tail}"), chatml(None, "Hi"));
         assert!(head.ends_with("<|im_start|>user\n") && tail == "<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(Template::Plain.halves(), ("", "\n"));
     }
 }

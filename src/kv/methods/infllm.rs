@@ -139,6 +139,7 @@ impl StoreFactory for InfLlm {
             unrotated: vec![Vec::new(); ctx.shape.kv_heads],
             ranking: self.ranking,
             rope_base: ctx.rope_base,
+            rope_style: ctx.rope_style,
             plan,
             read: 0,
             last_read: Vec::new(),
@@ -157,6 +158,7 @@ pub struct InfLlmStore {
     unrotated: Vec<Vec<f32>>,
     ranking: Ranking,
     rope_base: f32,
+    rope_style: rope::Style,
     plan: Plan,
     read: usize,
     /// Rows the last attention read, per head (for measurement, not part of the cache).
@@ -189,7 +191,7 @@ impl InfLlmStore {
                     let mut sum = vec![0.0f32; d];
                     for &i in &chosen {
                         let mut k = head.key(i);
-                        rope::apply(&mut k, d, -i64::from(head.positions()[i]), self.rope_base);
+                        rope::apply_style(&mut k, d, -i64::from(head.positions()[i]), self.rope_base, self.rope_style);
                         sum.iter_mut().zip(&k).for_each(|(s, x)| *s += x);
                     }
                     self.unrotated[g].extend(sum);
@@ -222,7 +224,13 @@ impl InfLlmStore {
                 let mut qsum = vec![vec![0.0f32; d]; kv_heads];
                 for j in 0..t {
                     let mut row = q[j * q_stride..][..heads * d].to_vec();
-                    rope::apply(&mut row, d, window as i64 - 1 - i64::from(positions[chunk + j]), self.rope_base);
+                    rope::apply_style(
+                        &mut row,
+                        d,
+                        window as i64 - 1 - i64::from(positions[chunk + j]),
+                        self.rope_base,
+                        self.rope_style,
+                    );
                     for (h, x) in row.chunks_exact(d).enumerate() {
                         qsum[h / group].iter_mut().zip(x).for_each(|(s, x)| *s += x);
                     }
@@ -311,7 +319,14 @@ mod tests {
     fn reads_sinks_window_and_the_matching_block_within_budget() {
         let shape = Heads { heads: 1, kv_heads: 1, head_dim: 4 };
         let method = InfLlm { budget: Budget::Tokens(400), ranking: Ranking::OwnPositions };
-        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000, rope_base: 10_000.0 };
+        let ctx = StoreContext {
+            layer: 0,
+            layers: 1,
+            shape,
+            compressed_tokens: 2000,
+            rope_base: 10_000.0,
+            rope_style: crate::kv::rope::Style::Adjacent,
+        };
         let plan = Plan::new(400);
         let mut store = method.layer_store(&ctx);
         let n = 1500;
@@ -354,7 +369,14 @@ mod tests {
         let shape = Heads { heads: 2, kv_heads: 2, head_dim: d };
         let method = InfLlm { budget: Budget::Tokens(403), ranking: Ranking::Reference };
         assert_eq!(method.name(), "infllm-ref-403tok");
-        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 2000, rope_base: base };
+        let ctx = StoreContext {
+            layer: 0,
+            layers: 1,
+            shape,
+            compressed_tokens: 2000,
+            rope_base: base,
+            rope_style: crate::kv::rope::Style::Adjacent,
+        };
         let plan = Plan::new(403);
         assert_eq!(plan.window, 267);
         let dir = [3.0f32, 0.0, 0.0, 0.0];
@@ -402,7 +424,14 @@ mod equivalence {
     #[test]
     fn a_budget_covering_the_prompt_reads_everything() {
         let shape = Heads { heads: 6, kv_heads: 2, head_dim: 8 };
-        let ctx = StoreContext { layer: 0, layers: 1, shape, compressed_tokens: 1000, rope_base: 10_000.0 };
+        let ctx = StoreContext {
+            layer: 0,
+            layers: 1,
+            shape,
+            compressed_tokens: 1000,
+            rope_base: 10_000.0,
+            rope_style: crate::kv::rope::Style::Adjacent,
+        };
         let mut a = InfLlm { budget: Budget::Ratio(1.0), ranking: Ranking::OwnPositions }.layer_store(&ctx);
         let mut b = Fp16.layer_store(&ctx);
         let mut rng = StdRng::seed_from_u64(3);
