@@ -10,10 +10,12 @@ mod fuzz;
 mod gate;
 mod gemma_reference;
 mod golden;
+mod kvpress_speed;
 mod perf;
 mod record;
 mod report;
 mod sequential;
+mod tova_parity;
 mod trial_seconds;
 mod venv;
 
@@ -36,6 +38,8 @@ enum Command {
     LlamaArith(golden::ArithArgs),
     /// Measure prefill and decode speed and peak RSS beside llama.cpp; writes docs/perf.json.
     Perf(perf::Args),
+    /// Time per (method, sample) beside NVIDIA kvpress's pipeline; writes docs/kvpress-speed.json.
+    KvpressSpeed(kvpress_speed::Args),
     /// Build task samples, run the full cache on them and write traces/<tier>/<task>.trace.zst.
     Record(record::Args),
     /// Accept the pending golden snapshots that failing trials left (after reviewing them).
@@ -54,6 +58,8 @@ enum Command {
     Baselines(baselines::Args),
     /// Benchmark trial-seconds per (method, task): samples decoded alone against in groups.
     TrialSeconds(trial_seconds::Args),
+    /// Which positions kvbench's TOVA keeps on the recorded probes, beside kvpress's TOVAPress.
+    TovaParity(tova_parity::Args),
     /// Regenerate tests/data/dequant_reference.json: gguf-py's values for the Gemma file's blocks.
     DequantReference,
     /// Regenerate golden/gemma3_exact_reference.json: Gemma 3 in float64 numpy on 10 prompts.
@@ -65,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Golden(args) => golden::run(args),
         Command::LlamaArith(args) => golden::arith(args),
         Command::Perf(args) => perf::run(args),
+        Command::KvpressSpeed(args) => kvpress_speed::run(args),
         Command::Record(args) => record::run(args),
         Command::Bless(args) => bless::run(args),
         Command::Bench(args) => bench::run(args),
@@ -74,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sequential(args) => sequential::run(args),
         Command::TrialSeconds(args) => trial_seconds::run(args),
         Command::Baselines(args) => baselines::run(args),
+        Command::TovaParity(args) => tova_parity::run(args),
         Command::DequantReference => dequant_reference(),
         Command::GemmaReference(args) => gemma_reference::run(args),
     }
