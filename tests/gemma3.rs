@@ -147,3 +147,106 @@ fn greedy_tokens_and_logits_match_both_float64_references() {
     }
     assert!(failures.is_empty(), "kvbench's Gemma 3 disagrees with a reference:\n{}", failures.join("\n"));
 }
+
+/// Top-two logit margin below which llama.cpp's greedy choice is a near-tie (its 8-bit activation
+/// rounding decides it), as for SmolLM2 in `tests/reference.rs`.
+const NEAR_TIE: f32 = 0.5;
+
+#[derive(serde::Deserialize)]
+struct LlamaReference {
+    texts: Vec<LlamaText>,
+    prompts: Vec<LlamaPrompt>,
+}
+
+#[derive(serde::Deserialize)]
+struct LlamaText {
+    name: String,
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct LlamaPrompt {
+    name: String,
+    output_ids: Vec<u32>,
+    steps_top5: Vec<Vec<(u32, f32)>>,
+}
+
+fn llama_reference() -> LlamaReference {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/gemma3_llama_cpp_reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{}: {e} (record it with `cargo xtask gemma-reference --engine llama`)", path.display())
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// llama.cpp (`golden/gemma3_llama_cpp_reference.json`, `cargo xtask gemma-reference --engine
+/// llama`) tokenizes the golden prompts and two samples of every task (Gemma's plain template:
+/// essays, news, Wikipedia, Rust code, question lists) exactly as kvbench does.
+#[test]
+fn the_tokenizer_gives_llama_cpps_ids_on_varied_text() {
+    let reference = llama_reference();
+    assert!(reference.texts.len() >= 20, "the reference holds the prompts and every task's samples");
+    let spm = kvbench::model::spm::Spm::from_gguf(&gemma()).unwrap();
+    let mut failures = Vec::new();
+    for t in &reference.texts {
+        let ours = spm.encode(&t.text);
+        if ours != t.ids {
+            let at = ours.iter().zip(&t.ids).position(|(a, b)| a != b).unwrap_or(ours.len().min(t.ids.len()));
+            failures.push(format!("{}: ids differ from llama.cpp's at index {at} of {}", t.name, t.ids.len()));
+        }
+    }
+    assert!(failures.is_empty(), "kvbench's SentencePiece disagrees with llama.cpp:\n{}", failures.join("\n"));
+}
+
+/// From the same ids as the float64 references, kvbench's greedy tokens are llama.cpp's up to the
+/// first step where they part, and there kvbench's token is within [`NEAR_TIE`] of llama.cpp's
+/// own in llama.cpp's logits (a near-tie its 8-bit rounding decides). kvbench's tokens are read
+/// from `golden/gemma3_exact_reference.json`, which the test above holds kvbench to exactly.
+#[test]
+fn greedy_tokens_match_llama_cpp_up_to_its_near_ties() {
+    let reference = llama_reference();
+    let exact: ExactReference = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/gemma3_exact_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reference.prompts.len(), exact.prompts.len(), "llama.cpp's reference is of the same prompts");
+    let mut failures = Vec::new();
+    for (p, e) in reference.prompts.iter().zip(&exact.prompts) {
+        assert_eq!(p.name, e.name);
+        match p.output_ids.iter().zip(&e.output_ids).position(|(a, b)| a != b) {
+            None if p.output_ids.len() == e.output_ids.len() => {
+                eprintln!("{}: llama.cpp's {} greedy tokens are kvbench's", p.name, p.output_ids.len())
+            }
+            None => failures.push(format!(
+                "{}: {} greedy tokens, llama.cpp {}",
+                p.name,
+                e.output_ids.len(),
+                p.output_ids.len()
+            )),
+            Some(step) => {
+                // llama.cpp's lead of its own token over kvbench's (which must be in its top 5)
+                let top = &p.steps_top5[step];
+                match top.iter().find(|(id, _)| *id == e.output_ids[step]) {
+                    Some(&(_, ours)) if top[0].1 - ours < NEAR_TIE => eprintln!(
+                        "{}: identical for {step} steps, then a near-tie of llama.cpp's (kvbench's token {:.3} behind)",
+                        p.name,
+                        top[0].1 - ours
+                    ),
+                    found => failures.push(format!(
+                        "{}: step {step}: llama.cpp chose {}, kvbench and float64 {} ({})",
+                        p.name,
+                        p.output_ids[step],
+                        e.output_ids[step],
+                        found
+                            .map_or("not in llama.cpp's top 5".into(), |&(_, l)| format!("{:.3} behind", top[0].1 - l))
+                    )),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "kvbench's Gemma 3 disagrees with llama.cpp:\n{}", failures.join("\n"));
+}

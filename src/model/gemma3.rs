@@ -126,6 +126,17 @@ impl Gemma3Config {
                 return Err(invalid(format!("{} is {x}, not a positive number", key(name))));
             }
         }
+        // llama.cpp (`llama-model.cpp`, LLM_ARCH_GEMMA3) takes a 62-layer file for the 27B model and
+        // scales its attention by 1/√(hidden/heads), as Gemma's own config does for that size
+        // (`query_pre_attn_scalar` = hidden/heads); every other size by 1/√key_length, which is
+        // what kvbench's graph does
+        if cfg.layers == 62 {
+            return Err(invalid(format!(
+                "a 62-layer Gemma 3 (the 27B model) scales attention by 1/√(hidden/heads) = 1/√{}, \
+                 not 1/√key_length: kvbench runs the other sizes only",
+                cfg.hidden / cfg.heads
+            )));
+        }
         // keys a Gemma 3 file may carry that would change the arithmetic kvbench does
         for unsupported in
             ["rope.scaling.type", "rope.scaling.factor", "attn_logit_softcapping", "final_logit_softcapping"]
@@ -197,5 +208,49 @@ impl Gemma3Config {
             ]);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::tests::{Kv, build, put_str};
+
+    fn text(s: &str) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_str(&mut v, s);
+        v
+    }
+
+    /// A Gemma 3 header with `layers` layers (270M's numbers otherwise) and one small tensor.
+    fn header(layers: u32) -> GgufFile {
+        let u32v = |x: u32| x.to_le_bytes().to_vec();
+        let f32v = |x: f32| x.to_le_bytes().to_vec();
+        let kvs: Vec<Kv> = vec![
+            ("general.architecture", 8, text("gemma3")),
+            ("gemma3.block_count", 4, u32v(layers)),
+            ("gemma3.embedding_length", 4, u32v(640)),
+            ("gemma3.feed_forward_length", 4, u32v(2048)),
+            ("gemma3.attention.head_count", 4, u32v(4)),
+            ("gemma3.attention.head_count_kv", 4, u32v(1)),
+            ("gemma3.attention.key_length", 4, u32v(256)),
+            ("gemma3.attention.value_length", 4, u32v(256)),
+            ("gemma3.context_length", 4, u32v(32_768)),
+            ("gemma3.attention.sliding_window", 4, u32v(512)),
+            ("gemma3.rope.freq_base", 6, f32v(1e6)),
+            ("gemma3.attention.layer_norm_rms_epsilon", 6, f32v(1e-6)),
+        ];
+        let tensors = [("token_embd.weight", vec![640u64, 2], 0u32, 0u64)];
+        let bytes = build(&kvs, &tensors, &vec![0u8; 640 * 2 * 4]);
+        GgufFile::from_bytes("gemma3-test.gguf".into(), bytes).unwrap()
+    }
+
+    #[test]
+    fn a_27b_shaped_file_is_refused_for_its_attention_scale() {
+        let err = Gemma3Config::from_gguf(&header(62)).unwrap_err().to_string();
+        assert!(err.contains("62-layer") && err.contains("1/√160"), "{err}");
+        // the 270M's 18 layers pass these checks and reach the tensor table, which this file lacks
+        let err = Gemma3Config::from_gguf(&header(18)).unwrap_err().to_string();
+        assert!(err.contains("tensor"), "{err}");
     }
 }

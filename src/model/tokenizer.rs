@@ -116,8 +116,15 @@ impl Template {
     }
 }
 
+/// The system prompt SmolLM2's chat template inserts (the literal, for `concat!`).
+macro_rules! default_system_prompt {
+    () => {
+        "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    };
+}
+
 /// [`chatml`]'s text before the user's, with the default system prompt.
-const CHATML_HEAD: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n";
+const CHATML_HEAD: &str = concat!("<|im_start|>system\n", default_system_prompt!(), "<|im_end|>\n<|im_start|>user\n");
 
 #[derive(Debug, Clone)]
 enum Inner {
@@ -204,9 +211,22 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&literal);
 
+        // ChatML where the GGUF's template is ChatML (SmolLM2-Instruct's), plain completion where
+        // it has none (a base model); any other template is refused rather than misapplied
+        let template = if !gguf.has("tokenizer.chat_template") {
+            Template::Plain
+        } else if gguf.get_str("tokenizer.chat_template")?.contains("<|im_start|>") {
+            Template::ChatMl
+        } else {
+            return Err(invalid(
+                "the GGUF's chat template is not ChatML: kvbench formats prompts as ChatML or, for a base \
+                 model without a chat template, as plain text"
+                    .into(),
+            ));
+        };
         Ok(Self {
             inner: Inner::Bpe(Box::new(inner)),
-            template: Template::ChatMl,
+            template,
             vocab_size: tokens.len(),
             bos,
             eos,
@@ -293,7 +313,7 @@ impl Tokenizer {
 
 /// The system prompt SmolLM2's chat template inserts when the conversation
 /// does not start with a system message.
-pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+pub const DEFAULT_SYSTEM_PROMPT: &str = default_system_prompt!();
 
 /// Formats one user turn in ChatML exactly as the model's
 /// `tokenizer.chat_template` renders it with `add_generation_prompt`:

@@ -37,7 +37,7 @@ def last_logits(llm):
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
 
-def greedy(llm, prompt_ids, n_predict):
+def greedy(llm, prompt_ids, n_predict, stop=(EOS_ID,)):
     llm.reset()  # n_tokens = 0; eval() then drops the whole KV cache
     llm.eval(prompt_ids)
     logits = last_logits(llm)
@@ -47,7 +47,7 @@ def greedy(llm, prompt_ids, n_predict):
         steps_top5.append([[int(i), round(float(logits[i]), 5)] for i in top5])
         tok = int(np.argmax(logits))
         out.append(tok)
-        if tok == EOS_ID:
+        if tok in stop:
             break
         llm.eval([tok])
         logits = last_logits(llm)

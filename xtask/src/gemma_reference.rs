@@ -8,7 +8,10 @@
 //! The references: `xtask/py/gemma3_numpy_reference.py` (float64 numpy on gguf-py's dequantized
 //! weights, sharing no code with kvbench) and, with `--engine transformers`,
 //! `xtask/py/gemma3_transformers_reference.py` (Hugging Face's own Gemma 3 in float64 on the same
-//! GGUF, fed the same ids).
+//! GGUF, fed the same ids); with `--engine llama`, `xtask/py/gemma3_llama_reference.py`
+//! (llama.cpp through llama-cpp-python, the engine users run GGUFs with: its greedy tokens from
+//! the same ids, and its tokenization of the prompts and of every task's samples as Gemma reads
+//! them, for the tokenizer check on varied text).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -31,10 +34,11 @@ pub struct Args {
     /// Greedy tokens per prompt.
     #[arg(long, default_value_t = 16)]
     n_predict: usize,
-    /// `numpy` (the exact float64 reference, golden/gemma3_exact_reference.json) or
+    /// `numpy` (the exact float64 reference, golden/gemma3_exact_reference.json),
     /// `transformers` (Hugging Face's Gemma 3 in float64 on the same GGUF,
-    /// golden/gemma3_transformers_reference.json).
-    #[arg(long, default_value = "numpy", value_parser = ["numpy", "transformers"])]
+    /// golden/gemma3_transformers_reference.json) or `llama` (llama.cpp,
+    /// golden/gemma3_llama_cpp_reference.json).
+    #[arg(long, default_value = "numpy", value_parser = ["numpy", "transformers", "llama"])]
     engine: String,
 }
 
@@ -43,17 +47,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let gguf_path = kvbench::assets::gemma3_gguf()?;
     let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&gguf_path)?)?;
     let mut prompts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut texts = Vec::new();
     let dir = root.join("golden/prompts");
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "txt") {
             let name = path.file_stem().expect("a file name").to_string_lossy().into_owned();
-            prompts.insert(name, tokenizer.encode(&std::fs::read_to_string(&path)?)?);
+            let text = std::fs::read_to_string(&path)?;
+            prompts.insert(name.clone(), tokenizer.encode(&text)?);
+            texts.push(serde_json::json!({ "name": name, "text": text }));
         }
     }
     prompts.insert("10-long-gemma".into(), long_prompt(&tokenizer)?);
     let ids_path = root.join("target/gemma3-reference-prompts.json");
     std::fs::write(&ids_path, serde_json::to_string(&prompts)?)?;
+    if args.engine == "llama" {
+        return llama(&args, &root, &gguf_path, &ids_path, texts, &tokenizer);
+    }
     let (out, python, script) = match args.engine.as_str() {
         "transformers" => (
             root.join("golden/gemma3_transformers_reference.json"),
@@ -98,4 +108,40 @@ fn long_prompt(tokenizer: &Tokenizer) -> anyhow::Result<Vec<u32>> {
     ids.truncate(LONG_TOKENS);
     ids.extend(tokenizer.encode_more(QUESTION)?);
     Ok(ids)
+}
+
+/// llama.cpp's reference: greedy from kvbench's ids, and its tokenization of the golden prompts'
+/// texts and of two samples of every task (Gemma's plain template, each task's default length).
+fn llama(
+    args: &Args,
+    root: &std::path::Path,
+    gguf: &std::path::Path,
+    ids_path: &std::path::Path,
+    mut texts: Vec<serde_json::Value>,
+    tokenizer: &Tokenizer,
+) -> anyhow::Result<()> {
+    for task in kvbench::tasks::Task::ALL {
+        for seed in 0..2 {
+            let s = kvbench::tasks::sample(task, seed, task.default_len(), tokenizer)?;
+            texts.push(serde_json::json!({ "name": s.id, "text": format!("{}{}", s.context_text, s.question_text) }));
+        }
+    }
+    let texts_path = root.join("target/gemma3-reference-texts.json");
+    std::fs::write(&texts_path, serde_json::to_string(&texts)?)?;
+    let out = root.join("golden/gemma3_llama_cpp_reference.json");
+    venv::run(
+        Command::new(venv::llama_python()?)
+            .arg(root.join("xtask/py/gemma3_llama_reference.py"))
+            .arg("--gguf")
+            .arg(gguf)
+            .arg("--texts")
+            .arg(&texts_path)
+            .arg("--prompts")
+            .arg(ids_path)
+            .arg("--out")
+            .arg(&out)
+            .args(["--n-predict", &args.n_predict.to_string()]),
+    )?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
 }
