@@ -1,9 +1,14 @@
-//! Block quantizers of the quantized caches, on `f32` slices: llama.cpp's symmetric `q8_0` and
-//! `q4_0` blocks of 32 with one f16 scale, and the asymmetric min–max codes of KIVI and FlexGen
-//! (2 or 4 bits packed low bits first, an f16 scale and an f16 minimum per group).
+//! Block quantizers of the quantized caches, on `f32` slices: llama.cpp's blocks of 32 (the
+//! symmetric `q8_0`, `q4_0` and `q5_0` with one f16 scale, the asymmetric `q4_1` and `q5_1` with
+//! an f16 scale and minimum), and the asymmetric min–max codes of KIVI and FlexGen (2 or 4 bits
+//! packed low bits first, an f16 scale and an f16 minimum per group).
 //!
-//! The rounding follows the references: llama.cpp's `quantize_row_q8_0_ref` and
-//! `quantize_row_q4_0_ref` (scale computed in f32, stored as f16, codes from the f32 scale), and
+//! The rounding and the byte layouts follow the references: ggml's `quantize_row_<type>_ref`
+//! (scale and minimum computed in f32 and stored as f16, codes from the f32 ones; `q5_*` keep
+//! each code's fifth bit in a 32-bit `qh` word, bit `j` for value `j`), held bit for bit to
+//! gguf-py's quantizers, which reproduce ggml's (`tests/data/kv_quant_reference.json`; like
+//! gguf-py, `x · id + c` is rounded twice, where a C compiler may fuse it into one FMA: the two
+//! can part only for a value within an ulp of a code boundary); and
 //! KIVI's `(x - min) / scale` rounded to nearest with `scale = (max - min) / (2^bits - 1)`.
 
 use half::f16;
@@ -15,6 +20,13 @@ pub const QK: usize = 32;
 pub const Q8_0_BYTES: usize = 2 + QK;
 /// Bytes of one `q4_0` block: an f16 scale and 32 nibbles (4.5 bits per value).
 pub const Q4_0_BYTES: usize = 2 + QK / 2;
+
+/// Bytes of one `q4_1` block: f16 scale and minimum, 32 nibbles (5 bits per value).
+pub const Q4_1_BYTES: usize = 4 + QK / 2;
+/// Bytes of one `q5_0` block: an f16 scale, the fifth bits, 32 nibbles (5.5 bits per value).
+pub const Q5_0_BYTES: usize = 2 + 4 + QK / 2;
+/// Bytes of one `q5_1` block: f16 scale and minimum, the fifth bits, 32 nibbles (6 bits per value).
+pub const Q5_1_BYTES: usize = 4 + 4 + QK / 2;
 
 /// Bytes of one min–max group of `n` values at `bits`: f16 scale, f16 minimum, packed codes.
 pub const fn minmax_bytes(n: usize, bits: u32) -> usize {
@@ -51,6 +63,18 @@ pub fn q8_0_decode(block: &[u8], out: &mut [f32]) {
 /// `q = min(15, trunc(x / d + 8.5))`; appends a [`Q4_0_BYTES`] block (value `j` in the low nibble
 /// of byte `j`, value `j + 16` in its high nibble).
 pub fn q4_0_encode(x: &[f32], out: &mut Vec<u8>) {
+    signed_block(x, 8, false, out);
+}
+
+/// Inverse of [`q4_0_encode`] for one block: `(q − 8) · d`.
+pub fn q4_0_decode(block: &[u8], out: &mut [f32]) {
+    signed_block_decode(block, 8, false, out);
+}
+
+/// ggml's symmetric blocks of `2 · half` levels (`q4_0`: 8, `q5_0`: 16): the value of largest
+/// magnitude (the first of equal ones) maps to `−half`, `d = max / −half`,
+/// `q = min(2·half − 1, trunc(x / d + half + 0.5))`; the fifth bits first with `high`.
+fn signed_block(x: &[f32], half: u8, high: bool, out: &mut Vec<u8>) {
     assert_eq!(x.len(), QK);
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
@@ -59,20 +83,103 @@ pub fn q4_0_encode(x: &[f32], out: &mut Vec<u8>) {
             max = v;
         }
     }
-    let d = max / -8.0;
+    let d = max / -f32::from(half);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     push_f16(out, d);
-    let code = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
-    out.extend((0..QK / 2).map(|j| code(x[j]) | (code(x[j + QK / 2]) << 4)));
+    let (offset, top) = (f32::from(half) + 0.5, (2 * half - 1) as i8);
+    let mut codes = [0u8; QK];
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = ((v * id + offset) as i8).min(top) as u8;
+    }
+    pack_nibbles(&codes, high, out);
 }
 
-/// Inverse of [`q4_0_encode`] for one block: `(q − 8) · d`.
-pub fn q4_0_decode(block: &[u8], out: &mut [f32]) {
+fn signed_block_decode(block: &[u8], half: u8, high: bool, out: &mut [f32]) {
     let d = read_f16(block);
-    for (j, &b) in block[2..Q4_0_BYTES].iter().enumerate() {
-        out[j] = ((b & 0x0f) as f32 - 8.0) * d;
-        out[j + QK / 2] = ((b >> 4) as f32 - 8.0) * d;
+    for (o, q) in out.iter_mut().zip(unpack_nibbles(&block[2..], high)) {
+        *o = (f32::from(q) - f32::from(half)) * d;
     }
+}
+
+/// The block's minimum and maximum.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Packs 32 codes of up to 5 bits as ggml does: the low nibbles of values `j` and `j + 16` in
+/// byte `j`; with `high`, first the 32-bit little-endian word of fifth bits (bit `j`: value `j`).
+fn pack_nibbles(codes: &[u8; QK], high: bool, out: &mut Vec<u8>) {
+    if high {
+        let qh = codes.iter().enumerate().fold(0u32, |h, (j, &q)| h | (u32::from(q >> 4) << j));
+        out.extend_from_slice(&qh.to_le_bytes());
+    }
+    out.extend((0..QK / 2).map(|j| (codes[j] & 0x0f) | ((codes[j + QK / 2] & 0x0f) << 4)));
+}
+
+/// Inverse of [`pack_nibbles`]: the 32 codes of `bytes` (the `qh` word first with `high`).
+fn unpack_nibbles(bytes: &[u8], high: bool) -> [u8; QK] {
+    let (qh, qs) =
+        if high { (u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), &bytes[4..]) } else { (0, bytes) };
+    let mut codes = [0u8; QK];
+    for (j, &b) in qs[..QK / 2].iter().enumerate() {
+        codes[j] = (b & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+        codes[j + QK / 2] = (b >> 4) | ((((qh >> (j + QK / 2)) & 1) as u8) << 4);
+    }
+    codes
+}
+
+/// llama.cpp `q4_1`: `d = (max − min) / 15`, `q = min(15, trunc((x − min) / d + 0.5))`; appends
+/// a [`Q4_1_BYTES`] block (f16 `d`, f16 `min`, nibbles).
+pub fn q4_1_encode(x: &[f32], out: &mut Vec<u8>) {
+    minmax_block(x, 15, false, out);
+}
+
+/// Inverse of [`q4_1_encode`]: `q · d + min`.
+pub fn q4_1_decode(block: &[u8], out: &mut [f32]) {
+    minmax_block_decode(block, false, out);
+}
+
+/// llama.cpp `q5_1`: as `q4_1` with 31 levels (`q = trunc((x − min) / d + 0.5)`, at most 31);
+/// appends a [`Q5_1_BYTES`] block (f16 `d`, f16 `min`, `qh`, nibbles).
+pub fn q5_1_encode(x: &[f32], out: &mut Vec<u8>) {
+    minmax_block(x, 31, true, out);
+}
+
+/// Inverse of [`q5_1_encode`]: `q · d + min`.
+pub fn q5_1_decode(block: &[u8], out: &mut [f32]) {
+    minmax_block_decode(block, true, out);
+}
+
+fn minmax_block(x: &[f32], levels: u8, high: bool, out: &mut Vec<u8>) {
+    assert_eq!(x.len(), QK);
+    let (lo, hi) = min_max(x);
+    let d = (hi - lo) / f32::from(levels);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    push_f16(out, d);
+    push_f16(out, lo);
+    let mut codes = [0u8; QK];
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = (((v - lo) * id + 0.5) as u8).min(levels);
+    }
+    pack_nibbles(&codes, high, out);
+}
+
+fn minmax_block_decode(block: &[u8], high: bool, out: &mut [f32]) {
+    let (d, m) = (read_f16(block), read_f16(&block[2..]));
+    for (o, q) in out.iter_mut().zip(unpack_nibbles(&block[4..], high)) {
+        *o = f32::from(q) * d + m;
+    }
+}
+
+/// llama.cpp `q5_0`: the value of largest magnitude maps to −16, `d = max / −16`,
+/// `q = min(31, trunc(x / d + 16.5))`; appends a [`Q5_0_BYTES`] block (f16 `d`, `qh`, nibbles).
+pub fn q5_0_encode(x: &[f32], out: &mut Vec<u8>) {
+    signed_block(x, 16, true, out);
+}
+
+/// Inverse of [`q5_0_encode`]: `(q − 16) · d`.
+pub fn q5_0_decode(block: &[u8], out: &mut [f32]) {
+    signed_block_decode(block, 16, true, out);
 }
 
 /// Asymmetric min–max quantization of one group at `bits` (2 or 4), as KIVI and FlexGen do:
@@ -113,6 +220,38 @@ pub fn minmax_decode(group: &[u8], bits: u32, out: &mut [f32]) {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// Every codec's bytes are gguf-py's (ggml's reference quantizers) on the reference's blocks,
+    /// and decoding them gives ggml's dequantized values (`cargo xtask kv-quant-reference`).
+    #[test]
+    fn blocks_are_ggmls_byte_for_byte() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kv_quant_reference.json");
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let blocks: Vec<Vec<f32>> = serde_json::from_value(doc["blocks"].clone()).unwrap();
+        type Codec = (&'static str, fn(&[f32], &mut Vec<u8>), fn(&[u8], &mut [f32]), usize);
+        let codecs: [Codec; 5] = [
+            ("q8_0", q8_0_encode, q8_0_decode, Q8_0_BYTES),
+            ("q4_0", q4_0_encode, q4_0_decode, Q4_0_BYTES),
+            ("q4_1", q4_1_encode, q4_1_decode, Q4_1_BYTES),
+            ("q5_0", q5_0_encode, q5_0_decode, Q5_0_BYTES),
+            ("q5_1", q5_1_encode, q5_1_decode, Q5_1_BYTES),
+        ];
+        for (name, encode, decode, bytes) in codecs {
+            let expected: Vec<String> = serde_json::from_value(doc[name].clone()).unwrap();
+            let values: Vec<Vec<f32>> = serde_json::from_value(doc[format!("{name}_values")].clone()).unwrap();
+            assert_eq!(expected.len(), blocks.len());
+            for (i, (x, hex)) in blocks.iter().zip(&expected).enumerate() {
+                let mut ours = Vec::new();
+                encode(x, &mut ours);
+                let ours_hex: String = ours.iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(ours.len(), bytes, "{name}");
+                assert_eq!(&ours_hex, hex, "{name}, block {i}");
+                let mut y = vec![0.0f32; QK];
+                decode(&ours, &mut y);
+                assert_eq!(y, values[i], "{name}, block {i}: decoded values");
+            }
+        }
+    }
 
     fn random_block(rng: &mut StdRng, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect()

@@ -1,5 +1,5 @@
 //! Per-token quantized storage, shared by the methods that quantize every key and value as it is
-//! written (`q8_0`, `q4_0`, `q4_0-rot`, `flexgen-4bit`): each token's key and value row of one kv
+//! written (llama.cpp's types `q8_0` … `q5_1`, rotated or not, and `flexgen-4bit`): each token's key and value row of one kv
 //! head is cut into groups of 32 channels, each group encoded by a [`RowCodec`] into one byte
 //! block (codes with their scale and, for min–max codes, minimum), and appended to that head's
 //! byte vector. Attention sees only decoded values, including for the chunk being prefilled, as
@@ -23,6 +23,12 @@ pub enum RowCodec {
     Q8_0,
     /// llama.cpp `q4_0`.
     Q4_0,
+    /// llama.cpp `q4_1`.
+    Q4_1,
+    /// llama.cpp `q5_0`.
+    Q5_0,
+    /// llama.cpp `q5_1`.
+    Q5_1,
     /// Asymmetric min–max at this many bits (FlexGen).
     MinMax(u32),
 }
@@ -33,6 +39,9 @@ impl RowCodec {
         match self {
             Self::Q8_0 => quant::Q8_0_BYTES,
             Self::Q4_0 => quant::Q4_0_BYTES,
+            Self::Q4_1 => quant::Q4_1_BYTES,
+            Self::Q5_0 => quant::Q5_0_BYTES,
+            Self::Q5_1 => quant::Q5_1_BYTES,
             Self::MinMax(bits) => quant::minmax_bytes(QK, bits),
         }
     }
@@ -41,6 +50,9 @@ impl RowCodec {
         match self {
             Self::Q8_0 => quant::q8_0_encode(x, out),
             Self::Q4_0 => quant::q4_0_encode(x, out),
+            Self::Q4_1 => quant::q4_1_encode(x, out),
+            Self::Q5_0 => quant::q5_0_encode(x, out),
+            Self::Q5_1 => quant::q5_1_encode(x, out),
             Self::MinMax(bits) => quant::minmax_encode(x, bits, out),
         }
     }
@@ -49,6 +61,9 @@ impl RowCodec {
         match self {
             Self::Q8_0 => quant::q8_0_decode(block, out),
             Self::Q4_0 => quant::q4_0_decode(block, out),
+            Self::Q4_1 => quant::q4_1_decode(block, out),
+            Self::Q5_0 => quant::q5_0_decode(block, out),
+            Self::Q5_1 => quant::q5_1_decode(block, out),
             Self::MinMax(bits) => quant::minmax_decode(block, bits, out),
         }
     }
@@ -187,6 +202,9 @@ mod tests {
             (RowCodec::Q4_0, false, 4.5),
             (RowCodec::Q4_0, true, 4.5),
             (RowCodec::MinMax(4), false, 5.0),
+            (RowCodec::Q4_1, false, 5.0),
+            (RowCodec::Q5_0, false, 5.5),
+            (RowCodec::Q5_1, true, 6.0),
         ] {
             let mut store = RowQuantStore::new(shape, codec, rotate);
             store.append(&k, &v, n);
@@ -199,6 +217,8 @@ mod tests {
         }
         assert!(errors[0] < 0.01, "{errors:?}");
         assert!(errors[0] < errors[1] && errors[3] < errors[1], "{errors:?}");
+        // a fifth bit halves the step: q5_0 below q4_0, q5_1 below q4_1
+        assert!(errors[5] < errors[1] && errors[6] < errors[4], "{errors:?}");
     }
 
     #[test]

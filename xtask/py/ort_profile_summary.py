@@ -6,8 +6,9 @@ Why this exists: docs/PERF.md's profiles of a trial come from it (standard libra
 
     python3 xtask/py/ort_profile_summary.py PREFIX-*.json
 
-Prints, per file, each operator type's milliseconds and share of the file's node time (custom
-operators by their kernel names: KvAttention, Q4Linear, Q8Linear, ...), then the total.
+Prints, per file, the total node time, then each operator type's milliseconds and share of it
+(custom operators by their kernel names: KvAttention, Q4Linear, Q8Linear, ...; shares under 0.5%
+left out).
 """
 
 import collections

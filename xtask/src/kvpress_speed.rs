@@ -2,8 +2,9 @@
 //! pipeline as a user runs it, on the same model, the same prompts, in the same run.
 //!
 //! The prompts are kvbench's needle samples (`kvbench task sample --task needle`) at 1,024 and
-//! 3,072 tokens, already in SmolLM2's chat template; both engines read the same text (kvpress
-//! with the tokenizer's template switched off) and compress the context before the question
+//! 3,072 tokens, in SmolLM2's chat template; both engines read the same tokens (kvpress applies
+//! the tokenizer's template to the sample's parts, and the script checks the tokens are
+//! kvbench's) and compress the context before the question
 //! (kvpress's pipeline does; kvbench's `--mode query-agnostic`), then decode 8 new tokens.
 //! kvbench runs `kvbench compare --json` (one process a sample, every method: the methods that
 //! act after prefill restore one shared full-precision prefill); kvpress runs

@@ -60,6 +60,8 @@ enum Command {
     TrialSeconds(trial_seconds::Args),
     /// Which positions kvbench's TOVA keeps on the recorded probes, beside kvpress's TOVAPress.
     TovaParity(tova_parity::Args),
+    /// Regenerate tests/data/kv_quant_reference.json: gguf-py's llama.cpp cache-type blocks.
+    KvQuantReference,
     /// Regenerate tests/data/dequant_reference.json: gguf-py's values for the Gemma file's blocks.
     DequantReference,
     /// Regenerate golden/gemma3_exact_reference.json: Gemma 3 in float64 numpy on 10 prompts.
@@ -83,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Command::Baselines(args) => baselines::run(args),
         Command::TovaParity(args) => tova_parity::run(args),
         Command::DequantReference => dequant_reference(),
+        Command::KvQuantReference => kv_quant_reference(),
         Command::GemmaReference(args) => gemma_reference::run(args),
     }
 }
@@ -98,6 +101,17 @@ fn dequant_reference() -> anyhow::Result<()> {
         std::process::Command::new(python)
             .arg(project_root().join("xtask/py/dequant_reference.py"))
             .arg(&gguf)
+            .arg(&out),
+    )?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+fn kv_quant_reference() -> anyhow::Result<()> {
+    let out = project_root().join("tests/data/kv_quant_reference.json");
+    venv::run(
+        std::process::Command::new(venv::gguf_python()?)
+            .arg(project_root().join("xtask/py/kv_quant_reference.py"))
             .arg(&out),
     )?;
     eprintln!("xtask: wrote {}", out.display());

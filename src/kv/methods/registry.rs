@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{Budget, flexgen, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv, q4_0, q8_0, quest};
+use super::llama_cache::{BlockType, LlamaCache};
+use super::{Budget, flexgen, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv, quest};
 use super::{snapkv, streamingllm, tova};
 use crate::kv::oneshot::OneShot;
 use crate::kv::{Granularity, Method};
@@ -74,9 +75,16 @@ impl MethodSpec {
 pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::fixed("full", Kind::Reference, || Arc::new(full::Full)),
     MethodSpec::fixed("fp16", Kind::Quantizer, || Arc::new(fp16::Fp16)),
-    MethodSpec::fixed("q8_0", Kind::Quantizer, || Arc::new(q8_0::Q8_0)),
-    MethodSpec::fixed("q4_0", Kind::Quantizer, || Arc::new(q4_0::Q4_0 { rotate: false })),
-    MethodSpec::fixed("q4_0-rot", Kind::Quantizer, || Arc::new(q4_0::Q4_0 { rotate: true })),
+    MethodSpec::fixed("q8_0", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q8_0, rotate: false })),
+    MethodSpec::fixed("q8_0-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q8_0, rotate: true })),
+    MethodSpec::fixed("q4_0", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q4_0, rotate: false })),
+    MethodSpec::fixed("q4_0-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q4_0, rotate: true })),
+    MethodSpec::fixed("q4_1", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q4_1, rotate: false })),
+    MethodSpec::fixed("q4_1-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q4_1, rotate: true })),
+    MethodSpec::fixed("q5_0", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_0, rotate: false })),
+    MethodSpec::fixed("q5_0-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_0, rotate: true })),
+    MethodSpec::fixed("q5_1", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_1, rotate: false })),
+    MethodSpec::fixed("q5_1-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_1, rotate: true })),
     MethodSpec::fixed("flexgen-4bit", Kind::Quantizer, || Arc::new(flexgen::FlexGen)),
     MethodSpec::fixed("kivi-2bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 2 })),
     MethodSpec::fixed("kivi-4bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 4 })),
