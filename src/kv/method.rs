@@ -51,6 +51,21 @@ pub struct StoreContext {
     pub rope_style: crate::kv::rope::Style,
 }
 
+#[cfg(test)]
+impl StoreContext {
+    /// A one-layer model's context with llama's RoPE (base 10,000, adjacent pairs), for unit tests.
+    pub(crate) fn for_tests(shape: Heads, compressed_tokens: usize) -> Self {
+        Self {
+            layer: 0,
+            layers: 1,
+            shape,
+            compressed_tokens,
+            rope_base: 10_000.0,
+            rope_style: crate::kv::rope::Style::Adjacent,
+        }
+    }
+}
+
 /// A KV-cache method: what is stored, how, and how attention reads it.
 pub trait Method: Send + Sync + fmt::Debug {
     /// The name used on the command line and in trial names (`full`, `kivi-2bit`, `h2o-4x`).

@@ -21,7 +21,7 @@ import sys
 import llama_cpp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_reference import greedy, sha256  # noqa: E402  (the SmolLM2 reference's, shared)
+from llama_reference import greedy, open_model, sha256  # noqa: E402  (the SmolLM2 reference's, shared)
 
 STOP = (1, 106)  # <eos>, <end_of_turn>
 
@@ -36,10 +36,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    llm = llama_cpp.Llama(
-        model_path=args.gguf, n_ctx=16384, n_batch=512, n_threads=args.threads,
-        n_threads_batch=args.threads, logits_all=False, verbose=False,
-    )
+    llm = open_model(args.gguf, args.threads, n_ctx=16384)
     texts = [
         {"name": t["name"], "text": t["text"], "ids": llm.tokenize(t["text"].encode("utf-8"), add_bos=True, special=True)}
         for t in json.load(open(args.texts))

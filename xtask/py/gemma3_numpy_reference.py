@@ -127,13 +127,18 @@ class Gemma3:
         return out, tops
 
 
-def main():
+def parse_args():
+    """The arguments both Gemma references take (gemma3_transformers_reference.py imports this)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--prompts", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--n-predict", type=int, default=16)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args()
     model = Gemma3(args.gguf)
     prompts = json.load(open(args.prompts))
     results = []

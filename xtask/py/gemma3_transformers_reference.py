@@ -8,9 +8,9 @@ so the ids come from the prompts file, made with kvbench's tokenizer, which equa
 IDS.json: {"name": [token ids, BOS included], ...}. Output as gemma3_numpy_reference.py's.
 """
 
-import argparse
 import json
 import os
+import sys
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -18,14 +18,12 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gemma3_numpy_reference import parse_args  # noqa: E402  (the same arguments)
+
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True)
-    ap.add_argument("--prompts", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n-predict", type=int, default=16)
-    args = ap.parse_args()
+    args = parse_args()
     torch.set_num_threads(int(os.environ.get("KVBENCH_TORCH_THREADS", "1")))
     folder, name = os.path.split(os.path.abspath(args.gguf))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float64)

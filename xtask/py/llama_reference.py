@@ -37,6 +37,14 @@ def last_logits(llm):
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
 
+def open_model(gguf, threads, n_ctx=8192):
+    """llama.cpp on `gguf` as both references run it: batch 512, last logits only."""
+    return llama_cpp.Llama(
+        model_path=gguf, n_ctx=n_ctx, n_batch=512, n_threads=threads,
+        n_threads_batch=threads, logits_all=False, verbose=False,
+    )
+
+
 def greedy(llm, prompt_ids, n_predict, stop=(EOS_ID,)):
     llm.reset()  # n_tokens = 0; eval() then drops the whole KV cache
     llm.eval(prompt_ids)
@@ -63,10 +71,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    llm = llama_cpp.Llama(
-        model_path=args.gguf, n_ctx=8192, n_batch=512, n_threads=args.threads,
-        n_threads_batch=args.threads, logits_all=False, verbose=False,
-    )
+    llm = open_model(args.gguf, args.threads)
     results = []
     for path in sorted(Path(args.prompts).glob("*.txt")):
         text = path.read_text(encoding="utf-8")

@@ -82,14 +82,7 @@ mod tests {
         let q = vec![1.0f32; n * 16];
         let mut out = vec![0.0; n * 16];
         full.attend(&q, 16, n, &mut out);
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: n,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext::for_tests(shape, n);
         let store = (&H2o { budget: Budget::Tokens(6) } as &dyn Method).after_prefill(&ctx, &full).unwrap();
         // recent 3 (9, 10, 11) plus the 3 heaviest of the rest: 2 and 5 dominate, then 0 (seen by
         // every query, alone for the first)

@@ -319,14 +319,7 @@ mod tests {
     fn reads_sinks_window_and_the_matching_block_within_budget() {
         let shape = Heads { heads: 1, kv_heads: 1, head_dim: 4 };
         let method = InfLlm { budget: Budget::Tokens(400), ranking: Ranking::OwnPositions };
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: 2000,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext::for_tests(shape, 2000);
         let plan = Plan::new(400);
         let mut store = method.layer_store(&ctx);
         let n = 1500;
@@ -369,14 +362,7 @@ mod tests {
         let shape = Heads { heads: 2, kv_heads: 2, head_dim: d };
         let method = InfLlm { budget: Budget::Tokens(403), ranking: Ranking::Reference };
         assert_eq!(method.name(), "infllm-ref-403tok");
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: 2000,
-            rope_base: base,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext { rope_base: base, ..StoreContext::for_tests(shape, 2000) };
         let plan = Plan::new(403);
         assert_eq!(plan.window, 267);
         let dir = [3.0f32, 0.0, 0.0, 0.0];
@@ -424,14 +410,7 @@ mod equivalence {
     #[test]
     fn a_budget_covering_the_prompt_reads_everything() {
         let shape = Heads { heads: 6, kv_heads: 2, head_dim: 8 };
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: 1000,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext::for_tests(shape, 1000);
         let mut a = InfLlm { budget: Budget::Ratio(1.0), ranking: Ranking::OwnPositions }.layer_store(&ctx);
         let mut b = Fp16.layer_store(&ctx);
         let mut rng = StdRng::seed_from_u64(3);

@@ -77,14 +77,7 @@ mod tests {
         let keys: Vec<f32> = rows.iter().flatten().copied().collect();
         let mut full = FullStore::new(shape);
         full.append(&keys, &keys, 6);
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: 6,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext::for_tests(shape, 6);
         let method = OneShot { budget: Budget::Ratio(3.0), selector: KeyDiff };
         assert_eq!(method.name(), "keydiff-3x");
         let store = (&method as &dyn Method).after_prefill(&ctx, &full).unwrap();

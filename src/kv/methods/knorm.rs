@@ -53,14 +53,7 @@ mod tests {
         let keys: Vec<f32> = (0..6).flat_map(|i| [i as f32, 0.0, (6 - i) as f32, 0.0]).collect();
         let mut full = FullStore::new(shape);
         full.append(&keys, &keys, 6);
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: 6,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext::for_tests(shape, 6);
         let store = (&OneShot { budget: Budget::Ratio(2.0), selector: Knorm } as &dyn Method)
             .after_prefill(&ctx, &full)
             .unwrap();

@@ -202,14 +202,7 @@ mod tests {
         keys[37 * 4..38 * 4].fill(3.0); // page 2
         let mut full = FullStore::new(shape);
         full.append(&keys, &keys, n);
-        let ctx = StoreContext {
-            layer: 5,
-            layers: 30,
-            shape,
-            compressed_tokens: n,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext { layer: 5, layers: 30, ..StoreContext::for_tests(shape, n) };
         let mut store = (&Quest { budget: Budget::Tokens(48) } as &dyn Method).after_prefill(&ctx, &full).unwrap();
         store.append(&[0.0; 4], &[0.0; 4], 1);
         let mut out = vec![0.0; 8];

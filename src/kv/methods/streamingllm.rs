@@ -71,14 +71,7 @@ mod tests {
     #[test]
     fn keeps_sinks_and_window_and_never_exceeds_the_budget() {
         let shape = Heads { heads: 3, kv_heads: 3, head_dim: 8 };
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: 400,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext::for_tests(shape, 400);
         let method = StreamingLlm { budget: Budget::Ratio(4.0) };
         let mut store = method.layer_store(&ctx);
         let budget = 100;

@@ -98,14 +98,7 @@ mod tests {
         full.append(&keys, &keys, n);
         let mut out = vec![0.0; n * 4];
         full.attend(&[1.0; 40], 4, n, &mut out);
-        let ctx = StoreContext {
-            layer: 0,
-            layers: 1,
-            shape,
-            compressed_tokens: n,
-            rope_base: 10_000.0,
-            rope_style: crate::kv::rope::Style::Adjacent,
-        };
+        let ctx = StoreContext::for_tests(shape, n);
         let tova = Tova { budget: Budget::Tokens(5), pooled: false };
         let mut store = (&tova as &dyn Method).after_prefill(&ctx, &full).unwrap();
         assert!(format!("{store:?}").contains("positions: [5, 6, 7, 8, 9]"));
