@@ -88,6 +88,42 @@ impl Recorded {
         }
     }
 
+    /// The context a method's store gets at recorded layer `l`.
+    pub fn context(&self, l: usize) -> StoreContext {
+        StoreContext {
+            layer: self.layer_ids[l],
+            layers: self.model_layers,
+            shape: self.shape(),
+            compressed_tokens: self.prompt,
+            rope_base: self.rope_base,
+            // probes are recorded on SmolLM2 (llama's adjacent pairs) only
+            rope_style: crate::kv::rope::Style::Adjacent,
+        }
+    }
+
+    /// Per recorded layer and kv head, the ascending prompt positions `method` holds once prefill
+    /// ends (every position for a method that holds all it was given); `prefills` from
+    /// [`Self::full_prefills`] with the same chunk.
+    pub fn held_after_prefill(&self, method: &dyn Method, prefills: &[FullStore], chunk: usize) -> Vec<Vec<Vec<u32>>> {
+        prefills
+            .iter()
+            .enumerate()
+            .map(|(l, prefilled)| {
+                let ctx = self.context(l);
+                let store = match method.acts() {
+                    Acts::AfterPrefill => method.after_prefill(&ctx, prefilled),
+                    _ => {
+                        let mut s = method.layer_store(&ctx);
+                        self.prefill(l, s.as_mut(), chunk);
+                        Some(s)
+                    }
+                };
+                let every = || (0..self.prompt as u32).collect();
+                (0..ctx.shape.kv_heads).map(|g| store.as_ref().and_then(|s| s.held(g)).unwrap_or_else(every)).collect()
+            })
+            .collect()
+    }
+
     /// The full cache after each layer's prefill, shared by the methods acting after prefill.
     pub fn full_prefills(&self, chunk: usize) -> Vec<FullStore> {
         (0..self.layers.len())
@@ -114,15 +150,7 @@ pub fn evaluate(method: &dyn Method, recordings: &[Recorded], prefills: &[Vec<Fu
         let n = recorded.tokens();
         let fp16_per_token = 2 * kv_heads * d * 2;
         for (l, prefilled) in prefills.iter().enumerate() {
-            let ctx = StoreContext {
-                layer: recorded.layer_ids[l],
-                layers: recorded.model_layers,
-                shape,
-                compressed_tokens: recorded.prompt,
-                rope_base: recorded.rope_base,
-                // probes are recorded on SmolLM2 (llama's adjacent pairs) only
-                rope_style: crate::kv::rope::Style::Adjacent,
-            };
+            let ctx = recorded.context(l);
             let mut full: Box<dyn LayerStore> = Box::new(prefilled.clone());
             let mut store: Box<dyn LayerStore> = match method.acts() {
                 Acts::AfterPrefill => method.after_prefill(&ctx, prefilled).unwrap_or_else(|| full.clone()),

@@ -169,6 +169,12 @@ impl LayerStore for KeptStore {
         self.last_read.get(g).cloned()
     }
 
+    fn held(&self, g: usize) -> Option<Vec<u32>> {
+        let mut positions = self.rows.heads.get(g)?.positions().to_vec();
+        positions.sort_unstable();
+        Some(positions)
+    }
+
     fn clone_box(&self) -> Box<dyn LayerStore> {
         Box::new(self.clone())
     }

@@ -245,7 +245,14 @@ pub trait LayerStore: Send + Sync + fmt::Debug {
         None
     }
 
-    /// Tokens held (per kv head).
+    /// Positions of the tokens kv head `g` holds, ascending, where the method holds a subset;
+    /// `None` when it holds every token it was given (the quantizers, the retrieval methods).
+    /// Answer survival and the kvpress parity fixtures read it.
+    fn held(&self, _g: usize) -> Option<Vec<u32>> {
+        None
+    }
+
+    /// Tokens held (the most of any kv head: head-adaptive budgets hold different counts).
     fn tokens(&self) -> usize;
 
     /// A deep copy, for snapshots taken after prefill.

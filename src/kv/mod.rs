@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod budget;
 pub mod evict;
+pub mod fp8;
 pub mod hadamard;
 pub mod method;
 pub mod methods;

@@ -178,8 +178,8 @@ impl TokenRows {
     }
 
     /// Attend over the rows of each head (`select[g]` picks rows of head `g`, all when `None`; the
-    /// picks must be ascending and end with the chunk's own `q.rows` tokens, and pick as many rows for
-    /// every head). With `mass`, accumulate attention per picked row as
+    /// picks must be ascending and end with the chunk's own `q.rows` tokens). Heads holding or
+    /// picking different counts (head-adaptive budgets) are attended one kv head at a time. With `mass`, accumulate attention per picked row as
     /// [`attention::attend_observed`] does.
     pub fn attend_selected(
         &self,
@@ -188,6 +188,11 @@ impl TokenRows {
         out: &mut [f32],
         mut mass: Option<&mut [Vec<f32>]>,
     ) {
+        let len = |g: usize| select.map_or(self.heads[g].len(), |s| s[g].len());
+        if (1..self.heads.len()).any(|g| len(g) != len(0)) {
+            // heads of different lengths (head-adaptive budgets): each kv head on its own
+            return self.attend_heads_apart(select, q, out, mass);
+        }
         if select.is_none() {
             // every row: the decode kernel reads the f16 rows as they are
             let views: Vec<KvView<f16>> =
@@ -203,6 +208,31 @@ impl TokenRows {
             let views: Vec<KvView> = scratch.iter().map(|(k, v)| KvView { keys: k, values: v }).collect();
             attention::attend_observed(self.shape, q, &views, out, mass);
         });
+    }
+
+    /// [`Self::attend_selected`] one kv head at a time, for heads that hold different counts: each
+    /// is a one-kv-head attention of its query group, written back into `out`'s rows.
+    fn attend_heads_apart(
+        &self,
+        select: Option<&[Vec<usize>]>,
+        q: Queries<'_>,
+        out: &mut [f32],
+        mut mass: Option<&mut [Vec<f32>]>,
+    ) {
+        let Heads { heads, kv_heads, head_dim: d } = self.shape;
+        let group = heads / kv_heads;
+        let one = Heads { heads: group, kv_heads: 1, head_dim: d };
+        let mut part = vec![0.0f32; q.rows * group * d];
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for (g, head) in self.heads.iter().enumerate() {
+            head.widen(select.map(|s| &s[g][..]), &mut k, &mut v);
+            let queries = Queries::new(&q.data[g * group * d..], q.stride, q.rows);
+            let head_mass = mass.as_deref_mut().map(|m| std::slice::from_mut(&mut m[g]));
+            attention::attend_observed(one, queries, &[KvView { keys: &k, values: &v }], &mut part, head_mass);
+            for (j, row) in part.chunks_exact(group * d).enumerate() {
+                out[j * heads * d + g * group * d..][..group * d].copy_from_slice(row);
+            }
+        }
     }
 
     /// Bytes held, all heads.
@@ -231,6 +261,34 @@ mod tests {
         assert_eq!(h.positions(), &[10, 12, 14]);
         assert_eq!(h.key(1), vec![2.0, 0.5]);
         assert_eq!(h.bytes(), 3 * 12);
+    }
+
+    #[test]
+    fn heads_of_different_lengths_attend_each_as_its_own_one_head_layer() {
+        let shape = Heads { heads: 6, kv_heads: 3, head_dim: 8 };
+        let (n, t) = (30, 2);
+        let k: Vec<f32> = (0..n * 24).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let v: Vec<f32> = (0..n * 24).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2).collect();
+        let q: Vec<f32> = (0..t * 48).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.3).collect();
+        let mut rows = TokenRows::new(shape);
+        rows.append(&k, &v, n);
+        // head 0 keeps all, head 1 every other token, head 2 the last 9 (each ends with the chunk)
+        rows.heads[1].retain(&(0..n).map(|i| i % 2 == 1).collect::<Vec<_>>());
+        rows.heads[2].retain(&(0..n).map(|i| i >= n - 9).collect::<Vec<_>>());
+        let mut out = vec![0.0f32; t * 48];
+        let mut mass: Vec<Vec<f32>> = rows.heads.iter().map(|h| vec![0.0; h.len()]).collect();
+        rows.attend(Queries::new(&q, 48, t), &mut out, Some(&mut mass));
+        for g in 0..3 {
+            let mut one = TokenRows::new(Heads { heads: 2, kv_heads: 1, head_dim: 8 });
+            one.heads[0] = rows.heads[g].clone();
+            let mut want = vec![0.0f32; t * 16];
+            let mut want_mass = vec![vec![0.0f32; rows.heads[g].len()]];
+            one.attend(Queries::new(&q[g * 16..], 48, t), &mut want, Some(&mut want_mass));
+            for j in 0..t {
+                assert_eq!(&out[j * 48 + g * 16..][..16], &want[j * 16..][..16], "head {g} row {j}");
+            }
+            assert_eq!(mass[g], want_mass[0], "head {g}'s mass");
+        }
     }
 
     #[test]

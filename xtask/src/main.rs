@@ -10,6 +10,7 @@ mod fuzz;
 mod gate;
 mod gemma_reference;
 mod golden;
+mod kvpress_parity;
 mod kvpress_speed;
 mod perf;
 mod record;
@@ -60,8 +61,15 @@ enum Command {
     TrialSeconds(trial_seconds::Args),
     /// Which positions kvbench's TOVA keeps on the recorded probes, beside kvpress's TOVAPress.
     TovaParity(tova_parity::Args),
+    /// Regenerate tests/data/kvpress_parity.json (kvpress's presses on the recorded probes) and
+    /// compare kvbench's token methods with it.
+    KvpressParity(kvpress_parity::Args),
     /// Regenerate tests/data/kv_quant_reference.json: gguf-py's llama.cpp cache-type blocks.
     KvQuantReference,
+    /// Rewrite docs/METHODS.md's table of methods from the registry.
+    MethodsTable,
+    /// Regenerate tests/data/fp8_reference.json: torch's float8_e4m3fn and float8_e5m2 codes.
+    Fp8Reference,
     /// Regenerate tests/data/dequant_reference.json: gguf-py's values for the Gemma file's blocks.
     DequantReference,
     /// Regenerate golden/gemma3_exact_reference.json: Gemma 3 in float64 numpy on 10 prompts.
@@ -84,8 +92,11 @@ fn main() -> anyhow::Result<()> {
         Command::TrialSeconds(args) => trial_seconds::run(args),
         Command::Baselines(args) => baselines::run(args),
         Command::TovaParity(args) => tova_parity::run(args),
+        Command::KvpressParity(args) => kvpress_parity::run(args),
         Command::DequantReference => dequant_reference(),
         Command::KvQuantReference => kv_quant_reference(),
+        Command::Fp8Reference => fp8_reference(),
+        Command::MethodsTable => methods_table(),
         Command::GemmaReference(args) => gemma_reference::run(args),
     }
 }
@@ -113,6 +124,31 @@ fn kv_quant_reference() -> anyhow::Result<()> {
         std::process::Command::new(venv::gguf_python()?)
             .arg(project_root().join("xtask/py/kv_quant_reference.py"))
             .arg(&out),
+    )?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+fn methods_table() -> anyhow::Result<()> {
+    let path = project_root().join("docs/METHODS.md");
+    let doc = std::fs::read_to_string(&path)?;
+    let (begin, end) = ("<!-- methods-table:begin -->\n", "<!-- methods-table:end -->");
+    let start = doc.find(begin).ok_or_else(|| anyhow::anyhow!("no {begin:?} in {}", path.display()))? + begin.len();
+    let stop = doc[start..].find(end).ok_or_else(|| anyhow::anyhow!("no {end:?} after it"))? + start;
+    let table = kvbench::kv::methods::registry::markdown_table();
+    std::fs::write(&path, format!("{}{table}{}", &doc[..start], &doc[stop..]))?;
+    eprintln!(
+        "xtask: wrote the table of {} methods into {}",
+        kvbench::kv::methods::registry::REGISTRY.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn fp8_reference() -> anyhow::Result<()> {
+    let out = project_root().join("tests/data/fp8_reference.json");
+    venv::run(
+        std::process::Command::new(venv::hf_python()?).arg(project_root().join("xtask/py/fp8_reference.py")).arg(&out),
     )?;
     eprintln!("xtask: wrote {}", out.display());
     Ok(())

@@ -79,7 +79,26 @@ fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
                     // PyramidKV's budgets shrink with depth; every other keeps the same per layer
                     let layer_budget =
                         if family == "pyramidkv" { pyramidkv::layer_budget(budget, PROMPT, l, 3) } else { budget };
-                    assert_eq!(cache.layer(l).unwrap().tokens(), layer_budget + step + 1, "{name} layer {l}");
+                    let layer = cache.layer(l).unwrap();
+                    let held: Vec<usize> = (0..SHAPE.kv_heads).map(|g| layer.held(g).unwrap().len()).collect();
+                    let want = layer_budget + step + 1;
+                    match family {
+                        // AdaKV's heads share the layer's budget, each keeping at least its safeguard
+                        "adakv" => {
+                            assert_eq!(held.iter().sum::<usize>(), SHAPE.kv_heads * want, "{name} layer {l}: {held:?}");
+                            let safe = (layer_budget as f64 * super::adakv::SAFEGUARD) as usize;
+                            assert!(held.iter().all(|&h| h > safe + step), "{name} layer {l}: {held:?}");
+                        }
+                        // ChunkKV keeps whole chunks: up to two chunks short of the budget
+                        "chunkkv" => {
+                            let chunk = super::chunkkv::CHUNK;
+                            assert!(
+                                held.iter().all(|&h| h <= want && h + 2 * chunk > want),
+                                "{name} layer {l}: {held:?}"
+                            );
+                        }
+                        _ => assert!(held.iter().all(|&h| h == want), "{name} layer {l}: {held:?} for {want}"),
+                    }
                 }
             });
         }
@@ -113,13 +132,13 @@ fn retrieval_methods_keep_everything_and_read_within_budget() {
     }
 }
 
-/// On random data each kv head keeps its own tokens, for every token method but four:
-/// StreamingLLM keeps positions (the same in every head); InfLLM's reference ranking and pooled
-/// TOVA make one choice per layer, summed over every head; and H2O, though per head as TOVA,
+/// On random data each kv head keeps its own tokens, for every token method but five:
+/// StreamingLLM keeps positions (the same in every head); InfLLM's reference ranking, pooled
+/// TOVA and ChunkKV make one choice per layer, summed over every head; and H2O, though per head as TOVA,
 /// favours the same early tokens in every head on random data (accumulated attention).
 #[test]
 fn selection_is_per_kv_head() {
-    const SAME_IN_EVERY_HEAD: [&str; 4] = ["streamingllm", "infllm-ref", "h2o", "tova-pooled"];
+    const SAME_IN_EVERY_HEAD: [&str; 5] = ["streamingllm", "infllm-ref", "h2o", "tova-pooled", "chunkkv"];
     let token_kinds = [Kind::Evicting, Kind::OneShot, Kind::Retrieval];
     let families = token_kinds.into_iter().flat_map(families_of).filter(|f| !SAME_IN_EVERY_HEAD.contains(f));
     for name in families.map(|f| format!("{f}-4x")) {

@@ -9,8 +9,11 @@
 //! [`infllm::Ranking`]), `lingua-word` (whole words, as LLMLingua-2; see [`lingua`]) and
 //! `snapkv-wide` (SnapKV pooling over 15 tokens instead of 7; see [`snapkv`]).
 
+pub mod adakv;
+pub mod chunkkv;
 pub mod flexgen;
 pub mod fp16;
+pub mod fp8;
 pub mod full;
 pub mod h2o;
 pub mod infllm;

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 
 use super::llama_cache::{BlockType, LlamaCache};
-use super::{Budget, flexgen, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv, quest};
+use super::{
+    Budget, adakv, chunkkv, flexgen, fp8, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv, quest,
+};
 use super::{snapkv, streamingllm, tova};
+use crate::kv::fp8::Format;
 use crate::kv::oneshot::OneShot;
 use crate::kv::{Granularity, Method};
 
@@ -85,6 +88,8 @@ pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::fixed("q5_0-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_0, rotate: true })),
     MethodSpec::fixed("q5_1", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_1, rotate: false })),
     MethodSpec::fixed("q5_1-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_1, rotate: true })),
+    MethodSpec::fixed("fp8-e4m3", Kind::Quantizer, || Arc::new(fp8::Fp8Cache { format: Format::E4M3 })),
+    MethodSpec::fixed("fp8-e5m2", Kind::Quantizer, || Arc::new(fp8::Fp8Cache { format: Format::E5M2 })),
     MethodSpec::fixed("flexgen-4bit", Kind::Quantizer, || Arc::new(flexgen::FlexGen)),
     MethodSpec::fixed("kivi-2bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 2 })),
     MethodSpec::fixed("kivi-4bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 4 })),
@@ -97,6 +102,8 @@ pub const REGISTRY: &[MethodSpec] = &[
         Arc::new(OneShot { budget, selector: pyramidkv::PyramidKv })
     }),
     MethodSpec::budgeted("tova", Kind::Evicting, |budget| Arc::new(tova::Tova { budget, pooled: false })),
+    MethodSpec::budgeted("adakv", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: adakv::AdaKv })),
+    MethodSpec::budgeted("chunkkv", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: chunkkv::ChunkKv })),
     MethodSpec::budgeted("knorm", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: knorm::Knorm })),
     MethodSpec::budgeted("keydiff", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: keydiff::KeyDiff })),
     MethodSpec::budgeted("infllm", Kind::Retrieval, |budget| {
@@ -183,6 +190,34 @@ pub fn help() -> String {
     )
 }
 
+/// docs/METHODS.md's table of every method, generated from the registry (`cargo xtask
+/// methods-table` writes it between the file's markers; a test holds the file to it): name, kind,
+/// when it acts, its description, its nominal ratio against fp16. A family is shown at `-4x`.
+pub fn markdown_table() -> String {
+    let mut s = String::from("| name | kind | acts | what it does | nominal ratio vs fp16 |\n|---|---|---|---|---:|\n");
+    for spec in REGISTRY {
+        let (shown, method) = match spec.make {
+            Make::Fixed(make) => (format!("`{}`", spec.name), make()),
+            Make::Budgeted(make) => (format!("`{}-Nx`", spec.name), make(Budget::Ratio(4.0))),
+        };
+        let kind = serde_json::to_value(spec.kind).expect("a kind serializes");
+        let acts = serde_json::to_value(method.acts()).expect("a phase serializes");
+        let ratio = match (spec.make, method.nominal_ratio()) {
+            (Make::Budgeted(_), _) => "N".to_string(),
+            (_, Some(r)) => format!("{}", (r * 100.0).round() / 100.0),
+            (_, None) => "—".to_string(),
+        };
+        let variant = if spec.matrix { "" } else { " (a variant, outside the trial matrix)" };
+        s.push_str(&format!(
+            "| {shown} | {} | {} | {}{variant} | {ratio} |\n",
+            kind.as_str().unwrap_or_default(),
+            acts.as_str().unwrap_or_default(),
+            method.description().replace('|', "\\|"),
+        ));
+    }
+    s
+}
+
 /// A method name that is not known.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -197,6 +232,19 @@ pub struct UnknownMethod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_docs_table_is_the_registrys() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METHODS.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- methods-table:begin -->\n", "<!-- methods-table:end -->");
+        let start = doc.find(begin).expect("docs/METHODS.md has the table's begin marker") + begin.len();
+        let stop = doc[start..].find(end).expect("and its end marker") + start;
+        assert!(
+            doc[start..stop] == markdown_table(),
+            "docs/METHODS.md's table is stale: run `cargo xtask methods-table`"
+        );
+    }
 
     #[test]
     fn every_name_round_trips_and_names_are_unique() {

@@ -6,7 +6,15 @@
 //! (the paper's default); a prefix token's score is the attention the window's queries give it,
 //! summed over the window and over the query heads of its kv head (GQA: selection per kv head),
 //! then **max-pooled with kernel 7** (stride 1, same padding) so that neighbours of a hit are kept
-//! with it; the top `budget − 32` prefix tokens per kv head are kept, plus the window itself.
+//! with it; the top `budget − 32` prefix tokens per kv head are kept, plus the window itself (a
+//! budget under 32 tokens keeps the window's latest `budget`).
+//!
+//! Against kvpress's `SnapKVPress` on the recorded probes (`cargo xtask kvpress-parity`,
+//! docs/METHODS.md): set to these settings, kvpress keeps the same positions up to exact ties of
+//! the pooled score (which max-pooling makes by construction). As it ships it differs in three
+//! choices, which move a quarter to half of the kept prefix: window 64, average-pooling over 5,
+//! and pooling each query head before averaging its kv head's group (here the group's summed
+//! score is pooled once).
 //! Compression happens once, when prefill ends; decode tokens are then appended without eviction,
 //! as in the paper.
 //!
@@ -101,9 +109,40 @@ pub fn select(prefill: &FullStore, budget: usize, kernel: usize) -> Vec<Vec<bool
             let pooled = max_pool(&m[..n - window], kernel);
             let mut scores = pooled;
             scores.resize(n, 0.0);
-            top_with_protected(&scores, budget, |i| i >= n - window)
+            // a budget below the window keeps the window's latest tokens: the budget holds
+            top_with_protected(&scores, budget, |i| i >= n - window.min(budget))
         })
         .collect()
+}
+
+/// Per kv head, SnapKV's score of every prefill token, as kvpress's `SnapKVPress.score` hands it
+/// to the presses that wrap a scorer (AdaKV, ChunkKV): the pooled attention mass of the prefix,
+/// and the observation window above the highest prefix score of any head, so that no selection
+/// drops it while the budget allows. `None` when no query was observed (a prefill always leaves some).
+pub fn scores(prefill: &FullStore, kernel: usize) -> Option<Vec<Vec<f32>>> {
+    let shape = prefill.shape();
+    let width = shape.heads * shape.head_dim;
+    let n = prefill.keys(0).len() / shape.head_dim;
+    let window = (prefill.recent_queries().len() / width).min(n);
+    if window == 0 {
+        return None;
+    }
+    let queries = &prefill.recent_queries()[prefill.recent_queries().len() - window * width..];
+    let mut mass = vec![vec![0.0f32; n]; shape.kv_heads];
+    let mut out = vec![0.0f32; window * width];
+    attention::attend_observed(
+        shape,
+        Queries::new(queries, width, window),
+        &prefill.views(),
+        &mut out,
+        Some(&mut mass),
+    );
+    let mut scores: Vec<Vec<f32>> = mass.iter().map(|m| max_pool(&m[..n - window], kernel)).collect();
+    let top = scores.iter().flatten().copied().fold(0.0f32, f32::max) + 1.0;
+    // kvpress gives the whole window `top`; rising by one a token, a budget below the window
+    // keeps its latest tokens, as `select` does, where kvpress's top-k chooses among a tie
+    scores.iter_mut().for_each(|s| s.extend((0..window).map(|j| top + j as f32)));
+    Some(scores)
 }
 
 /// Max over a centred window of `kernel` (odd) entries, clipped at the ends.

@@ -1,0 +1,193 @@
+"""NVIDIA kvpress's presses on kvbench's recorded probes: the fixture tests/kvpress_parity.rs reads.
+
+Invoked by `cargo xtask kvpress-parity`, which writes PROBES.json (per task: one layer's prompt
+queries, keys and values, post-RoPE, and per ratio the settings that align kvpress with kvbench's
+documented choices) and then compares kvbench's methods with what this writes to FIXTURE.json.
+
+    python kvpress_parity.py target/kvpress-parity/probes.json tests/data/kvpress_parity.json
+
+Each press's own `compress` (its scoring, padding, budget rule and top-k) runs on the recorded
+keys and values. The attention weights a press reads (SnapKV's window, TOVA's last query,
+ObservedAttention's every query) are rows of the full causal softmax(q·k/√d) of the recorded
+queries, float32: what the model's attention would hand the press, so no press needs the model.
+Which positions a press kept is read back from the key rows it returns (or, for AdaKV, from the
+pairs it masks). Beside them, the positions tied at its cut (scored as the lowest kept, to a
+relative 1e-5: max-pooling makes exact ties by construction, and kvbench sums the same float32
+terms in another order), among which any top-k may choose. Cases:
+- "same": kvpress set to kvbench's documented settings, so the positions must be identical;
+- "nested": kvpress's scores set as kvbench's, its own budget rule (PyramidKV);
+- "overlap": kvpress as it ships, to show what kvbench's documented choices change.
+"""
+
+import json
+import sys
+from importlib.metadata import version
+from types import SimpleNamespace
+
+import torch
+from torch.nn import functional as F
+
+from kvpress import (AdaKVPress, ChunkKVPress, KeyDiffPress, KnormPress, ObservedAttentionPress, PyramidKVPress,
+                     SnapKVPress, StreamingLLMPress, TOVAPress)
+
+ATTENTION = {}  # the current task's full attention weights [1, heads, n, n]
+
+
+class RecordedWindow:
+    """SnapKV's window attention taken from the recorded queries, not recomputed from hidden states."""
+
+    def compute_window_attention(self, module, hidden_states, keys, window_size, position_embeddings):
+        return ATTENTION["weights"][..., -window_size:, :-window_size]
+
+
+class StockSnapKV(RecordedWindow, SnapKVPress):
+    """kvpress's SnapKV as it ships (window 64, average-pool 5, each query head pooled, then the group's mean)."""
+
+
+class AlignedSnapKV(RecordedWindow, SnapKVPress):
+    """kvpress's SnapKV at kvbench's settings: window 32, max-pool 7 over the kv head's summed score."""
+
+    def __init__(self, compression_ratio=0.0):
+        super().__init__(compression_ratio=compression_ratio, window_size=32, kernel_size=7)
+
+    def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        bsz, kv, k_len, _ = keys.shape
+        group = module.config.num_attention_heads // kv
+        weights = self.compute_window_attention(module, hidden_states, keys, self.window_size, None)
+        scores = weights.mean(dim=-2).view(bsz, kv, group, k_len - self.window_size).mean(2)
+        scores = F.max_pool1d(scores, kernel_size=self.kernel_size, padding=self.kernel_size // 2, stride=1)
+        return F.pad(scores, (0, self.window_size), value=scores.max().item() + 1)
+
+
+class StockPyramidKV(RecordedWindow, PyramidKVPress):
+    """kvpress's PyramidKV as it ships (window 64, average-pool 5, beta 20)."""
+
+
+class AlignedPyramidKV(RecordedWindow, PyramidKVPress):
+    """kvpress's PyramidKV budget rule with kvbench's SnapKV scores."""
+
+    def __init__(self, compression_ratio=0.0):
+        super().__init__(compression_ratio=compression_ratio, window_size=32, kernel_size=7)
+
+    score = AlignedSnapKV.score
+
+
+def kept_rows(original, returned):
+    """Per kv head, the ascending positions of `original`'s rows that `returned` holds."""
+    out = []
+    for g in range(original.shape[1]):
+        index = {tuple(row.tolist()): i for i, row in enumerate(original[0, g])}
+        out.append(sorted(index[tuple(row.tolist())] for row in returned[0, g]))
+    return out
+
+
+def ranking_scores(press, module, hidden, keys, values, attentions, kwargs):
+    """What the press ranks positions by, per kv head and position (a chunk's score for each of its tokens)."""
+    if isinstance(press, AdaKVPress):
+        scores = press.press.score(module, hidden, keys, values, attentions, kwargs)
+        n_kept = max(1, int(keys.shape[2] * (1 - press.compression_ratio)))
+        n_safe = max(1, int(n_kept * press.alpha_safeguard))
+        top = torch.topk(scores, n_safe, dim=-1).indices
+        return scores.scatter(-1, top, torch.finfo(scores.dtype).max)
+    if isinstance(press, ChunkKVPress):
+        scores = press.press.score(module, hidden, keys, values, attentions, kwargs).sum(dim=1)[0]
+        n, c = keys.shape[2], press.chunk_length
+        means = torch.stack([scores[s:s + c].mean() for s in range(0, n, c)])
+        per_token = means.repeat_interleave(c)[:n]
+        return per_token.expand(keys.shape[1], n).unsqueeze(0)
+    return press.score(module, hidden, keys, values, attentions, kwargs)
+
+
+def ties(scores, kept, layer_wide):
+    """Per kv head, the positions scored as the lowest kept one (to 1e-5): where a top-k may choose either way."""
+    s = scores[0]
+    lows = [s[g, kept[g]].min().item() for g in range(s.shape[0])]
+    if layer_wide:
+        lows = [min(lows)] * len(lows)
+    # equal up to float32 rounding: kvbench sums the same terms in another order
+    return [sorted(((s[g] - lows[g]).abs() <= 1e-5 * abs(lows[g])).nonzero().flatten().tolist())
+            for g in range(s.shape[0])]
+
+
+def run(press, module, keys, values, attentions):
+    """Per kv head, the positions `press` kept, and those tied at its cut."""
+    kept = kept_by(press, module, keys, values, attentions)
+    hidden, kwargs = torch.zeros(1, keys.shape[2], 1), {"position_embeddings": None}
+    scores = ranking_scores(press, module, hidden, keys, values, attentions, kwargs)
+    return kept, ties(scores, kept, isinstance(press, (AdaKVPress, ChunkKVPress)))
+
+
+def kept_by(press, module, keys, values, attentions):
+    hidden = torch.zeros(1, keys.shape[2], 1)
+    kwargs = {"position_embeddings": None}
+    if isinstance(press, AdaKVPress):
+        press.compress(module, hidden, keys, values, attentions, kwargs)
+        _, heads, seq = module.masked_key_indices
+        pruned = [set() for _ in range(keys.shape[1])]
+        for h, s in zip(heads.tolist(), seq.tolist()):
+            pruned[h].add(s)
+        return [sorted(set(range(keys.shape[2])) - p) for p in pruned]
+    kept_keys, _ = press.compress(module, hidden, keys, values, attentions, kwargs)
+    return kept_rows(keys, kept_keys)
+
+
+def cases(task, ratios):
+    n, h, kv, d = task["prompt"], task["heads"], task["kv_heads"], task["head_dim"]
+    queries = torch.tensor(task["queries"], dtype=torch.float32).reshape(1, n, h, d).transpose(1, 2)
+    keys = torch.tensor(task["keys"], dtype=torch.float32).reshape(1, kv, n, d)
+    values = torch.tensor(task["values"], dtype=torch.float32).reshape(1, kv, n, d)
+    expanded = keys.repeat_interleave(h // kv, dim=1)  # query head i reads kv head i // group
+    logits = queries @ expanded.transpose(-1, -2) / d**0.5
+    logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    ATTENTION["weights"] = torch.softmax(logits, dim=-1)
+    module = SimpleNamespace(head_dim=d, layer_idx=task["layer"], config=SimpleNamespace(
+        num_attention_heads=h, num_key_value_heads=kv, num_hidden_layers=task["layers"], _attn_implementation="sdpa"))
+    out = []
+    for r in ratios:
+        a = task["aligned"][str(r)]
+        b = a["budget"]
+        exact = 1.0 - (b + 0.5) / n  # int(n · (1 − ratio)) = b, kvbench's rounding of n / r
+        stock = 1.0 - 1.0 / r
+        chunked = 1.0 - (a["chunks_kept"] + 0.5) / a["chunks"]
+        attn = ATTENTION["weights"]
+        runs = [
+            (f"knorm-{r}x", "KnormPress", "same", KnormPress(exact), None),
+            (f"keydiff-{r}x", "KeyDiffPress", "same", KeyDiffPress(exact), None),
+            (f"streamingllm-{r}x", f"StreamingLLMPress(n_sink={a['sinks']})", "same",
+             StreamingLLMPress(exact, n_sink=a["sinks"]), None),
+            (f"tova-pooled-{r}x", "TOVAPress", "same", TOVAPress(exact), attn),
+            (f"snapkv-{r}x", "SnapKVPress(window_size=32, kernel_size=7), max-pool of the kv head's score", "same",
+             AlignedSnapKV(exact), None),
+            (f"snapkv-{r}x", "SnapKVPress as shipped (window 64, avg-pool 5)", "overlap", StockSnapKV(stock), None),
+            (f"pyramidkv-{r}x", "PyramidKVPress's budget rule, kvbench's SnapKV scores", "nested",
+             AlignedPyramidKV(stock), None),
+            (f"pyramidkv-{r}x", "PyramidKVPress as shipped (window 64, avg-pool 5)", "overlap",
+             StockPyramidKV(stock), None),
+            (f"h2o-{r}x", "ObservedAttentionPress", "overlap", ObservedAttentionPress(stock), attn),
+            (f"adakv-{r}x", "AdaKVPress(SnapKVPress at kvbench's settings)", "same",
+             AdaKVPress(AlignedSnapKV(exact)), None),
+            (f"adakv-{r}x", "AdaKVPress(SnapKVPress as shipped)", "overlap", AdaKVPress(StockSnapKV(stock)), None),
+            (f"chunkkv-{r}x", "ChunkKVPress(SnapKVPress at kvbench's settings, chunk_length=20)", "same",
+             ChunkKVPress(AlignedSnapKV(chunked), chunk_length=20), None),
+            (f"chunkkv-{r}x", "ChunkKVPress(SnapKVPress as shipped, chunk_length=20)", "overlap",
+             ChunkKVPress(StockSnapKV(stock), chunk_length=20), None),
+        ]
+        for method, label, expect, press, attentions in runs:
+            kept, tied = run(press, module, keys, values, attentions)
+            out.append({"method": method, "press": label, "expect": expect, "kept": kept, "ties": tied,
+                        "layer_wide": isinstance(press, (AdaKVPress, ChunkKVPress)),
+                        "unit": press.chunk_length if isinstance(press, ChunkKVPress) else 1})
+    return out
+
+
+def main():
+    data = json.load(open(sys.argv[1]))
+    tasks = [{"task": t["task"], "sample": t["sample"], "layer": t["layer"], "prompt": t["prompt"],
+              "cases": cases(t, data["ratios"])} for t in data["tasks"]]
+    with open(sys.argv[2], "w") as f:
+        json.dump({"kvpress": version("kvpress"), "tasks": tasks}, f, separators=(",", ":"))
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
