@@ -11,7 +11,7 @@ fn token_methods_keep_what_kvpress_keeps() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kvpress_parity.json");
     let fixture: Fixture = serde_json::from_slice(&std::fs::read(path).expect("the committed fixture"))
         .expect("the fixture parses (regenerate it with `cargo xtask kvpress-parity`)");
-    let outcomes = parity::check(&fixture).unwrap_or_else(|e| panic!("{e}"));
+    let outcomes = kvbench::bench::parity::check(&fixture).unwrap_or_else(|e| panic!("{e}"));
     let must: Vec<_> = outcomes.iter().filter(|o| o.expect != Expect::Overlap).collect();
     // every method kvpress also has, at every ratio, on every task
     for family in ["knorm", "keydiff", "streamingllm", "tova-pooled", "snapkv", "pyramidkv", "adakv", "chunkkv"] {

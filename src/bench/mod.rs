@@ -3,6 +3,7 @@
 
 pub mod golden;
 pub mod paired;
+pub mod parity;
 pub mod prefill_disk;
 pub mod sequential;
 pub mod stats;

@@ -6,9 +6,9 @@
 //! exports them, runs each press's own `compress` on them (`xtask/py/kvpress_parity.py`; the
 //! attention weights a press reads are computed from the recorded queries, so no press needs the
 //! model) and commits what each keeps per kv head as a [`Fixture`]
-//! (`tests/data/kvpress_parity.json`). [`check`] replays kvbench's methods on the same probes
-//! and compares, with no Python: `tests/kvpress_parity.rs` fails when a case must match and does
-//! not.
+//! (`tests/data/kvpress_parity.json`). `bench::parity::check` replays kvbench's methods on the
+//! same probes (the traces are the bench layer's) and [`compare`]s, with no Python:
+//! `tests/kvpress_parity.rs` fails when a case must match and does not.
 //!
 //! A case says how kvpress was configured ([`Expect`]):
 //! - [`Expect::Same`]: kvpress set to kvbench's documented settings (window, kernel, pooling,
@@ -157,39 +157,6 @@ pub fn compare(task: &str, case: &Case, ours: &[Vec<u32>]) -> Outcome {
         shared,
         holds,
     }
-}
-
-/// Every case of `fixture` compared with kvbench's methods replayed on the default tier's probes
-/// (the traces the fixture was made from).
-pub fn check(fixture: &Fixture) -> Result<Vec<Outcome>, String> {
-    let mut outcomes = Vec::new();
-    for cases in &fixture.tasks {
-        let task = crate::tasks::Task::from_name(&cases.task).map_err(|e| e.to_string())?;
-        let path = crate::bench::Tier::Default.trace_path(task);
-        let trace = crate::trace::Trace::read(&path, None).map_err(|e| e.to_string())?;
-        let recorded = trace
-            .probe_recordings()
-            .and_then(|r| r.into_iter().next())
-            .ok_or_else(|| format!("{}: no probe", path.display()))?;
-        let layer = recorded.layer_ids.iter().position(|&l| l == cases.layer).ok_or_else(|| {
-            format!("{}: layer {} not probed (re-run `cargo xtask kvpress-parity`)", path.display(), cases.layer)
-        })?;
-        if recorded.prompt != cases.prompt {
-            return Err(format!(
-                "{}: a {}-token prompt, the fixture's is {}: the trace changed since `cargo xtask kvpress-parity`",
-                path.display(),
-                recorded.prompt,
-                cases.prompt
-            ));
-        }
-        let prefills = recorded.full_prefills(trace.header.chunk);
-        for case in &cases.cases {
-            let method = crate::kv::methods::by_name(&case.method).map_err(|e| e.to_string())?;
-            let held = recorded.held_after_prefill(method.as_ref(), &prefills, trace.header.chunk);
-            outcomes.push(compare(&cases.task, case, &held[layer]));
-        }
-    }
-    Ok(outcomes)
 }
 
 /// The markdown table of `outcomes`, one row per (method, press), pooled over tasks.

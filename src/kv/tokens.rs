@@ -179,8 +179,8 @@ impl TokenRows {
 
     /// Attend over the rows of each head (`select[g]` picks rows of head `g`, all when `None`; the
     /// picks must be ascending and end with the chunk's own `q.rows` tokens). Heads holding or
-    /// picking different counts (head-adaptive budgets) are attended one kv head at a time. With `mass`, accumulate attention per picked row as
-    /// [`attention::attend_observed`] does.
+    /// picking different counts (head-adaptive budgets) are attended one kv head at a time. With
+    /// `mass`, accumulate attention per picked row as [`attention::attend_observed`] does.
     pub fn attend_selected(
         &self,
         select: Option<&[Vec<usize>]>,

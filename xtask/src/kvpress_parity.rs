@@ -83,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("kvpress_parity.py failed: {status}");
     }
     let fixture: Fixture = serde_json::from_slice(&std::fs::read(&fixture_path)?)?;
-    let outcomes = parity::check(&fixture).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let outcomes = kvbench::bench::parity::check(&fixture).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", parity::markdown(&outcomes));
     let failed: Vec<String> =
         outcomes.iter().filter(|o| !o.holds).map(|o| format!("{} on {} ({})", o.method, o.task, o.press)).collect();

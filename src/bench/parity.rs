@@ -1,0 +1,38 @@
+//! The kvpress parity fixture checked against kvbench's methods on the default tier's recorded
+//! probes ([`crate::eval::parity`] holds the fixture's types and the comparison; reading the
+//! traces is this layer's).
+
+use crate::eval::parity::{self, Fixture, Outcome};
+
+/// Every case of `fixture` compared with kvbench's methods replayed on the default tier's probes
+/// (the traces the fixture was made from).
+pub fn check(fixture: &Fixture) -> Result<Vec<Outcome>, String> {
+    let mut outcomes = Vec::new();
+    for cases in &fixture.tasks {
+        let task = crate::tasks::Task::from_name(&cases.task).map_err(|e| e.to_string())?;
+        let path = crate::bench::Tier::Default.trace_path(task);
+        let trace = crate::trace::Trace::read(&path, None).map_err(|e| e.to_string())?;
+        let recorded = trace
+            .probe_recordings()
+            .and_then(|r| r.into_iter().next())
+            .ok_or_else(|| format!("{}: no probe", path.display()))?;
+        let layer = recorded.layer_ids.iter().position(|&l| l == cases.layer).ok_or_else(|| {
+            format!("{}: layer {} not probed (re-run `cargo xtask kvpress-parity`)", path.display(), cases.layer)
+        })?;
+        if recorded.prompt != cases.prompt {
+            return Err(format!(
+                "{}: a {}-token prompt, the fixture's is {}: the trace changed since `cargo xtask kvpress-parity`",
+                path.display(),
+                recorded.prompt,
+                cases.prompt
+            ));
+        }
+        let prefills = recorded.full_prefills(trace.header.chunk);
+        for case in &cases.cases {
+            let method = crate::kv::methods::by_name(&case.method).map_err(|e| e.to_string())?;
+            let held = recorded.held_after_prefill(method.as_ref(), &prefills, trace.header.chunk);
+            outcomes.push(parity::compare(&cases.task, case, &held[layer]));
+        }
+    }
+    Ok(outcomes)
+}
