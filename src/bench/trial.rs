@@ -59,6 +59,14 @@ pub struct SampleOutcome {
     /// older results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<f64>,
+    /// Answer survival: the share of the answer's tokens in the context (the needle's number, a
+    /// gold span found verbatim) that the cache still held when the answer was done (for
+    /// retrieval, read at its last step), averaged over layers and kv heads. Absent where the
+    /// answer is not a span of the context, and for methods that hold and read every token
+    /// (quantizers, the full cache) or rewrite the prompt (prompt compression). It separates "the
+    /// answer was evicted" from "kept but not used".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_kept: Option<f64>,
     /// Wall seconds of this sample in this run: its prefill, and its share of the decode steps
     /// it ran in a group with other samples (each step's time split evenly among the samples in
     /// it). Work shared between trials (a reused prefill, LLMLingua's scoring of a prompt its
@@ -459,6 +467,9 @@ struct Lane<'t> {
     forced_rows: Vec<Vec<f32>>,
     fork: Option<(usize, crate::kv::CacheSnapshot, Vec<f32>)>,
     margin: f64,
+    /// Prompt positions of the answer's tokens in the context (empty where it is not a span of
+    /// it, or the method rewrites the prompt).
+    answer_positions: Vec<u32>,
     /// After the greedy answer: its outcome, KL and agreement to come.
     answered: Option<SampleOutcome>,
     /// Teacher-forcing the reference, at this step of it.
@@ -483,6 +494,8 @@ impl<'t> Lane<'t> {
         let shared = if method.acts() == Acts::AfterPrefill { Some(prefills.get(rt, &prompt, options)?) } else { None };
         rt.reset(method.clone())?;
         let prefilled = start(rt, &prompt, options, shared.as_deref())?;
+        let answer_positions =
+            if method.acts() == Acts::BeforePrefill { Vec::new() } else { answer_positions(rt, sample)? };
         Ok(Self {
             sample,
             metric,
@@ -496,6 +509,7 @@ impl<'t> Lane<'t> {
             forced_rows: Vec::new(),
             fork: None,
             margin: f64::INFINITY,
+            answer_positions,
             answered: None,
             forcing: None,
             done: false,
@@ -576,6 +590,10 @@ impl<'t> Lane<'t> {
             peak_ratio: Some(fp16_full as f64 / stats.peak_bytes.max(1) as f64),
             read_ratio,
             margin: self.margin.is_finite().then_some(self.margin),
+            answer_kept: answer_kept(
+                self.cache.as_ref().expect("a decoding lane holds its cache"),
+                &self.answer_positions,
+            ),
             seconds: 0.0,
         })
     }
@@ -602,6 +620,43 @@ impl<'t> Lane<'t> {
             ..answered
         })
     }
+}
+
+/// Where the first of the sample's answers that is a span of its context sits in the prompt
+/// (its tokens as the tokenizer writes it alone or after a space); empty if none is.
+fn answer_positions(rt: &Runtime, sample: &TraceSample) -> Result<Vec<u32>, ModelError> {
+    let context = &sample.prompt_ids[..sample.meta.context_len.min(sample.prompt_ids.len())];
+    for answer in sample.meta.answers.iter().filter(|a| !a.trim().is_empty()) {
+        for text in [answer.clone(), format!(" {}", answer.trim_start())] {
+            let ids = rt.tokenizer().encode_more(&text).map_err(|e| ModelError::Invalid(e.to_string()))?;
+            if ids.is_empty() || ids.len() > context.len() {
+                continue;
+            }
+            if let Some(at) = context.windows(ids.len()).position(|w| w == ids.as_slice()) {
+                return Ok((at as u32..(at + ids.len()) as u32).collect());
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// The share of `positions` the cache's layers hold (or last read), averaged over layers and kv
+/// heads; `None` without positions, or where no layer says which tokens it holds or reads.
+fn answer_kept(cache: &KvCache, positions: &[u32]) -> Option<f64> {
+    if positions.is_empty() {
+        return None;
+    }
+    let (mut kept, mut heads) = (0.0, 0usize);
+    for l in 0..cache.layers() {
+        let store = cache.layer(l)?;
+        for g in 0.. {
+            let Some(held) = store.held(g).or_else(|| store.visible(g)) else { break };
+            let held: std::collections::HashSet<u32> = held.into_iter().collect();
+            kept += positions.iter().filter(|p| held.contains(p)).count() as f64 / positions.len() as f64;
+            heads += 1;
+        }
+    }
+    (heads > 0).then(|| kept / heads as f64)
 }
 
 /// The greedy choice (as [`argmax`]: the first of equal maxima) and its lead over the runner-up,

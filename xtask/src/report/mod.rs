@@ -1,8 +1,10 @@
 //! `cargo xtask report`: merge per-trial results (this machine's, or several shards'), then render
 //! the markdown table, the score-versus-ratio plots and the needle heatmaps.
 
+mod frontier;
 mod merge;
 mod plots;
+mod survival;
 mod table;
 mod versus;
 
@@ -158,6 +160,7 @@ pub(crate) mod fixture {
                 peak_ratio: Some(1.0),
                 read_ratio: Some(1.0),
                 margin: Some(1.0),
+                answer_kept: None,
                 seconds: 0.5,
             })
             .collect();

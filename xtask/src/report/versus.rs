@@ -93,6 +93,8 @@ pub fn sections(trials: &[TrialResult], baselines: &TaskBaselines) -> String {
     md.push_str(&sensitivity(trials, &cells, baselines));
     md.push_str(&fidelity(trials));
     md.push_str(&memory(trials));
+    md.push_str(&super::frontier::section(trials));
+    md.push_str(&super::survival::section(trials));
     md
 }
 
