@@ -2,7 +2,7 @@
 //! Python: the fixture `tests/data/kvpress_parity.json` holds what each press kept (made by
 //! `cargo xtask kvpress-parity`, which says how each was configured); this replays kvbench's
 //! methods on the default tier's probes and fails on any case whose expectation does not hold
-//! (`kvbench::eval::parity`).
+//! (`kvbench::bench::parity::check`, `kvbench::eval::parity::compare`).
 
 use kvbench::eval::parity::{self, Expect, Fixture};
 

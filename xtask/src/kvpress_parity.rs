@@ -1,6 +1,6 @@
 //! `cargo xtask kvpress-parity`: the fixture of what NVIDIA kvpress's presses keep on kvbench's
 //! recorded probes (`tests/data/kvpress_parity.json`), then the comparison with kvbench's methods
-//! (`kvbench::eval::parity`), printed for docs/METHODS.md.
+//! (`kvbench::bench::parity::check`, `kvbench::eval::parity`), printed for docs/METHODS.md.
 //!
 //! For each task's default-tier probe it exports the layer's prompt queries, keys and values, and
 //! per ratio the settings that align kvpress with kvbench's documented choices (the budget, its
