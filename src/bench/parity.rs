@@ -2,7 +2,20 @@
 //! probes ([`crate::eval::parity`] holds the fixture's types and the comparison; reading the
 //! traces is this layer's).
 
+use crate::eval::fidelity::Recorded;
 use crate::eval::parity::{self, Fixture, Outcome};
+
+/// A task's default-tier trace and its first sample's probe recording (what the parity fixtures
+/// are made from and checked on).
+pub fn default_probe(task: crate::tasks::Task) -> Result<(crate::trace::Trace, Recorded), String> {
+    let path = crate::bench::Tier::Default.trace_path(task);
+    let trace = crate::trace::Trace::read(&path, None).map_err(|e| e.to_string())?;
+    let recorded = trace
+        .probe_recordings()
+        .and_then(|r| r.into_iter().next())
+        .ok_or_else(|| format!("{}: no probe (record the default tier: `cargo xtask record`)", path.display()))?;
+    Ok((trace, recorded))
+}
 
 /// Every case of `fixture` compared with kvbench's methods replayed on the default tier's probes
 /// (the traces the fixture was made from).
@@ -11,11 +24,7 @@ pub fn check(fixture: &Fixture) -> Result<Vec<Outcome>, String> {
     for cases in &fixture.tasks {
         let task = crate::tasks::Task::from_name(&cases.task).map_err(|e| e.to_string())?;
         let path = crate::bench::Tier::Default.trace_path(task);
-        let trace = crate::trace::Trace::read(&path, None).map_err(|e| e.to_string())?;
-        let recorded = trace
-            .probe_recordings()
-            .and_then(|r| r.into_iter().next())
-            .ok_or_else(|| format!("{}: no probe", path.display()))?;
+        let (trace, recorded) = default_probe(task)?;
         let layer = recorded.layer_ids.iter().position(|&l| l == cases.layer).ok_or_else(|| {
             format!("{}: layer {} not probed (re-run `cargo xtask kvpress-parity`)", path.display(), cases.layer)
         })?;

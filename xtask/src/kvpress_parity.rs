@@ -11,12 +11,10 @@
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use kvbench::bench::Tier;
 use kvbench::eval::parity::{self, Fixture};
 use kvbench::kv::methods::Budget;
 use kvbench::kv::methods::{chunkkv, streamingllm};
 use kvbench::tasks::Task;
-use kvbench::trace::Trace;
 use serde_json::json;
 
 use crate::{project_root, venv};
@@ -37,10 +35,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let root = project_root();
     let mut tasks = Vec::new();
     for task in Task::ALL {
-        let path = Tier::Default.trace_path(task);
-        let trace = Trace::read(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (trace, recorded) = kvbench::bench::parity::default_probe(task).map_err(anyhow::Error::msg)?;
         let sample = trace.samples.iter().find(|s| s.probe.is_some()).context("a trace without probes")?;
-        let recorded = trace.probe_recordings().and_then(|r| r.into_iter().next()).context("no probe")?;
         let store = &recorded.layers[0];
         let shape = store.shape();
         let (n, d) = (recorded.prompt, shape.head_dim);

@@ -13,13 +13,11 @@
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use kvbench::bench::Tier;
 use kvbench::kv::methods;
 use kvbench::kv::{Heads, StoreContext};
 use kvbench::model::gguf::GgufFile;
 use kvbench::model::tokenizer::Tokenizer;
 use kvbench::tasks::Task;
-use kvbench::trace::Trace;
 use serde_json::json;
 
 use crate::{project_root, venv};
@@ -38,10 +36,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&kvbench::assets::smollm2_gguf()?)?)?;
     let mut tasks = Vec::new();
     for task in Task::ALL {
-        let path = Tier::Default.trace_path(task);
-        let trace = Trace::read(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (trace, recorded) = kvbench::bench::parity::default_probe(task).map_err(anyhow::Error::msg)?;
         let sample = trace.samples.iter().find(|s| s.probe.is_some()).context("a trace without probes")?;
-        let recorded = trace.probe_recordings().and_then(|r| r.into_iter().next()).context("no probe")?;
         let prefill = recorded.full_prefills(trace.header.chunk).remove(0);
         let shape = prefill.shape();
         let Heads { heads, kv_heads, head_dim } = shape;

@@ -84,35 +84,17 @@ impl Selector for SnapKv {
     }
 }
 
-/// Per kv head, which prefill tokens SnapKV keeps at `budget`, pooling with `kernel`.
+/// Per kv head, which prefill tokens SnapKV keeps at `budget`, pooling with `kernel`: the top
+/// `budget` of [`scores`], so the window first (its latest tokens, if the budget is smaller),
+/// then the prefix by pooled attention.
 pub fn select(prefill: &FullStore, budget: usize, kernel: usize) -> Vec<Vec<bool>> {
     let shape = prefill.shape();
-    let width = shape.heads * shape.head_dim;
     let n = prefill.keys(0).len() / shape.head_dim;
-    let window = (prefill.recent_queries().len() / width).min(n);
-    if n <= budget || window == 0 {
+    match scores(prefill, kernel) {
         // nothing to drop, or no queries observed to choose by (a prefill always leaves some)
-        return vec![vec![true; n]; shape.kv_heads];
+        Some(scores) if n > budget => scores.iter().map(|s| top_with_protected(s, budget, |_| false)).collect(),
+        _ => vec![vec![true; n]; shape.kv_heads],
     }
-    let queries = &prefill.recent_queries()[prefill.recent_queries().len() - window * width..];
-    let mut mass = vec![vec![0.0f32; n]; shape.kv_heads];
-    let mut out = vec![0.0f32; window * width];
-    attention::attend_observed(
-        shape,
-        Queries::new(queries, width, window),
-        &prefill.views(),
-        &mut out,
-        Some(&mut mass),
-    );
-    mass.iter()
-        .map(|m| {
-            let pooled = max_pool(&m[..n - window], kernel);
-            let mut scores = pooled;
-            scores.resize(n, 0.0);
-            // a budget below the window keeps the window's latest tokens: the budget holds
-            top_with_protected(&scores, budget, |i| i >= n - window.min(budget))
-        })
-        .collect()
 }
 
 /// Per kv head, SnapKV's score of every prefill token, as kvpress's `SnapKVPress.score` hands it
