@@ -1,8 +1,8 @@
-//! kvbench's token methods against NVIDIA kvpress's presses on the same recorded probes, with no
-//! Python: the fixture `tests/data/kvpress_parity.json` holds what each press kept (made by
-//! `cargo xtask kvpress-parity`, which says how each was configured); this replays kvbench's
-//! methods on the default tier's probes and fails on any case whose expectation does not hold
-//! (`kvbench::bench::parity::check`, `kvbench::eval::parity::compare`).
+//! kvbench's token methods (and ThinK's key channels) against NVIDIA kvpress's presses on the same
+//! recorded probes, with no Python: the fixture `tests/data/kvpress_parity.json` holds what each
+//! press kept (made by `cargo xtask kvpress-parity`, which says how each was configured); this
+//! replays kvbench's methods on the default tier's probes and fails on any case whose expectation
+//! does not hold (`kvbench::bench::parity::check`, `kvbench::eval::parity::compare`).
 
 use kvbench::eval::parity::{self, Expect, Fixture};
 
@@ -14,7 +14,9 @@ fn token_methods_keep_what_kvpress_keeps() {
     let outcomes = kvbench::bench::parity::check(&fixture).unwrap_or_else(|e| panic!("{e}"));
     let must: Vec<_> = outcomes.iter().filter(|o| o.expect != Expect::Overlap).collect();
     // every method kvpress also has, at every ratio, on every task
-    for family in ["knorm", "keydiff", "streamingllm", "tova-pooled", "snapkv", "pyramidkv", "adakv", "chunkkv"] {
+    let families =
+        ["knorm", "keydiff", "streamingllm", "tova-pooled", "snapkv", "pyramidkv", "adakv", "chunkkv", "think"];
+    for family in families {
         assert!(
             must.iter().filter(|o| o.method.rsplit_once('-').is_some_and(|(f, _)| f == family)).count() >= 7 * 3,
             "{family}: fewer cases than 7 tasks × 3 ratios"

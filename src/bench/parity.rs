@@ -39,7 +39,7 @@ pub fn check(fixture: &Fixture) -> Result<Vec<Outcome>, String> {
         let prefills = recorded.full_prefills(trace.header.chunk);
         for case in &cases.cases {
             let method = crate::kv::methods::by_name(&case.method).map_err(|e| e.to_string())?;
-            let held = recorded.held_after_prefill(method.as_ref(), &prefills, trace.header.chunk);
+            let held = recorded.held_after_prefill(method.as_ref(), &prefills, trace.header.chunk, case.of);
             outcomes.push(parity::compare(&cases.task, case, &held[layer]));
         }
     }

@@ -300,16 +300,16 @@ mod tests {
     #[test]
     fn a_stop_is_one_the_correction_across_the_family_keeps() {
         // the matrix's configurations but full (F): a look stops below 0.0005/F. 14 of 20 lost
-        // (p = 1.2e-4) goes on; 18 of 20 (p = 2·2⁻¹⁸ = 7.6e-6) stops while F ≤ 65, and its design
-        // p (7.6e-4) is then below 0.05/F, Holm's strictest step
+        // (p = 1.2e-4) goes on; 19 of 20 (p = 2·2⁻¹⁹ = 3.8e-6) stops while F ≤ 131, and its design
+        // p (3.8e-4) is then below 0.05/F, Holm's strictest step
         let design = full_tier();
         assert_eq!(design.family, crate::kv::methods::all_at(&crate::bench::RATIOS).len() - 1);
-        assert!(design.family <= 65, "the example's 18 of 20 would no longer stop");
+        assert!(design.family <= 131, "the example's 19 of 20 would no longer stop");
         let full = [1.0; 20];
         let mut method = [1.0; 20];
         method[..14].fill(0.0);
         assert_eq!(design.decide(&method, &full, 100), None);
-        method[..18].fill(0.0);
+        method[..19].fill(0.0);
         let stop = design.decide(&method, &full, 100).expect("stops");
         assert_eq!((stop.at, stop.reason), (20, Reason::Differs));
         assert!(design.adjusted_p(&method, &full, 100) < design.alpha / design.family as f64);

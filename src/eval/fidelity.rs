@@ -102,9 +102,17 @@ impl Recorded {
     }
 
     /// Per recorded layer and kv head, the ascending prompt positions `method` holds once prefill
-    /// ends (every position for a method that holds all it was given); `prefills` from
+    /// ends (every position for a method that holds all it was given), or with
+    /// [`Kept::KeyChannels`](crate::eval::parity::Kept) the key channels it keeps; `prefills` from
     /// [`Self::full_prefills`] with the same chunk.
-    pub fn held_after_prefill(&self, method: &dyn Method, prefills: &[FullStore], chunk: usize) -> Vec<Vec<Vec<u32>>> {
+    pub fn held_after_prefill(
+        &self,
+        method: &dyn Method,
+        prefills: &[FullStore],
+        chunk: usize,
+        of: crate::eval::parity::Kept,
+    ) -> Vec<Vec<Vec<u32>>> {
+        use crate::eval::parity::Kept;
         prefills
             .iter()
             .enumerate()
@@ -118,8 +126,15 @@ impl Recorded {
                         Some(s)
                     }
                 };
-                let every = || (0..self.prompt as u32).collect();
-                (0..ctx.shape.kv_heads).map(|g| store.as_ref().and_then(|s| s.held(g)).unwrap_or_else(every)).collect()
+                let read = |s: &dyn LayerStore, g| match of {
+                    Kept::Positions => s.held(g),
+                    Kept::KeyChannels => s.key_channels(g),
+                };
+                let all = if of == Kept::Positions { self.prompt } else { ctx.shape.head_dim };
+                let every = || (0..all as u32).collect();
+                (0..ctx.shape.kv_heads)
+                    .map(|g| store.as_deref().and_then(|s| read(s, g)).unwrap_or_else(every))
+                    .collect()
             })
             .collect()
     }

@@ -1,5 +1,5 @@
-//! Parity with NVIDIA kvpress: which prompt positions each token method keeps, beside what
-//! kvpress's own press keeps on the same tensors.
+//! Parity with NVIDIA kvpress: which prompt positions each token method keeps (which key channels,
+//! for ThinK), beside what kvpress's own press keeps on the same tensors.
 //!
 //! The tensors are the default tier's recorded attention probes (one layer's post-RoPE queries,
 //! keys and values of one sample a task, `src/trace/probe.rs`). `cargo xtask kvpress-parity`
@@ -70,10 +70,24 @@ pub struct Case {
     /// these units, since a chunk of the tie may be shorter than another.
     #[serde(default = "one")]
     pub unit: u32,
+    /// What `kept` lists: prompt positions, or the key channels ThinK keeps.
+    #[serde(default)]
+    pub of: Kept,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// What a [`Case`] keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kept {
+    /// Prompt positions ([`crate::kv::LayerStore::held`]).
+    #[default]
+    Positions,
+    /// Key channels ([`crate::kv::LayerStore::key_channels`]).
+    KeyChannels,
 }
 
 /// What a [`Case`] must show.
@@ -195,7 +209,16 @@ mod tests {
     use super::*;
 
     fn case(expect: Expect, kept: Vec<Vec<u32>>) -> Case {
-        Case { method: "m-2x".into(), press: "P".into(), expect, kept, ties: Vec::new(), layer_wide: false, unit: 1 }
+        Case {
+            method: "m-2x".into(),
+            press: "P".into(),
+            expect,
+            kept,
+            ties: Vec::new(),
+            layer_wide: false,
+            unit: 1,
+            of: Kept::Positions,
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! holds exactly.
 
 use super::attention::{Heads, Queries};
+use super::rowcode::RowCode;
 use super::tokens::TokenRows;
 use crate::kv::LayerStore;
 
@@ -173,6 +174,11 @@ impl LayerStore for KeptStore {
         let mut positions = self.rows.heads.get(g)?.positions().to_vec();
         positions.sort_unstable();
         Some(positions)
+    }
+
+    fn recode(&mut self, code: RowCode) -> bool {
+        self.rows.recode(code);
+        true
     }
 
     fn clone_box(&self) -> Box<dyn LayerStore> {

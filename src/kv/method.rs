@@ -19,6 +19,7 @@ use std::fmt;
 
 use super::attention::Heads;
 use super::prefill::FullStore;
+use super::rowcode::RowCode;
 
 /// When a method changes the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -88,6 +89,12 @@ pub trait Method: Send + Sync + fmt::Debug {
 
     /// When the method acts, with the one hook that moment needs.
     fn phase(&self) -> Phase<'_>;
+
+    /// How it codes one token's row, for a quantizer that can store a token method's kept rows
+    /// (`snapkv-4x+q4_0-rot`, [`crate::kv::methods::compose`]); `None` for every other method.
+    fn row_code(&self) -> Option<RowCode> {
+        None
+    }
 }
 
 /// When a method acts, and what it supplies for it: declaring a phase without its hook does not
@@ -261,6 +268,18 @@ pub trait LayerStore: Send + Sync + fmt::Debug {
     /// The full-precision prefill store, if this is one.
     fn as_prefill(&self) -> Option<&FullStore> {
         None
+    }
+
+    /// The ascending key channels kv head `g` keeps, where the method prunes channels (ThinK);
+    /// `None` when every key keeps every channel. The kvpress parity fixtures read it.
+    fn key_channels(&self, _g: usize) -> Option<Vec<u32>> {
+        None
+    }
+
+    /// Hold the rows kept now and from now on in a composed quantizer's `code`; false for a store
+    /// that cannot (every store but the token methods' [`crate::kv::evict::KeptStore`]).
+    fn recode(&mut self, _code: RowCode) -> bool {
+        false
     }
 
     /// The window, if this is a sliding-window layer's store (the architecture's, not a method's).

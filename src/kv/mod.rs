@@ -21,10 +21,12 @@ mod perturb;
 pub mod prefill;
 pub mod quant;
 pub mod rope;
+pub mod rowcode;
 pub mod rowquant;
 pub mod sliding;
 pub mod store;
 pub mod tokens;
+pub mod turboquant;
 
 pub use attention::Heads;
 pub use method::{

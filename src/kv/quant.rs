@@ -28,6 +28,10 @@ pub const Q5_0_BYTES: usize = 2 + 4 + QK / 2;
 /// Bytes of one `q5_1` block: f16 scale and minimum, the fifth bits, 32 nibbles (6 bits per value).
 pub const Q5_1_BYTES: usize = 4 + 4 + QK / 2;
 
+/// Bytes of one `iq4_nl` block: an f16 scale and 32 nibbles indexing a non-linear table (4.5 bits
+/// per value).
+pub const IQ4_NL_BYTES: usize = 2 + QK / 2;
+
 /// Bytes of one min–max group of `n` values at `bits`: f16 scale, f16 minimum, packed codes.
 pub const fn minmax_bytes(n: usize, bits: u32) -> usize {
     4 + n * bits as usize / 8
@@ -180,6 +184,68 @@ pub fn q5_0_encode(x: &[f32], out: &mut Vec<u8>) {
 /// Inverse of [`q5_0_encode`]: `(q − 16) · d`.
 pub fn q5_0_decode(block: &[u8], out: &mut [f32]) {
     signed_block_decode(block, 16, true, out);
+}
+
+/// ggml's `kvalues_iq4nl`: the 16 levels of `iq4_nl`, denser near zero.
+pub const IQ4_NL_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// ggml's `best_index_int8`: the level nearest `x` (a tie to the upper one).
+fn iq4_nl_index(x: f32) -> u8 {
+    let level = |i: usize| IQ4_NL_LEVELS[i] as f32;
+    if x <= level(0) {
+        return 0;
+    }
+    if x >= level(15) {
+        return 15;
+    }
+    let (mut lo, mut hi) = (0, 15);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if x < level(mid) { hi = mid } else { lo = mid }
+    }
+    if x - level(hi - 1) < level(hi) - x { (hi - 1) as u8 } else { hi as u8 }
+}
+
+/// llama.cpp `iq4_nl`, as its cache writes it (`quantize_row_iq4_nl_ref`, no scale search): the
+/// value of largest magnitude (the first of equal ones) maps to −127, `d = max / −127`, each value
+/// to the nearest level of `x / d`, then `d` is refit by weighted least squares,
+/// `d = Σ wqx / Σ wq²` with `w = x²`, and stored as f16 (the codes are not refit to it). Value
+/// `j` in the low nibble of byte `j`, value `j + 16` in its high nibble; appends an
+/// [`IQ4_NL_BYTES`] block. (A block of zeros stores `d = 0`; ggml leaves its nibbles as the
+/// previous block's, here they index the level nearest zero.)
+pub fn iq4_nl_encode(x: &[f32], out: &mut Vec<u8>) {
+    assert_eq!(x.len(), QK);
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            (amax, max) = (v.abs(), v);
+        }
+    }
+    let mut codes = [iq4_nl_index(0.0); QK];
+    let d = if amax < 1e-15 {
+        0.0
+    } else {
+        let id = 1.0 / (max / -127.0);
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for (c, &v) in codes.iter_mut().zip(x) {
+            *c = iq4_nl_index(id * v);
+            let (q, w) = (IQ4_NL_LEVELS[*c as usize] as f32, v * v);
+            sumqx += w * q * v;
+            sumq2 += w * q * q;
+        }
+        if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 }
+    };
+    push_f16(out, d);
+    out.extend((0..QK / 2).map(|j| codes[j] | (codes[j + QK / 2] << 4)));
+}
+
+/// Inverse of [`iq4_nl_encode`] for one block: `d · level(q)`.
+pub fn iq4_nl_decode(block: &[u8], out: &mut [f32]) {
+    let d = read_f16(block);
+    for (j, &b) in block[2..IQ4_NL_BYTES].iter().enumerate() {
+        out[j] = d * IQ4_NL_LEVELS[(b & 15) as usize] as f32;
+        out[j + QK / 2] = d * IQ4_NL_LEVELS[(b >> 4) as usize] as f32;
+    }
 }
 
 /// Asymmetric min–max quantization of one group at `bits` (2 or 4), as KIVI and FlexGen do:
@@ -336,5 +402,67 @@ mod tests {
         q4_0_encode(&[-0.5; QK], &mut c);
         q4_0_decode(&c, &mut y);
         assert_eq!(y, vec![-0.5; QK]);
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Iq4NlReference {
+        blocks: Vec<Vec<f32>>,
+        iq4_nl: Vec<String>,
+        iq4_nl_values: Vec<Vec<f32>>,
+        any_nibbles: Vec<usize>,
+    }
+
+    /// ggml's iq4_nl cache blocks (`cargo xtask iq4-nl-reference`), decoded by gguf-py: the same
+    /// bytes (an all-zero block's nibbles are ggml's leftovers: its scale alone), the same values.
+    #[test]
+    fn iq4_nl_blocks_are_ggmls_byte_for_byte() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iq4_nl_reference.json");
+        let r: Iq4NlReference =
+            serde_json::from_slice(&std::fs::read(path).expect("run `cargo xtask iq4-nl-reference`")).unwrap();
+        assert!(r.blocks.len() > 300 && !r.any_nibbles.is_empty());
+        for (i, ((block, hex), values)) in r.blocks.iter().zip(&r.iq4_nl).zip(&r.iq4_nl_values).enumerate() {
+            let mut got = Vec::new();
+            iq4_nl_encode(block, &mut got);
+            let want: Vec<u8> =
+                (0..hex.len() / 2).map(|j| u8::from_str_radix(&hex[2 * j..][..2], 16).unwrap()).collect();
+            let compared = if r.any_nibbles.contains(&i) { 2 } else { IQ4_NL_BYTES };
+            assert_eq!(got[..compared], want[..compared], "block {i}: {block:?}");
+            let mut decoded = [0.0f32; QK];
+            iq4_nl_decode(&got, &mut decoded);
+            assert_eq!(&decoded[..], &values[..], "block {i}'s values");
+        }
+    }
+
+    #[test]
+    fn iq4_nl_errs_less_than_q4_0_on_gaussian_blocks_at_the_same_bytes() {
+        let mut rng = StdRng::seed_from_u64(12);
+        // Box–Muller
+        let mut normal = || {
+            let (u, v): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        };
+        let (mut iq, mut q4, mut norm) = (0.0f64, 0.0f64, 0.0f64);
+        for _ in 0..2000 {
+            let x: Vec<f32> = (0..QK).map(|_| normal()).collect();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            iq4_nl_encode(&x, &mut a);
+            q4_0_encode(&x, &mut b);
+            assert_eq!((a.len(), b.len()), (IQ4_NL_BYTES, Q4_0_BYTES));
+            let (mut da, mut db) = ([0.0f32; QK], [0.0f32; QK]);
+            iq4_nl_decode(&a, &mut da);
+            q4_0_decode(&b, &mut db);
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for j in 0..QK {
+                // half the widest gap between levels is 11.5 of 127, and the refit scale moves the
+                // levels by a few percent more: within a sixth of amax
+                assert!((x[j] - da[j]).abs() <= amax / 6.0, "{} for {}", da[j], x[j]);
+                iq += ((x[j] - da[j]) as f64).powi(2);
+                q4 += ((x[j] - db[j]) as f64).powi(2);
+                norm += (x[j] as f64).powi(2);
+            }
+        }
+        let (iq, q4) = ((iq / norm).sqrt(), (q4 / norm).sqrt());
+        // 0.079 against 0.086 at this seed
+        assert!(iq < 0.95 * q4, "iq4_nl {iq:.4} against q4_0 {q4:.4}");
     }
 }

@@ -1,5 +1,5 @@
 //! Per-token quantized storage, shared by the methods that quantize every key and value as it is
-//! written (llama.cpp's types `q8_0` … `q5_1`, rotated or not, and `flexgen-4bit`): each token's key and value row of one kv
+//! written (llama.cpp's types `q8_0` … `q5_1` and `iq4_nl`, rotated or not, and `flexgen-4bit`): each token's key and value row of one kv
 //! head is cut into groups of 32 channels, each group encoded by a [`RowCodec`] into one byte
 //! block (codes with their scale and, for min–max codes, minimum), and appended to that head's
 //! byte vector. Attention sees only decoded values, including for the chunk being prefilled, as
@@ -29,6 +29,8 @@ pub enum RowCodec {
     Q5_0,
     /// llama.cpp `q5_1`.
     Q5_1,
+    /// llama.cpp `iq4_nl`.
+    Iq4Nl,
     /// Asymmetric min–max at this many bits (FlexGen).
     MinMax(u32),
 }
@@ -42,28 +44,33 @@ impl RowCodec {
             Self::Q4_1 => quant::Q4_1_BYTES,
             Self::Q5_0 => quant::Q5_0_BYTES,
             Self::Q5_1 => quant::Q5_1_BYTES,
+            Self::Iq4Nl => quant::IQ4_NL_BYTES,
             Self::MinMax(bits) => quant::minmax_bytes(QK, bits),
         }
     }
 
-    fn encode(self, x: &[f32], out: &mut Vec<u8>) {
+    /// Append the encoding of 32 values to `out`.
+    pub fn encode(self, x: &[f32], out: &mut Vec<u8>) {
         match self {
             Self::Q8_0 => quant::q8_0_encode(x, out),
             Self::Q4_0 => quant::q4_0_encode(x, out),
             Self::Q4_1 => quant::q4_1_encode(x, out),
             Self::Q5_0 => quant::q5_0_encode(x, out),
             Self::Q5_1 => quant::q5_1_encode(x, out),
+            Self::Iq4Nl => quant::iq4_nl_encode(x, out),
             Self::MinMax(bits) => quant::minmax_encode(x, bits, out),
         }
     }
 
-    fn decode(self, block: &[u8], out: &mut [f32]) {
+    /// Decode one group of 32 values.
+    pub fn decode(self, block: &[u8], out: &mut [f32]) {
         match self {
             Self::Q8_0 => quant::q8_0_decode(block, out),
             Self::Q4_0 => quant::q4_0_decode(block, out),
             Self::Q4_1 => quant::q4_1_decode(block, out),
             Self::Q5_0 => quant::q5_0_decode(block, out),
             Self::Q5_1 => quant::q5_1_decode(block, out),
+            Self::Iq4Nl => quant::iq4_nl_decode(block, out),
             Self::MinMax(bits) => quant::minmax_decode(block, bits, out),
         }
     }

@@ -9,6 +9,10 @@
 //! ([`attention::attend_observed_half`]); otherwise attention widens the selected rows to f32 in
 //! a per-thread scratch buffer that is reused across layers (working memory of one layer, not a
 //! second cache).
+//!
+//! Composed with a quantizer (`snapkv-4x+q4_0-rot`, [`TokenRows::recode`]), the same rows are held
+//! as the quantizer's codes ([`crate::kv::rowcode`]) and attention reads their decoding: the token
+//! method chooses the rows, the quantizer how each is stored, and the bytes are the codes'.
 
 use std::cell::RefCell;
 
@@ -17,14 +21,31 @@ use half::slice::HalfFloatSliceExt;
 
 use super::attention::{self, Heads, KvView, Queries};
 use super::prefill::FullStore;
+use super::rowcode::{Coder, Part, RowCode};
 
-/// One kv head's kept tokens: keys and values `[n, head_dim]` in f16, and their positions.
+/// One kv head's kept tokens: keys and values `[n, head_dim]`, in f16 or coded by a composed
+/// quantizer ([`Self::recode`]), and their positions.
 #[derive(Debug, Clone, Default)]
 pub struct HeadRows {
     d: usize,
-    keys: Vec<f16>,
-    values: Vec<f16>,
+    rows: Rows,
     positions: Vec<u32>,
+}
+
+/// How a head's rows are held.
+#[derive(Debug, Clone)]
+enum Rows {
+    /// f16, as they were written.
+    Half { keys: Vec<f16>, values: Vec<f16> },
+    /// A composed quantizer's codes ([`crate::kv::rowcode`]), and their decoding, which attention
+    /// reads.
+    Coded { coder: Coder, keys: Vec<u8>, values: Vec<u8>, wide_keys: Vec<f32>, wide_values: Vec<f32> },
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Self::Half { keys: Vec::new(), values: Vec::new() }
+    }
 }
 
 impl HeadRows {
@@ -35,12 +56,37 @@ impl HeadRows {
 
     /// Keep one more token.
     pub fn push(&mut self, key: &[f32], value: &[f32], position: u32) {
-        for (rows, new) in [(&mut self.keys, key), (&mut self.values, value)] {
-            let at = rows.len();
-            rows.resize(at + new.len(), f16::ZERO);
-            rows[at..].convert_from_f32_slice(new);
+        match &mut self.rows {
+            Rows::Half { keys, values } => {
+                for (rows, new) in [(keys, key), (values, value)] {
+                    let at = rows.len();
+                    rows.resize(at + new.len(), f16::ZERO);
+                    rows[at..].convert_from_f32_slice(new);
+                }
+            }
+            Rows::Coded { coder, keys, values, wide_keys, wide_values } => {
+                coder.encode(Part::Keys, key, keys, wide_keys);
+                coder.encode(Part::Values, value, values, wide_values);
+            }
         }
         self.positions.push(position);
+    }
+
+    /// Hold every row, and every row pushed from now on, in `coder`'s codes.
+    pub fn recode(&mut self, coder: &Coder) {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        self.widen(None, &mut k, &mut v);
+        let positions = std::mem::take(&mut self.positions);
+        self.rows = Rows::Coded {
+            coder: coder.clone(),
+            keys: Vec::new(),
+            values: Vec::new(),
+            wide_keys: Vec::new(),
+            wide_values: Vec::new(),
+        };
+        for (i, &p) in positions.iter().enumerate() {
+            self.push(&k[i * self.d..][..self.d], &v[i * self.d..][..self.d], p);
+        }
     }
 
     /// Tokens kept.
@@ -58,59 +104,118 @@ impl HeadRows {
         &self.positions
     }
 
-    /// Key of row `i`, widened.
+    /// Key of row `i`, widened (decoded, for coded rows).
     pub fn key(&self, i: usize) -> Vec<f32> {
-        self.keys[i * self.d..][..self.d].iter().map(|x| x.to_f32()).collect()
+        let d = self.d;
+        match &self.rows {
+            Rows::Half { keys, .. } => keys[i * d..][..d].iter().map(|x| x.to_f32()).collect(),
+            Rows::Coded { wide_keys, .. } => wide_keys[i * d..][..d].to_vec(),
+        }
     }
 
     /// Keep the rows whose `keep` flag is set, in order.
     pub fn retain(&mut self, keep: &[bool]) {
         assert_eq!(keep.len(), self.len());
         let d = self.d;
-        let mut w = 0;
-        for (r, &k) in keep.iter().enumerate() {
-            if k {
-                self.keys.copy_within(r * d..(r + 1) * d, w * d);
-                self.values.copy_within(r * d..(r + 1) * d, w * d);
-                self.positions[w] = self.positions[r];
-                w += 1;
+        let w = keep.iter().filter(|&&k| k).count();
+        match &mut self.rows {
+            Rows::Half { keys, values } => {
+                retain_rows(keys, d, keep);
+                retain_rows(values, d, keep);
+            }
+            Rows::Coded { coder, keys, values, wide_keys, wide_values } => {
+                retain_rows(keys, coder.row_bytes(Part::Keys, d), keep);
+                retain_rows(values, coder.row_bytes(Part::Values, d), keep);
+                retain_rows(wide_keys, d, keep);
+                retain_rows(wide_values, d, keep);
             }
         }
-        self.keys.truncate(w * d);
-        self.values.truncate(w * d);
-        self.positions.truncate(w);
+        retain_rows(&mut self.positions, 1, keep);
+        debug_assert_eq!(self.positions.len(), w);
     }
 
-    /// Bytes held: keys, values and positions.
+    /// Bytes held: keys, values (f16, or their codes) and positions.
     pub fn bytes(&self) -> usize {
-        (self.keys.len() + self.values.len()) * size_of::<f16>() + self.positions.len() * size_of::<u32>()
+        let rows = match &self.rows {
+            Rows::Half { keys, values } => (keys.len() + values.len()) * size_of::<f16>(),
+            Rows::Coded { keys, values, .. } => keys.len() + values.len(),
+        };
+        rows + self.positions.len() * size_of::<u32>()
     }
 
     /// Bytes of `n` rows' keys and values (what attention reads for them).
     pub fn row_bytes(&self, n: usize) -> usize {
-        n * 2 * self.d * size_of::<f16>()
+        match &self.rows {
+            Rows::Half { .. } => n * 2 * self.d * size_of::<f16>(),
+            Rows::Coded { coder, .. } => n * coder.token_bytes(self.d),
+        }
+    }
+
+    /// The composed quantizer's coder, if the head holds codes.
+    pub fn coder(&self) -> Option<&Coder> {
+        match &self.rows {
+            Rows::Half { .. } => None,
+            Rows::Coded { coder, .. } => Some(coder),
+        }
+    }
+
+    /// The f16 rows, if the head holds f16.
+    fn half(&self) -> Option<KvView<'_, f16>> {
+        match &self.rows {
+            Rows::Half { keys, values } => Some(KvView { keys, values }),
+            Rows::Coded { .. } => None,
+        }
+    }
+
+    /// The decoded rows, if the head holds codes.
+    fn decoded(&self) -> Option<KvView<'_>> {
+        match &self.rows {
+            Rows::Half { .. } => None,
+            Rows::Coded { wide_keys, wide_values, .. } => Some(KvView { keys: wide_keys, values: wide_values }),
+        }
     }
 
     /// Widen rows `rows` (all when `None`) into `keys` and `values`.
     fn widen(&self, rows: Option<&[usize]>, keys: &mut Vec<f32>, values: &mut Vec<f32>) {
         let d = self.d;
-        match rows {
-            None => {
-                keys.resize(self.keys.len(), 0.0);
-                values.resize(self.values.len(), 0.0);
-                self.keys.convert_to_f32_slice(keys);
-                self.values.convert_to_f32_slice(values);
+        let n = rows.map_or(self.len(), <[usize]>::len);
+        keys.resize(n * d, 0.0);
+        values.resize(n * d, 0.0);
+        match (&self.rows, rows) {
+            (Rows::Half { keys: hk, values: hv }, None) => {
+                hk.convert_to_f32_slice(keys);
+                hv.convert_to_f32_slice(values);
             }
-            Some(rows) => {
-                keys.resize(rows.len() * d, 0.0);
-                values.resize(rows.len() * d, 0.0);
+            (Rows::Half { keys: hk, values: hv }, Some(rows)) => {
                 for (j, &r) in rows.iter().enumerate() {
-                    self.keys[r * d..][..d].convert_to_f32_slice(&mut keys[j * d..][..d]);
-                    self.values[r * d..][..d].convert_to_f32_slice(&mut values[j * d..][..d]);
+                    hk[r * d..][..d].convert_to_f32_slice(&mut keys[j * d..][..d]);
+                    hv[r * d..][..d].convert_to_f32_slice(&mut values[j * d..][..d]);
+                }
+            }
+            (Rows::Coded { wide_keys, wide_values, .. }, None) => {
+                keys.copy_from_slice(wide_keys);
+                values.copy_from_slice(wide_values);
+            }
+            (Rows::Coded { wide_keys, wide_values, .. }, Some(rows)) => {
+                for (j, &r) in rows.iter().enumerate() {
+                    keys[j * d..][..d].copy_from_slice(&wide_keys[r * d..][..d]);
+                    values[j * d..][..d].copy_from_slice(&wide_values[r * d..][..d]);
                 }
             }
         }
     }
+}
+
+/// Keep the `width`-long rows of `x` whose flag is set, in order.
+fn retain_rows<T: Copy>(x: &mut Vec<T>, width: usize, keep: &[bool]) {
+    let mut w = 0;
+    for (r, &k) in keep.iter().enumerate() {
+        if k {
+            x.copy_within(r * width..(r + 1) * width, w * width);
+            w += 1;
+        }
+    }
+    x.truncate(w * width);
 }
 
 thread_local! {
@@ -135,12 +240,32 @@ pub struct TokenRows {
     pub heads: Vec<HeadRows>,
     /// Position of the next appended token.
     pub next_position: u32,
+    /// A composed quantizer's code, waiting for the first rows to set its scales from.
+    pending: Option<RowCode>,
 }
 
 impl TokenRows {
     /// Empty rows.
     pub fn new(shape: Heads) -> Self {
-        Self { shape, heads: vec![HeadRows::new(shape.head_dim); shape.kv_heads], next_position: 0 }
+        Self { shape, heads: vec![HeadRows::new(shape.head_dim); shape.kv_heads], next_position: 0, pending: None }
+    }
+
+    /// Hold every row, and every row appended from now on, in `code` (a composed quantizer's),
+    /// its per-layer scales set from the rows held now or, if none are, from the first appended.
+    pub fn recode(&mut self, code: RowCode) {
+        if self.heads.iter().all(HeadRows::is_empty) {
+            self.pending = Some(code);
+            return;
+        }
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for head in &self.heads {
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            head.widen(None, &mut k, &mut v);
+            keys.extend(k);
+            values.extend(v);
+        }
+        let coder = Coder::calibrated(code, self.shape.head_dim, &keys, &values);
+        self.heads.iter_mut().for_each(|h| h.recode(&coder));
     }
 
     /// Every token of a full-precision prefill, rounded to f16.
@@ -161,6 +286,10 @@ impl TokenRows {
 
     /// Append `t` token-major rows of `kv_heads · head_dim` keys and values.
     pub fn append(&mut self, keys: &[f32], values: &[f32], t: usize) {
+        if let Some(code) = self.pending.take() {
+            let coder = Coder::calibrated(code, self.shape.head_dim, keys, values);
+            self.heads.iter_mut().for_each(|h| h.recode(&coder));
+        }
         let d = self.shape.head_dim;
         let width = self.shape.kv_heads * d;
         for j in 0..t {
@@ -195,10 +324,14 @@ impl TokenRows {
         }
         if select.is_none() {
             // every row: the decode kernel reads the f16 rows as they are
-            let views: Vec<KvView<f16>> =
-                self.heads.iter().map(|h| KvView { keys: &h.keys, values: &h.values }).collect();
-            if attention::attend_observed_half(self.shape, q, &views, out, mass.as_deref_mut()) {
+            if let Some(views) = self.heads.iter().map(HeadRows::half).collect::<Option<Vec<_>>>()
+                && attention::attend_observed_half(self.shape, q, &views, out, mass.as_deref_mut())
+            {
                 return;
+            }
+            // coded rows: attention reads their decoding as it is
+            if let Some(views) = self.heads.iter().map(HeadRows::decoded).collect::<Option<Vec<_>>>() {
+                return attention::attend_observed(self.shape, q, &views, out, mass);
             }
         }
         with_scratch(self.heads.len(), |scratch| {
@@ -235,9 +368,10 @@ impl TokenRows {
         }
     }
 
-    /// Bytes held, all heads.
+    /// Bytes held, all heads, and a composed quantizer's per-layer scales.
     pub fn bytes(&self) -> usize {
-        self.heads.iter().map(HeadRows::bytes).sum()
+        let layer = self.heads.first().and_then(HeadRows::coder).map_or(0, Coder::layer_bytes);
+        self.heads.iter().map(HeadRows::bytes).sum::<usize>() + layer
     }
 
     /// Tokens kept per head (the most of any head).

@@ -17,6 +17,7 @@ terms in another order), among which any top-k may choose. Cases:
 - "same": kvpress set to kvbench's documented settings, so the positions must be identical;
 - "nested": kvpress's scores set as kvbench's, its own budget rule (PyramidKV);
 - "overlap": kvpress as it ships, to show what kvbench's documented choices change.
+ThinK's cases list key channels kept per kv head instead of positions ("of": "key-channels").
 """
 
 import json
@@ -28,9 +29,9 @@ import torch
 from torch.nn import functional as F
 
 from kvpress import (AdaKVPress, ChunkKVPress, KeyDiffPress, KnormPress, ObservedAttentionPress, PyramidKVPress,
-                     SnapKVPress, StreamingLLMPress, TOVAPress)
+                     SnapKVPress, StreamingLLMPress, ThinKPress, TOVAPress)
 
-ATTENTION = {}  # the current task's full attention weights [1, heads, n, n]
+ATTENTION = {}  # the current task's full attention weights [1, heads, n, n], and its queries [1, heads, n, d]
 
 
 class RecordedWindow:
@@ -70,6 +71,26 @@ class AlignedPyramidKV(RecordedWindow, PyramidKVPress):
         super().__init__(compression_ratio=compression_ratio, window_size=32, kernel_size=7)
 
     score = AlignedSnapKV.score
+
+
+class RecordedThinK(ThinKPress):
+    """kvpress's ThinK with its window's (post-RoPE) queries taken from the recording, not recomputed."""
+
+    def compute_window_queries(self, module, hidden_states, position_embeddings):
+        return ATTENTION["queries"][:, :, -self.window_size:]
+
+
+def think_channels(press, module, keys, values):
+    """Per kv head, the key channels ThinK keeps (those it does not zero), and those tied at its cut."""
+    hidden = torch.zeros(1, keys.shape[2], 1)
+    pruned, _ = press.compress(module, hidden, keys.clone(), values, None,
+                               {"hidden_states": hidden, "position_embeddings": None})
+    kept = [sorted((pruned[0, g] != 0).any(dim=0).nonzero().flatten().tolist()) for g in range(keys.shape[1])]
+    q = ATTENTION["queries"][:, :, -press.window_size:]
+    group = q.shape[1] // keys.shape[1]
+    q_norm = q.pow(2).mean(dim=2).view(1, keys.shape[1], group, keys.shape[3]).mean(2)
+    scores = q_norm * keys.pow(2).mean(dim=2)
+    return kept, ties(scores, kept, False)
 
 
 def kept_rows(original, returned):
@@ -140,6 +161,7 @@ def cases(task, ratios):
     logits = queries @ expanded.transpose(-1, -2) / d**0.5
     logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
     ATTENTION["weights"] = torch.softmax(logits, dim=-1)
+    ATTENTION["queries"] = queries
     module = SimpleNamespace(head_dim=d, layer_idx=task["layer"], config=SimpleNamespace(
         num_attention_heads=h, num_key_value_heads=kv, num_hidden_layers=task["layers"], _attn_implementation="sdpa"))
     out = []
@@ -177,6 +199,10 @@ def cases(task, ratios):
             out.append({"method": method, "press": label, "expect": expect, "kept": kept, "ties": tied,
                         "layer_wide": isinstance(press, (AdaKVPress, ChunkKVPress)),
                         "unit": press.chunk_length if isinstance(press, ChunkKVPress) else 1})
+        # ThinK keeps key channels, not positions: int(d · ratio) pruned, as kvbench's d − round(d / r)
+        kept, tied = think_channels(RecordedThinK(key_channel_compression_ratio=stock), module, keys, values)
+        out.append({"method": f"think-{r}x", "press": "ThinKPress(window_size=32), channels kept", "expect": "same",
+                    "kept": kept, "ties": tied, "of": "key-channels"})
     return out
 
 

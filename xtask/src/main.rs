@@ -66,10 +66,16 @@ enum Command {
     KvpressParity(kvpress_parity::Args),
     /// Regenerate tests/data/kv_quant_reference.json: gguf-py's llama.cpp cache-type blocks.
     KvQuantReference,
+    /// Regenerate tests/data/iq4_nl_reference.json: ggml's iq4_nl cache quantizer, ported to numpy,
+    /// decoded by gguf-py.
+    Iq4NlReference,
     /// Rewrite docs/METHODS.md's table of methods from the registry.
     MethodsTable,
     /// Regenerate tests/data/fp8_reference.json: torch's float8_e4m3fn and float8_e5m2 codes.
     Fp8Reference,
+    /// Regenerate tests/data/turboquant_reference.json: vLLM's TurboQuant store, re-implemented in
+    /// numpy from its source.
+    TurboquantReference,
     /// Regenerate tests/data/dequant_reference.json: gguf-py's values for the Gemma file's blocks.
     DequantReference,
     /// Regenerate golden/gemma3_exact_reference.json: Gemma 3 in float64 numpy on 10 prompts.
@@ -94,8 +100,10 @@ fn main() -> anyhow::Result<()> {
         Command::TovaParity(args) => tova_parity::run(args),
         Command::KvpressParity(args) => kvpress_parity::run(args),
         Command::DequantReference => dequant_reference(),
-        Command::KvQuantReference => kv_quant_reference(),
-        Command::Fp8Reference => fp8_reference(),
+        Command::KvQuantReference => python_reference("kv_quant_reference", venv::gguf_python()?),
+        Command::Iq4NlReference => python_reference("iq4_nl_reference", venv::gguf_python()?),
+        Command::Fp8Reference => python_reference("fp8_reference", venv::hf_python()?),
+        Command::TurboquantReference => python_reference("turboquant_reference", venv::hf_python()?),
         Command::MethodsTable => methods_table(),
         Command::GemmaReference(args) => gemma_reference::run(args),
     }
@@ -118,17 +126,6 @@ fn dequant_reference() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kv_quant_reference() -> anyhow::Result<()> {
-    let out = project_root().join("tests/data/kv_quant_reference.json");
-    venv::run(
-        std::process::Command::new(venv::gguf_python()?)
-            .arg(project_root().join("xtask/py/kv_quant_reference.py"))
-            .arg(&out),
-    )?;
-    eprintln!("xtask: wrote {}", out.display());
-    Ok(())
-}
-
 fn methods_table() -> anyhow::Result<()> {
     let path = project_root().join("docs/METHODS.md");
     let doc = std::fs::read_to_string(&path)?;
@@ -145,11 +142,11 @@ fn methods_table() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fp8_reference() -> anyhow::Result<()> {
-    let out = project_root().join("tests/data/fp8_reference.json");
-    venv::run(
-        std::process::Command::new(venv::hf_python()?).arg(project_root().join("xtask/py/fp8_reference.py")).arg(&out),
-    )?;
+/// Run `xtask/py/{name}.py` with `python` (one of the [`venv`]s), writing `tests/data/{name}.json`.
+fn python_reference(name: &str, python: PathBuf) -> anyhow::Result<()> {
+    let out = project_root().join(format!("tests/data/{name}.json"));
+    let script = project_root().join(format!("xtask/py/{name}.py"));
+    venv::run(std::process::Command::new(python).arg(script).arg(&out))?;
     eprintln!("xtask: wrote {}", out.display());
     Ok(())
 }

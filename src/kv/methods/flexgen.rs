@@ -12,6 +12,7 @@
 
 use serde_json::json;
 
+use crate::kv::rowcode::RowCode;
 use crate::kv::rowquant::{RowCodec, RowQuantStore};
 use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
@@ -39,6 +40,10 @@ impl Method for FlexGen {
 
     fn phase(&self) -> Phase<'_> {
         Phase::DuringPrefill(self)
+    }
+
+    fn row_code(&self) -> Option<RowCode> {
+        Some(RowCode::Blocks { codec: RowCodec::MinMax(4), rotate: false })
     }
 }
 

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::kv::attention::{self, Heads, KvView, Queries};
 use crate::kv::fp8::Format;
+use crate::kv::rowcode::RowCode;
 use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// vLLM's `K_SCALE_CONSTANT`: the first pass's largest key maps to this.
@@ -57,6 +58,10 @@ impl Method for Fp8Cache {
 
     fn phase(&self) -> Phase<'_> {
         Phase::DuringPrefill(self)
+    }
+
+    fn row_code(&self) -> Option<RowCode> {
+        Some(RowCode::Fp8(self.format))
     }
 }
 
@@ -106,7 +111,7 @@ impl Fp8Store {
 }
 
 /// `max|x| / range`, or 1 for an all-zero tensor (which any scale stores exactly).
-fn scale_of(x: &[f32], range: f32) -> f32 {
+pub fn scale_of(x: &[f32], range: f32) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     if amax > 0.0 && amax.is_finite() { amax / range } else { 1.0 }
 }

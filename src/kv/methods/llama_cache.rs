@@ -1,4 +1,4 @@
-//! `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1` and each with `-rot`: llama.cpp's block cache types
+//! `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl` and each with `-rot`: llama.cpp's block cache types
 //! (`-ctk T -ctv T`), without and with the Hadamard rotation llama.cpp applies to quantized
 //! caches.
 //!
@@ -13,6 +13,11 @@
 //!   fifth bits in a 32-bit word; 22 bytes = 5.5 bits.
 //! - `q5_1`: as `q4_1` at 5 bits (31 levels); 24 bytes = 6 bits.
 //!
+//! - `iq4_nl`: 4-bit indices into ggml's non-linear table `kvalues_iq4nl` (16 levels from −127 to
+//!   113, denser near zero), `d = max / −127` then refit by least squares weighted by `x²`; 18
+//!   bytes = 4.5 bits. The cache writes with `quantize_row_iq4_nl_ref`, which skips the scale
+//!   search that ggml runs when it quantizes model weights.
+//!
 //! The codes are ggml's byte for byte (`src/kv/quant.rs`, held to gguf-py's quantizers). The
 //! nominal ratio is 16 / bits against fp16. Every key and value is quantized as it is written,
 //! prefill included, and attention reads the dequantized cache, as llama.cpp does (the chunk
@@ -21,12 +26,11 @@
 //! Rotation (`-rot`): llama.cpp's KV cache enables an attention rotation when the cache type is
 //! quantized: q and k are multiplied by a normalized Hadamard matrix before k is stored, v is
 //! rotated before it is stored and the attention output is rotated back. Here the transform is
-//! the Walsh–Hadamard of each head ([`crate::kv::hadamard`]); it costs no bytes. (IQ4_NL, the one
-//! llama.cpp cache type not here, chooses its scale by a search ggml's reference runs per block;
-//! not built yet.)
+//! the Walsh–Hadamard of each head ([`crate::kv::hadamard`]); it costs no bytes.
 
 use serde_json::json;
 
+use crate::kv::rowcode::RowCode;
 use crate::kv::rowquant::{RowCodec, RowQuantStore};
 use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
@@ -43,6 +47,8 @@ pub enum BlockType {
     Q5_0,
     /// `q5_1`.
     Q5_1,
+    /// `iq4_nl`.
+    Iq4Nl,
 }
 
 impl BlockType {
@@ -53,6 +59,7 @@ impl BlockType {
             Self::Q4_1 => "q4_1",
             Self::Q5_0 => "q5_0",
             Self::Q5_1 => "q5_1",
+            Self::Iq4Nl => "iq4_nl",
         }
     }
 
@@ -63,6 +70,7 @@ impl BlockType {
             Self::Q4_1 => RowCodec::Q4_1,
             Self::Q5_0 => RowCodec::Q5_0,
             Self::Q5_1 => RowCodec::Q5_1,
+            Self::Iq4Nl => RowCodec::Iq4Nl,
         }
     }
 
@@ -70,7 +78,7 @@ impl BlockType {
     fn bits(self) -> f64 {
         match self {
             Self::Q8_0 => 8.5,
-            Self::Q4_0 => 4.5,
+            Self::Q4_0 | Self::Iq4Nl => 4.5,
             Self::Q4_1 => 5.0,
             Self::Q5_0 => 5.5,
             Self::Q5_1 => 6.0,
@@ -84,6 +92,7 @@ impl BlockType {
             Self::Q4_1 => "(max-min)/15",
             Self::Q5_0 => "max/-16",
             Self::Q5_1 => "(max-min)/31",
+            Self::Iq4Nl => "least-squares",
         }
     }
 
@@ -95,7 +104,7 @@ impl BlockType {
     fn code_bits(self) -> u32 {
         match self {
             Self::Q8_0 => 8,
-            Self::Q4_0 | Self::Q4_1 => 4,
+            Self::Q4_0 | Self::Q4_1 | Self::Iq4Nl => 4,
             Self::Q5_0 | Self::Q5_1 => 5,
         }
     }
@@ -129,7 +138,9 @@ impl Method for LlamaCache {
 
     fn description(&self) -> String {
         let (bits, rule) = (self.ty.code_bits(), self.ty.scale_rule());
-        let scale = if self.ty.has_min() {
+        let scale = if self.ty == BlockType::Iq4Nl {
+            "4-bit indices into a non-linear table of 16 levels and an f16 scale fit by least squares".to_string()
+        } else if self.ty.has_min() {
             format!("{bits}-bit codes, an f16 scale of {rule} and an f16 minimum")
         } else {
             format!("{bits}-bit codes and an f16 scale of {rule}")
@@ -144,6 +155,10 @@ impl Method for LlamaCache {
 
     fn phase(&self) -> Phase<'_> {
         Phase::DuringPrefill(self)
+    }
+
+    fn row_code(&self) -> Option<RowCode> {
+        Some(RowCode::Blocks { codec: self.ty.codec(), rotate: self.rotate })
     }
 }
 

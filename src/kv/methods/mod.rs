@@ -11,6 +11,7 @@
 
 pub mod adakv;
 pub mod chunkkv;
+pub mod compose;
 pub mod flexgen;
 pub mod fp16;
 pub mod fp8;
@@ -27,7 +28,9 @@ pub mod quest;
 pub mod registry;
 pub mod snapkv;
 pub mod streamingllm;
+pub mod think;
 pub mod tova;
+pub mod turboquant;
 
 #[cfg(test)]
 mod invariants;

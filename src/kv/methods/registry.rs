@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use super::llama_cache::{BlockType, LlamaCache};
 use super::{
-    Budget, adakv, chunkkv, flexgen, fp8, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv, quest,
+    Budget, adakv, chunkkv, compose, flexgen, fp8, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv,
+    quest,
 };
-use super::{snapkv, streamingllm, tova};
+use super::{snapkv, streamingllm, think, tova, turboquant};
 use crate::kv::fp8::Format;
 use crate::kv::oneshot::OneShot;
 use crate::kv::{Granularity, Method};
@@ -28,8 +29,13 @@ pub enum Kind {
     OneShot,
     /// Holds every token and reads a budget of them per step.
     Retrieval,
+    /// Keeps every token; prunes key channels once after prefill.
+    KeyChannels,
     /// Drops prompt tokens before prefill.
     PromptCompression,
+    /// An evicting or one-shot method whose kept rows a quantizer stores (`snapkv-4x+q4_0-rot`,
+    /// [`compose`]).
+    Composition,
 }
 
 /// How a method is made from its name.
@@ -88,8 +94,12 @@ pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::fixed("q5_0-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_0, rotate: true })),
     MethodSpec::fixed("q5_1", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_1, rotate: false })),
     MethodSpec::fixed("q5_1-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Q5_1, rotate: true })),
+    MethodSpec::fixed("iq4_nl", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Iq4Nl, rotate: false })),
+    MethodSpec::fixed("iq4_nl-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Iq4Nl, rotate: true })),
     MethodSpec::fixed("fp8-e4m3", Kind::Quantizer, || Arc::new(fp8::Fp8Cache { format: Format::E4M3 })),
     MethodSpec::fixed("fp8-e5m2", Kind::Quantizer, || Arc::new(fp8::Fp8Cache { format: Format::E5M2 })),
+    MethodSpec::fixed("turboquant-4bit", Kind::Quantizer, || Arc::new(turboquant::TurboQuantCache { bits: 4 })),
+    MethodSpec::fixed("turboquant-3bit", Kind::Quantizer, || Arc::new(turboquant::TurboQuantCache { bits: 3 })),
     MethodSpec::fixed("flexgen-4bit", Kind::Quantizer, || Arc::new(flexgen::FlexGen)),
     MethodSpec::fixed("kivi-2bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 2 })),
     MethodSpec::fixed("kivi-4bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 4 })),
@@ -106,6 +116,7 @@ pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::budgeted("chunkkv", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: chunkkv::ChunkKv })),
     MethodSpec::budgeted("knorm", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: knorm::Knorm })),
     MethodSpec::budgeted("keydiff", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: keydiff::KeyDiff })),
+    MethodSpec::budgeted("think", Kind::KeyChannels, |budget| Arc::new(think::Think { budget })),
     MethodSpec::budgeted("infllm", Kind::Retrieval, |budget| {
         Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::OwnPositions })
     }),
@@ -129,6 +140,12 @@ pub const REGISTRY: &[MethodSpec] = &[
         .variant(),
 ];
 
+/// The compositions in the trial matrix ([`compose`]; any evicting or one-shot method composes
+/// with a row quantizer on the command line): pairs chosen so that the report's equal-bytes
+/// frontier sets fewer tokens in more bits against more tokens in fewer, near 4× and 7× of fp16.
+pub const COMPOSITIONS: &[&str] =
+    &["snapkv-2x+q4_0-rot", "snapkv-4x+q8_0", "streamingllm-2x+q4_0", "adakv-2x+fp8-e4m3", "snapkv-2x+turboquant-4bit"];
+
 /// The registry entry of `name` and its budget, if it has one.
 pub fn lookup(name: &str) -> Option<(&'static MethodSpec, Option<Budget>)> {
     if let Some(spec) = REGISTRY.iter().find(|s| !s.budgeted_family() && s.name == name) {
@@ -139,28 +156,43 @@ pub fn lookup(name: &str) -> Option<(&'static MethodSpec, Option<Budget>)> {
     Some((spec, Some(Budget::parse(suffix)?)))
 }
 
-/// Resolve a method by its command-line name.
+/// Resolve a method by its command-line name (a composition is `EVICTOR+QUANTIZER`).
 pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
+    if let Some((evictor, quantizer)) = name.split_once('+') {
+        let part = |n: &str| Ok::<_, UnknownMethod>((one(n)?, kind_of(n).expect("a resolved name has a kind")));
+        let ((e, ek), (q, qk)) = (part(evictor)?, part(quantizer)?);
+        let composed = compose::Composed::new(e, ek, q, qk)
+            .map_err(|why| UnknownMethod::Composition { name: name.to_string(), why })?;
+        return Ok(Arc::new(composed));
+    }
+    one(name)
+}
+
+/// Resolve one registered name.
+fn one(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
     match lookup(name) {
         Some((MethodSpec { make: Make::Fixed(make), .. }, None)) => Ok(make()),
         Some((MethodSpec { make: Make::Budgeted(make), .. }, Some(budget))) => Ok(make(budget)),
-        _ => Err(UnknownMethod { name: name.to_string() }),
+        _ => Err(UnknownMethod::Name { name: name.to_string() }),
     }
 }
 
 /// The kind of the method called `name`.
 pub fn kind_of(name: &str) -> Option<Kind> {
+    if name.contains('+') {
+        return by_name(name).ok().map(|_| Kind::Composition);
+    }
     lookup(name).map(|(spec, _)| spec.kind)
 }
 
 /// The trial matrix's methods at the given ratios: the fixed ones, then each budgeted family at
-/// each ratio, in registry order.
+/// each ratio, in registry order, then the [`COMPOSITIONS`].
 pub fn all_at(ratios: &[u32]) -> Vec<String> {
     let matrix = || REGISTRY.iter().filter(|s| s.matrix);
     let fixed = matrix().filter(|s| !s.budgeted_family()).map(|s| s.name.to_string());
     let budgeted =
         matrix().filter(|s| s.budgeted_family()).flat_map(|s| ratios.iter().map(|r| format!("{}-{r}x", s.name)));
-    fixed.chain(budgeted).collect()
+    fixed.chain(budgeted).chain(COMPOSITIONS.iter().map(|c| c.to_string())).collect()
 }
 
 /// Every budgeted family, the variants included, of `kind`.
@@ -183,7 +215,8 @@ fn names(fixed: bool, matrix: bool) -> String {
 pub fn help() -> String {
     format!(
         "KV-cache method: {}; or {} with a budget suffix (`-4x`: a quarter of the prompt; `-512tok`: 512 tokens), \
-         e.g. `snapkv-4x`; variants outside the trial matrix: {}",
+         e.g. `snapkv-4x`; or EVICTOR+QUANTIZER, an evicting or one-shot method whose kept rows a row quantizer \
+         stores, e.g. `snapkv-4x+q4_0-rot`; variants outside the trial matrix: {}",
         names(true, true),
         names(false, true),
         names(false, false)
@@ -203,6 +236,7 @@ pub fn markdown_table() -> String {
         let kind = serde_json::to_value(spec.kind).expect("a kind serializes");
         let acts = serde_json::to_value(method.acts()).expect("a phase serializes");
         let ratio = match (spec.make, method.nominal_ratio()) {
+            (Make::Budgeted(_), _) if spec.kind == Kind::KeyChannels => "2N/(N+1)".to_string(),
             (Make::Budgeted(_), _) => "N".to_string(),
             (_, Some(r)) => format!("{}", (r * 100.0).round() / 100.0),
             (_, None) => "—".to_string(),
@@ -215,18 +249,40 @@ pub fn markdown_table() -> String {
             method.description().replace('|', "\\|"),
         ));
     }
+    for name in COMPOSITIONS {
+        let method = by_name(name).expect("the matrix's compositions compose");
+        let acts = serde_json::to_value(method.acts()).expect("a phase serializes");
+        let ratio = method.nominal_ratio().map_or("—".to_string(), |r| format!("{}", (r * 100.0).round() / 100.0));
+        s.push_str(&format!(
+            "| `{name}` | composition | {} | {} | {ratio} |\n",
+            acts.as_str().unwrap_or_default(),
+            method.description().replace('|', "\\|"),
+        ));
+    }
     s
 }
 
-/// A method name that is not known.
+/// A method name that is not known, or a composition that does not compose.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown method {name:?}; known methods: {fixed}, and {budgeted} with a budget suffix such as -4x or -512tok \
-     (also {variants}, outside the trial matrix)",
-    fixed = names(true, true), budgeted = names(false, true), variants = names(false, false)
-)]
-pub struct UnknownMethod {
-    name: String,
+pub enum UnknownMethod {
+    /// No such name.
+    #[error(
+        "unknown method {name:?}; known methods: {fixed}, and {budgeted} with a budget suffix such as -4x or -512tok \
+         (also {variants}, outside the trial matrix), and EVICTOR+QUANTIZER compositions such as snapkv-4x+q4_0-rot",
+        fixed = names(true, true), budgeted = names(false, true), variants = names(false, false)
+    )]
+    Name {
+        /// The name asked for.
+        name: String,
+    },
+    /// Both parts are known and do not compose.
+    #[error("{name:?} does not compose: {why}")]
+    Composition {
+        /// The name asked for.
+        name: String,
+        /// Why.
+        why: String,
+    },
 }
 
 #[cfg(test)]
