@@ -15,7 +15,9 @@ fn token_methods_keep_what_kvpress_keeps() {
     let must: Vec<_> = outcomes.iter().filter(|o| o.expect != Expect::Overlap).collect();
     // every method kvpress also has, at every ratio, on every task
     let families =
-        ["knorm", "keydiff", "streamingllm", "tova-pooled", "snapkv", "pyramidkv", "adakv", "chunkkv", "think"];
+        ["knorm", "keydiff", "streamingllm", "tova-pooled", "snapkv", "pyramidkv", "adakv", "chunkkv", "think"]
+            .into_iter()
+            .chain(["expected-attention"]);
     for family in families {
         assert!(
             must.iter().filter(|o| o.method.rsplit_once('-').is_some_and(|(f, _)| f == family)).count() >= 7 * 3,

@@ -33,8 +33,9 @@ use crate::model::generate::{GenerateOptions, Mode, Prompt, SharedPrefill};
 
 /// An entry's magic.
 pub const MAGIC: &[u8; 8] = b"KVBPFILL";
-/// The entry format this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The entry format this build writes and reads (2: the prefill stores carry Expected
+/// Attention's query statistics).
+pub const VERSION: u32 = 2;
 /// Bytes before an entry's payload: magic, version, the payload's sha256.
 pub const PREAMBLE: usize = 8 + 4 + 32;
 /// How recently another build's folder must have been used to be spared by [`DiskPrefills::store`].

@@ -143,7 +143,7 @@ impl Recorded {
     pub fn full_prefills(&self, chunk: usize) -> Vec<FullStore> {
         (0..self.layers.len())
             .map(|l| {
-                let mut full = FullStore::new(self.shape());
+                let mut full = FullStore::for_layer(&self.context(l));
                 self.prefill(l, &mut full, chunk);
                 full
             })

@@ -184,7 +184,7 @@ impl dyn Method + '_ {
         match self.phase() {
             Phase::BeforePrefill(p) => p.layer_store(ctx),
             Phase::DuringPrefill(f) => f.layer_store(ctx),
-            Phase::AfterPrefill(_) => Box::new(FullStore::new(ctx.shape)),
+            Phase::AfterPrefill(_) => Box::new(FullStore::for_layer(ctx)),
         }
     }
 

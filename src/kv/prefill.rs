@@ -3,13 +3,16 @@
 //!
 //! [`FullStore`] holds every key and value of every token in fp32, the precision the runtime
 //! computes in, and observes, per kv head, the attention mass each token received from every
-//! query so far (H2O's accumulated scores) and the last [`OBSERVATION_WINDOW`] queries (SnapKV's
-//! observation window). Those observations are bookkeeping for the methods, not part of the
-//! cache, and are not counted in [`LayerStore::bytes`].
+//! query so far (H2O's accumulated scores), the last [`OBSERVATION_WINDOW`] queries (SnapKV's
+//! observation window) and, made for a model layer, the mean and covariance of the queries before
+//! RoPE ([`QueryStats`], Expected Attention's model of future queries: `heads · d²` multiply-adds
+//! a token, under 1% of the layer's prefill). Those observations are bookkeeping for the methods,
+//! not part of the cache, and are not counted in [`LayerStore::bytes`].
 
 use crate::codec;
-use crate::kv::LayerStore;
 use crate::kv::attention::{self, Heads, KvView, Queries};
+use crate::kv::rope::{self, Style};
+use crate::kv::{LayerStore, StoreContext};
 
 /// Queries remembered at the end of the prompt (SnapKV's window of 32, its paper's default).
 pub const OBSERVATION_WINDOW: usize = 32;
@@ -30,6 +33,100 @@ pub struct FullStore {
     recent_queries: Vec<f32>,
     /// Most query rows kept in `recent_queries`.
     query_limit: usize,
+    /// The prompt's queries before RoPE, summarized (Expected Attention), where the store was
+    /// made for a model layer ([`Self::for_layer`]).
+    query_stats: Option<QueryStats>,
+}
+
+/// Queries at positions below this are left out of [`QueryStats`] (kvpress's `n_sink`: the first
+/// tokens' queries are outliers).
+pub const QUERY_STATS_SKIP: usize = 4;
+
+/// The mean and covariance of a layer's queries before RoPE, per query head, accumulated as
+/// prefill runs: what Expected Attention models future queries by (`methods/expected_attention.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryStats {
+    /// The RoPE the queries arrive rotated by, undone before they are counted.
+    rope_base: f32,
+    rope_style: Style,
+    /// Queries counted.
+    count: u64,
+    /// Per query head: `Σ q` `[d]` and `Σ q qᵀ` `[d, d]`, in f64.
+    sum: Vec<f64>,
+    outer: Vec<f64>,
+}
+
+impl QueryStats {
+    fn new(shape: Heads, rope_base: f32, rope_style: Style) -> Self {
+        let (h, d) = (shape.heads, shape.head_dim);
+        Self { rope_base, rope_style, count: 0, sum: vec![0.0; h * d], outer: vec![0.0; h * d * d] }
+    }
+
+    /// Count query rows `q` (`t` rows of stride `q_stride`), row `j` at position `first + j`.
+    fn observe(&mut self, shape: Heads, q: &[f32], q_stride: usize, t: usize, first: usize) {
+        let (h, d) = (shape.heads, shape.head_dim);
+        let mut row = vec![0.0f32; h * d];
+        // one chunk summed in f32 (8 lanes wide), then added to the f64 totals
+        let mut outer = vec![0.0f32; h * d * d];
+        let mut counted = false;
+        for j in 0..t {
+            let position = first + j;
+            if position < QUERY_STATS_SKIP {
+                continue;
+            }
+            row.copy_from_slice(&q[j * q_stride..][..h * d]);
+            rope::apply_style(&mut row, d, -(position as i64), self.rope_base, self.rope_style);
+            for (head, o) in row.chunks_exact(d).zip(outer.chunks_exact_mut(d * d)) {
+                for (a, o) in head.iter().zip(o.chunks_exact_mut(d)) {
+                    o.iter_mut().zip(head).for_each(|(o, b)| *o += a * b);
+                }
+            }
+            self.sum.iter_mut().zip(&row).for_each(|(s, &x)| *s += x as f64);
+            self.count += 1;
+            counted = true;
+        }
+        if counted {
+            self.outer.iter_mut().zip(&outer).for_each(|(s, &x)| *s += x as f64);
+        }
+    }
+
+    /// Queries counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The RoPE base and style the keys are rotated by.
+    pub fn rope(&self) -> (f32, Style) {
+        (self.rope_base, self.rope_style)
+    }
+
+    /// Query head `h`'s mean `[d]` and (population) covariance `[d, d]`, before RoPE.
+    pub fn moments(&self, h: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
+        let n = self.count.max(1) as f64;
+        let mean: Vec<f64> = self.sum[h * d..][..d].iter().map(|s| s / n).collect();
+        let cov = (0..d * d).map(|i| self.outer[h * d * d + i] / n - mean[i / d] * mean[i % d]).collect();
+        (mean, cov)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_f32s(out, &[self.rope_base, if self.rope_style == Style::Adjacent { 0.0 } else { 1.0 }]);
+        codec::put_u64(out, self.count);
+        for x in self.sum.iter().chain(&self.outer) {
+            codec::put_u64(out, x.to_bits());
+        }
+    }
+
+    fn decode(shape: Heads, input: &mut &[u8]) -> Option<Self> {
+        let rope = codec::take_f32s(input)?;
+        let [rope_base, style] = rope[..] else { return None };
+        let rope_style = if style == 0.0 { Style::Adjacent } else { Style::Halves };
+        let mut stats = Self::new(shape, rope_base, rope_style);
+        stats.count = codec::take_u64(input)?;
+        for x in stats.sum.iter_mut().chain(stats.outer.iter_mut()) {
+            *x = f64::from_bits(codec::take_u64(input)?);
+        }
+        Some(stats)
+    }
 }
 
 impl FullStore {
@@ -43,7 +140,19 @@ impl FullStore {
             mass: per_head,
             recent_queries: Vec::new(),
             query_limit: OBSERVATION_WINDOW,
+            query_stats: None,
         }
+    }
+
+    /// Empty storage for a model layer: it also accumulates the statistics of the queries before
+    /// RoPE ([`QueryStats`]) that Expected Attention scores by.
+    pub fn for_layer(ctx: &StoreContext) -> Self {
+        Self { query_stats: Some(QueryStats::new(ctx.shape, ctx.rope_base, ctx.rope_style)), ..Self::new(ctx.shape) }
+    }
+
+    /// The statistics of the queries before RoPE, for a store made by [`Self::for_layer`].
+    pub fn query_stats(&self) -> Option<&QueryStats> {
+        self.query_stats.as_ref()
     }
 
     /// Empty storage that keeps every query (for recording attention probes; see [`Recording`]).
@@ -116,6 +225,13 @@ impl FullStore {
             codec::put_f32s(out, &self.mass[g]);
         }
         codec::put_f32s(out, &self.recent_queries);
+        match &self.query_stats {
+            Some(stats) => {
+                codec::put_u64(out, 1);
+                stats.encode(out);
+            }
+            None => codec::put_u64(out, 0),
+        }
     }
 
     /// The state [`Self::encode`] wrote for `shape`; `None` if the bytes do not hold one.
@@ -131,11 +247,16 @@ impl FullStore {
             mass.push(codec::take_f32s(input)?);
         }
         let recent_queries = codec::take_f32s(input)?;
+        let query_stats = match codec::take_u64(input)? {
+            0 => None,
+            1 => Some(QueryStats::decode(shape, input)?),
+            _ => return None,
+        };
         let tokens = keys[0].len() / shape.head_dim.max(1);
         let consistent = keys.iter().chain(&values).all(|h| h.len() == tokens * shape.head_dim)
             && mass.iter().all(|m| m.len() == tokens)
             && recent_queries.len() % (shape.heads * shape.head_dim).max(1) == 0;
-        consistent.then_some(Self { shape, keys, values, mass, recent_queries, query_limit })
+        consistent.then_some(Self { shape, keys, values, mass, recent_queries, query_limit, query_stats })
     }
 }
 
@@ -157,6 +278,10 @@ impl LayerStore for FullStore {
         }
         let excess = self.recent_queries.len().saturating_sub(self.query_limit.saturating_mul(width));
         self.recent_queries.drain(..excess);
+        let first = self.tokens() - t;
+        if let Some(stats) = &mut self.query_stats {
+            stats.observe(self.shape, q, q_stride, t, first);
+        }
     }
 
     fn bytes(&self) -> usize {

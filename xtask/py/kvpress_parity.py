@@ -28,8 +28,9 @@ from types import SimpleNamespace
 import torch
 from torch.nn import functional as F
 
-from kvpress import (AdaKVPress, ChunkKVPress, KeyDiffPress, KnormPress, ObservedAttentionPress, PyramidKVPress,
-                     SnapKVPress, StreamingLLMPress, ThinKPress, TOVAPress)
+import kvpress.presses.expected_attention_press as expected_attention_press
+from kvpress import (AdaKVPress, ChunkKVPress, ExpectedAttentionPress, KeyDiffPress, KnormPress,
+                     ObservedAttentionPress, PyramidKVPress, SnapKVPress, StreamingLLMPress, ThinKPress, TOVAPress)
 
 ATTENTION = {}  # the current task's full attention weights [1, heads, n, n], and its queries [1, heads, n, d]
 
@@ -91,6 +92,36 @@ def think_channels(press, module, keys, values):
     q_norm = q.pow(2).mean(dim=2).view(1, keys.shape[1], group, keys.shape[3]).mean(2)
     scores = q_norm * keys.pow(2).mean(dim=2)
     return kept, ties(scores, kept, False)
+
+
+def to_halves(x):
+    """kvbench's GGUF layout (RoPE on adjacent pairs) to Hugging Face's (on halves), on the last axis."""
+    d = x.shape[-1]
+    return torch.cat([x[..., 0:d:2], x[..., 1:d:2]], dim=-1)
+
+
+def expected_attention_inputs(module, queries, keys, base):
+    """Point kvpress's Expected Attention at the recording: its pre-RoPE queries (the recorded
+    post-RoPE ones rotated back, in float64) and its model's RoPE tables, both in Hugging Face's
+    layout, so that kvpress's own statistics, averaged rotation and scores run unchanged."""
+    n, d = queries.shape[2], queries.shape[3]
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angle = torch.arange(n, dtype=torch.float64)[:, None] * theta[None, :]
+    cos, sin = angle.cos(), angle.sin()
+    q = queries.double()
+    even, odd = q[..., 0::2], q[..., 1::2]
+    pre = torch.empty_like(q)
+    pre[..., 0::2], pre[..., 1::2] = even * cos + odd * sin, -even * sin + odd * cos
+    pre = to_halves(pre.float())
+    expected_attention_press.get_prerope_query_states = lambda module, h: pre[:, :, -h.shape[1]:]
+
+    def rotary_emb(x, position_ids):
+        a = position_ids[0].double()[:, None] * theta[None, :]
+        a = torch.cat([a, a], dim=-1)[None].float()
+        return a.cos(), a.sin()
+
+    module.rotary_emb = rotary_emb
+    return to_halves(keys)
 
 
 def kept_rows(original, returned):
@@ -199,6 +230,12 @@ def cases(task, ratios):
             out.append({"method": method, "press": label, "expect": expect, "kept": kept, "ties": tied,
                         "layer_wide": isinstance(press, (AdaKVPress, ChunkKVPress)),
                         "unit": press.chunk_length if isinstance(press, ChunkKVPress) else 1})
+        # Expected Attention on the same keys in Hugging Face's channel order (positions do not
+        # depend on it): kvpress's statistics, averaged RoPE and scores
+        halves = expected_attention_inputs(module, queries, keys, task["rope_base"])
+        kept, tied = run(ExpectedAttentionPress(exact), module, halves, values, None)
+        out.append({"method": f"expected-attention-{r}x", "press": "ExpectedAttentionPress", "expect": "same",
+                    "kept": kept, "ties": tied, "layer_wide": False, "unit": 1})
         # ThinK keeps key channels, not positions: int(d · ratio) pruned, as kvbench's d − round(d / r)
         kept, tied = think_channels(RecordedThinK(key_channel_compression_ratio=stock), module, keys, values)
         out.append({"method": f"think-{r}x", "press": "ThinKPress(window_size=32), channels kept", "expect": "same",

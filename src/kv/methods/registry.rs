@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::llama_cache::{BlockType, LlamaCache};
 use super::{
-    Budget, adakv, chunkkv, compose, flexgen, fp8, fp16, full, h2o, infllm, keydiff, kivi, knorm, lingua, pyramidkv,
-    quest,
+    Budget, adakv, chunkkv, compose, expected_attention, flexgen, fp8, fp16, full, h2o, infllm, keydiff, kivi, knorm,
+    lingua, pyramidkv, quest,
 };
 use super::{snapkv, streamingllm, think, tova, turboquant};
 use crate::kv::fp8::Format;
@@ -114,6 +114,9 @@ pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::budgeted("tova", Kind::Evicting, |budget| Arc::new(tova::Tova { budget, pooled: false })),
     MethodSpec::budgeted("adakv", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: adakv::AdaKv })),
     MethodSpec::budgeted("chunkkv", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: chunkkv::ChunkKv })),
+    MethodSpec::budgeted("expected-attention", Kind::OneShot, |budget| {
+        Arc::new(OneShot { budget, selector: expected_attention::ExpectedAttention })
+    }),
     MethodSpec::budgeted("knorm", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: knorm::Knorm })),
     MethodSpec::budgeted("keydiff", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: keydiff::KeyDiff })),
     MethodSpec::budgeted("think", Kind::KeyChannels, |budget| Arc::new(think::Think { budget })),
