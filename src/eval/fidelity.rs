@@ -145,6 +145,7 @@ impl Recorded {
             .map(|l| {
                 let mut full = FullStore::for_layer(&self.context(l));
                 self.prefill(l, &mut full, chunk);
+                full.end_prefill();
                 full
             })
             .collect()

@@ -43,6 +43,10 @@ impl Budget {
     }
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
+        // Rust's number parsers take a sign: `h2o-+4x` is not a name
+        if !s.starts_with(|c: char| c.is_ascii_digit()) {
+            return None;
+        }
         if let Some(r) = s.strip_suffix('x') {
             let r: f64 = r.parse().ok()?;
             return (r.is_finite() && r >= 1.0).then_some(Self::Ratio(r));

@@ -90,6 +90,12 @@ pub trait Method: Send + Sync + fmt::Debug {
     /// When the method acts, with the one hook that moment needs.
     fn phase(&self) -> Phase<'_>;
 
+    /// Whether it can run on heads of this shape, or why not (checked when a cache is made, before
+    /// any prefill): by default, whether its row code (if it has one) codes rows of this head size.
+    fn supports(&self, shape: Heads) -> Result<(), String> {
+        self.row_code().map_or(Ok(()), |code| code.supports(shape.head_dim))
+    }
+
     /// How it codes one token's row, for a quantizer that can store a token method's kept rows
     /// (`snapkv-4x+q4_0-rot`, [`crate::kv::methods::compose`]); `None` for every other method.
     fn row_code(&self) -> Option<RowCode> {
@@ -267,6 +273,11 @@ pub trait LayerStore: Send + Sync + fmt::Debug {
 
     /// The full-precision prefill store, if this is one.
     fn as_prefill(&self) -> Option<&FullStore> {
+        None
+    }
+
+    /// The same, to change.
+    fn as_prefill_mut(&mut self) -> Option<&mut FullStore> {
         None
     }
 

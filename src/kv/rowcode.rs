@@ -41,6 +41,20 @@ pub enum RowCode {
 }
 
 impl RowCode {
+    /// Whether it can code rows of `d` values, or why not.
+    pub fn supports(&self, d: usize) -> Result<(), String> {
+        match self {
+            Self::Blocks { .. } if !d.is_multiple_of(QK) => Err(format!("a head of {d} is not whole blocks of {QK}")),
+            Self::Blocks { rotate: true, .. } if !d.is_power_of_two() => {
+                Err(format!("the Walsh-Hadamard rotation needs a power-of-two head, not {d}"))
+            }
+            Self::TurboQuant(_) if !(d.is_power_of_two() && d >= 8) => {
+                Err(format!("TurboQuant's rotation needs a power-of-two head of 8 or more, not {d}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the quantizer codes layer `layer` of `layers` (vLLM keeps TurboQuant's boundary
     /// layers in the model's precision; here f16).
     pub fn codes_layer(&self, layer: usize, layers: usize) -> bool {

@@ -67,7 +67,14 @@ pub struct CacheSnapshot {
 
 impl KvCache {
     /// An empty cache of `layers` layers for `method`, for a model with RoPE base `rope_base`.
+    ///
+    /// # Panics
+    /// If the method cannot run on heads of `shape` ([`Method::supports`]: a block quantizer on a
+    /// head that is not whole blocks of 32), before any work is done.
     pub fn new(method: Arc<dyn Method>, shape: Heads, n_layers: usize, rope_base: f32) -> Self {
+        if let Err(why) = method.supports(shape) {
+            panic!("{} cannot run on this model's heads: {why}", method.name());
+        }
         let mut cache = Self {
             method,
             shape,
@@ -229,8 +236,9 @@ impl KvCache {
                 let ctx = self.context(l);
                 let prefill =
                     self.layers[l].as_prefill().expect("methods acting after prefill prefill into a FullStore");
-                if let Some(store) = self.method.after_prefill(&ctx, prefill) {
-                    self.layers[l] = store;
+                match self.method.after_prefill(&ctx, prefill) {
+                    Some(store) => self.layers[l] = store,
+                    None => self.layers[l].as_prefill_mut().expect("checked above").end_prefill(),
                 }
             }
         }

@@ -257,8 +257,9 @@ impl TokenRows {
             self.pending = Some(code);
             return;
         }
+        // only FP8's scales are set from the rows
         let (mut keys, mut values) = (Vec::new(), Vec::new());
-        for head in &self.heads {
+        for head in self.heads.iter().filter(|_| matches!(code, RowCode::Fp8(_))) {
             let (mut k, mut v) = (Vec::new(), Vec::new());
             head.widen(None, &mut k, &mut v);
             keys.extend(k);

@@ -101,6 +101,11 @@ impl Method for Composed {
         Some(self.evictor.nominal_ratio()? * self.quantizer.nominal_ratio()?)
     }
 
+    fn supports(&self, shape: crate::kv::Heads) -> Result<(), String> {
+        self.evictor.supports(shape)?;
+        self.code.supports(shape.head_dim)
+    }
+
     fn phase(&self) -> Phase<'_> {
         match self.evictor.phase() {
             Phase::AfterPrefill(_) => Phase::AfterPrefill(self),

@@ -290,7 +290,7 @@ fn a_composition_keeps_its_evictors_tokens_in_its_quantizers_bytes() {
                 } else {
                     assert_eq!(held, held_alone, "{name} layer {l}");
                 }
-                // TurboQuant leaves the boundary layers (here all three) in f16
+                // TurboQuant leaves the boundary layers in f16 (of three, the first and the last)
                 let want = if code.codes_layer(l, composed.len()) {
                     bytes_alone - rows * 2 * d * 2 + rows * coder.token_bytes(d) + coder.layer_bytes()
                 } else {
@@ -313,8 +313,28 @@ fn what_does_not_compose_is_refused_with_the_reason() {
         ("snapkv-4x+h2o-4x", "not a quantizer"),
         ("snapkv-4x+q4_0+q8_0", "unknown method \"q4_0+q8_0\""),
         ("snapkv-4x+nope", "unknown method \"nope\""),
+        ("snapkv-4x+", "a method on each side"),
+        ("+q4_0", "a method on each side"),
+        ("snapkv-4x+h2o-+4x", "unknown method \"h2o-+4x\""),
     ] {
         let error = by_name(name).err().unwrap_or_else(|| panic!("{name} composed")).to_string();
         assert!(error.contains(why), "{name}: {error}");
     }
+}
+
+#[test]
+fn a_quantizer_that_cannot_code_the_heads_says_so_before_any_work() {
+    for (name, why) in [
+        ("turboquant-4bit", "power-of-two head"),
+        ("snapkv-4x+q4_0", "whole blocks of 32"),
+        ("snapkv-4x+q4_0-rot", "whole blocks of 32"),
+    ] {
+        let shape = Heads { heads: 2, kv_heads: 1, head_dim: 80 };
+        let made = std::panic::catch_unwind(|| KvCache::new(by_name(name).unwrap(), shape, 2, 10_000.0));
+        let message = made.err().and_then(|e| e.downcast_ref::<String>().cloned()).unwrap_or_default();
+        assert!(message.contains("cannot run on this model's heads") && message.contains(why), "{name}: {message:?}");
+    }
+    let shape = Heads { heads: 2, kv_heads: 1, head_dim: 96 };
+    assert!(by_name("snapkv-4x+q4_0-rot").unwrap().supports(shape).is_err(), "96 is blocks, not a power of two");
+    assert!(by_name("snapkv-4x+q4_0").unwrap().supports(shape).is_ok());
 }

@@ -162,7 +162,12 @@ pub fn lookup(name: &str) -> Option<(&'static MethodSpec, Option<Budget>)> {
 /// Resolve a method by its command-line name (a composition is `EVICTOR+QUANTIZER`).
 pub fn by_name(name: &str) -> Result<Arc<dyn Method>, UnknownMethod> {
     if let Some((evictor, quantizer)) = name.split_once('+') {
-        let part = |n: &str| Ok::<_, UnknownMethod>((one(n)?, kind_of(n).expect("a resolved name has a kind")));
+        let missing = |why: &str| UnknownMethod::Composition { name: name.to_string(), why: why.to_string() };
+        if evictor.is_empty() || quantizer.is_empty() {
+            return Err(missing("EVICTOR+QUANTIZER needs a method on each side of `+` (e.g. snapkv-4x+q4_0-rot)"));
+        }
+        let kind = |n: &str| lookup(n).map(|(spec, _)| spec.kind);
+        let part = |n: &str| Ok::<_, UnknownMethod>((one(n)?, kind(n).expect("a resolved name has a kind")));
         let ((e, ek), (q, qk)) = (part(evictor)?, part(quantizer)?);
         let composed = compose::Composed::new(e, ek, q, qk)
             .map_err(|why| UnknownMethod::Composition { name: name.to_string(), why })?;

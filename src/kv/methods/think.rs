@@ -6,9 +6,9 @@
 //! 2407.21018). Reference: NVIDIA kvpress `ThinKPress` (0.5.5), reviewed by the paper's first
 //! author, followed here: once the prompt is prefilled, each key channel `c` of kv head `g` is
 //! scored by `mean over the last 32 queries and the group's query heads of q_c²` times `mean over
-//! the prompt's keys of k_c²` (both post-RoPE), and the `d − round(d / N)` lowest channels are
-//! pruned from every prompt key (kvpress: `int(d · ratio)` of them; the same at 2×–8× for `d =
-//! 64`). Tokens decoded after are kept whole, as kvpress (whose press acts on prefill only).
+//! the prompt's keys of k_c²` (both post-RoPE), and the `int(d · (1 − 1/N))` lowest channels are
+//! pruned from every prompt key, as kvpress rounds ([`kept_channels`]; `think-32tok` keeps 32
+//! channels). Tokens decoded after are kept whole, as kvpress (whose press acts on prefill only).
 //!
 //! Where this differs from kvpress: kvpress zeroes the pruned channels and keeps the keys' shape,
 //! so it saves nothing; here a prompt key holds only its kept channels (f16), beside the layer's
@@ -34,7 +34,7 @@ pub const WINDOW: usize = 32;
 /// ThinK at a key-channel reduction.
 #[derive(Debug, Clone, Copy)]
 pub struct Think {
-    /// Kept channels: `budget.tokens(head_dim)`.
+    /// Kept channels ([`kept_channels`]).
     pub budget: Budget,
 }
 
@@ -61,6 +61,16 @@ impl Method for Think {
 
     fn phase(&self) -> Phase<'_> {
         Phase::AfterPrefill(self)
+    }
+}
+
+/// Channels kept of `d` at `budget`: kvpress prunes `int(d · (1 − 1/N))` at `-Nx`, so keeps
+/// `round(d / N)` at 2×, 4×, 6×, 8× (for `d = 64`) and one more where `d / N`'s fraction is below
+/// ½ (`think-3x`: 22 of 64); `-Ntok` keeps `N` channels.
+pub fn kept_channels(budget: Budget, d: usize) -> usize {
+    match budget {
+        Budget::Ratio(r) => d - ((d as f64) * (1.0 - 1.0 / r)) as usize,
+        Budget::Tokens(n) => n.clamp(1, d),
     }
 }
 
@@ -99,7 +109,7 @@ pub fn channels(prefill: &FullStore, kept: usize) -> Vec<Vec<usize>> {
 impl PrefillCompressor for Think {
     fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed {
         let d = ctx.shape.head_dim;
-        let kept = channels(prefill, self.budget.tokens(d).min(d));
+        let kept = channels(prefill, kept_channels(self.budget, d));
         Compressed::Into(Box::new(ThinkStore::new(prefill, kept)))
     }
 }
@@ -287,5 +297,14 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} against {b}");
         }
+    }
+
+    #[test]
+    fn channels_kept_round_as_kvpress() {
+        let kept = |r: f64, d| kept_channels(Budget::Ratio(r), d);
+        assert_eq!([kept(2.0, 64), kept(4.0, 64), kept(6.0, 64), kept(8.0, 64)], [32, 16, 11, 8]);
+        // int(64 · 2/3) = 42 pruned, int(256 · 4/5) = 204
+        assert_eq!((kept(3.0, 64), kept(5.0, 256)), (22, 52));
+        assert_eq!((kept_channels(Budget::Tokens(32), 64), kept_channels(Budget::Tokens(999), 64)), (32, 64));
     }
 }
