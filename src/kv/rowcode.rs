@@ -35,9 +35,15 @@ pub enum RowCode {
     /// FP8, with one scale per layer for keys and one for values, set from the first rows coded
     /// (vLLM's `calculate_kv_scales`, as [`crate::kv::methods::fp8`]).
     Fp8(Format),
-    /// TurboQuant at this many bits ([`crate::kv::turboquant`]), which vLLM does not apply to
-    /// the first two and last two layers ([`Self::codes_layer`]).
-    TurboQuant(u32),
+    /// TurboQuant at `bits` ([`crate::kv::turboquant`]; with `qjl`, the paper's inner-product
+    /// variant for keys), which vLLM does not apply to the first two and last two layers
+    /// ([`Self::codes_layer`]).
+    TurboQuant {
+        /// Bits per key coordinate and per value.
+        bits: u32,
+        /// The last key bit is the sign of the residual's QJL projection.
+        qjl: bool,
+    },
 }
 
 impl RowCode {
@@ -48,7 +54,7 @@ impl RowCode {
             Self::Blocks { rotate: true, .. } if !d.is_power_of_two() => {
                 Err(format!("the Walsh-Hadamard rotation needs a power-of-two head, not {d}"))
             }
-            Self::TurboQuant(_) if !(d.is_power_of_two() && d >= 8) => {
+            Self::TurboQuant { .. } if !(d.is_power_of_two() && d >= 8) => {
                 Err(format!("TurboQuant's rotation needs a power-of-two head of 8 or more, not {d}"))
             }
             _ => Ok(()),
@@ -59,7 +65,7 @@ impl RowCode {
     /// layers in the model's precision; here f16).
     pub fn codes_layer(&self, layer: usize, layers: usize) -> bool {
         match self {
-            Self::TurboQuant(_) => !turboquant::skips_layer(layer, layers),
+            Self::TurboQuant { .. } => !turboquant::skips_layer(layer, layers),
             _ => true,
         }
     }
@@ -93,7 +99,8 @@ impl Coder {
             _ => (1.0, 1.0),
         };
         let turbo = match code {
-            RowCode::TurboQuant(bits) => Some(TurboQuant::new(bits, d)),
+            RowCode::TurboQuant { bits, qjl: false } => Some(TurboQuant::new(bits, d)),
+            RowCode::TurboQuant { bits, qjl: true } => Some(TurboQuant::with_qjl(bits, d)),
             _ => None,
         };
         Self { code, scales, turbo }
@@ -106,7 +113,7 @@ impl Coder {
             (RowCode::Fp8(_), ..) => d,
             (_, Some(turbo), Part::Keys) => turbo.key_bytes(),
             (_, Some(turbo), Part::Values) => turbo.value_bytes(),
-            (RowCode::TurboQuant(_), None, _) => unreachable!("calibrated builds the codebook"),
+            (RowCode::TurboQuant { .. }, None, _) => unreachable!("calibrated builds the codebook"),
         }
     }
 
@@ -145,7 +152,7 @@ impl Coder {
                     hadamard::rotate_rows(&mut wide[at..], d);
                 }
             }
-            RowCode::TurboQuant(_) => {
+            RowCode::TurboQuant { .. } => {
                 let turbo = self.turbo.as_ref().expect("calibrated builds the codebook");
                 match part {
                     Part::Keys => turbo.encode_key(row, codes, wide),

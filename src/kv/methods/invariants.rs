@@ -276,7 +276,9 @@ fn a_composition_keeps_its_evictors_tokens_in_its_quantizers_bytes() {
     for family in families_of(Kind::Evicting).into_iter().chain(families_of(Kind::OneShot)) {
         let evictor = format!("{family}-4x");
         let alone = held_at_end(&evictor);
-        for quantizer in ["q4_0-rot", "q8_0", "q5_1", "flexgen-4bit", "fp8-e4m3", "turboquant-3bit"] {
+        for quantizer in
+            ["q4_0-rot", "q8_0", "q5_1", "flexgen-4bit", "fp8-e4m3", "turboquant-3bit", "turboquant-4bit-qjl"]
+        {
             let name = format!("{evictor}+{quantizer}");
             let code = by_name(quantizer).unwrap().row_code().unwrap();
             let coder = Coder::calibrated(code, d, &[1.0], &[1.0]);

@@ -98,8 +98,15 @@ pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::fixed("iq4_nl-rot", Kind::Quantizer, || Arc::new(LlamaCache { ty: BlockType::Iq4Nl, rotate: true })),
     MethodSpec::fixed("fp8-e4m3", Kind::Quantizer, || Arc::new(fp8::Fp8Cache { format: Format::E4M3 })),
     MethodSpec::fixed("fp8-e5m2", Kind::Quantizer, || Arc::new(fp8::Fp8Cache { format: Format::E5M2 })),
-    MethodSpec::fixed("turboquant-4bit", Kind::Quantizer, || Arc::new(turboquant::TurboQuantCache { bits: 4 })),
-    MethodSpec::fixed("turboquant-3bit", Kind::Quantizer, || Arc::new(turboquant::TurboQuantCache { bits: 3 })),
+    MethodSpec::fixed("turboquant-4bit", Kind::Quantizer, || {
+        Arc::new(turboquant::TurboQuantCache { bits: 4, qjl: false })
+    }),
+    MethodSpec::fixed("turboquant-3bit", Kind::Quantizer, || {
+        Arc::new(turboquant::TurboQuantCache { bits: 3, qjl: false })
+    }),
+    MethodSpec::fixed("turboquant-4bit-qjl", Kind::Quantizer, || {
+        Arc::new(turboquant::TurboQuantCache { bits: 4, qjl: true })
+    }),
     MethodSpec::fixed("flexgen-4bit", Kind::Quantizer, || Arc::new(flexgen::FlexGen)),
     MethodSpec::fixed("kivi-2bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 2 })),
     MethodSpec::fixed("kivi-4bit", Kind::Quantizer, || Arc::new(kivi::Kivi { bits: 4 })),

@@ -2,7 +2,9 @@
 //! turboquant_4bit_nc` and `turboquant_3bit_nc` (4-bit keys and values; 3-bit keys and values;
 //! both with norm correction). The codes are [`crate::kv::turboquant`]'s: Hadamard-rotated unit
 //! keys on a Lloyd–Max codebook with an f16 norm, min–max values with an f16 scale and zero; at
-//! `d = 64`, 70 and 54 bytes per token and kv head against fp16's 256.
+//! `d = 64`, 70 and 54 bytes per token and kv head against fp16's 256. `turboquant-4bit-qjl` is
+//! the paper's inner-product variant, which vLLM leaves out: 3-bit key codes plus the QJL signs
+//! of the residual and its norm, values as `turboquant-4bit` (72 bytes).
 //!
 //! As vLLM by default, the first two and the last two layers keep the model's precision (here
 //! f16, as the `fp16` cache): on SmolLM2's 30 layers, 26 are quantized, so the measured ratio is
@@ -17,7 +19,7 @@ use serde_json::json;
 use super::fp16::Fp16Store;
 use crate::kv::rowcode::{CodedStore, RowCode};
 use crate::kv::tokens::TokenRows;
-use crate::kv::turboquant::skips_layer;
+use crate::kv::turboquant::{QJL_SEED, TurboQuant, skips_layer};
 use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// TurboQuant at 3 or 4 bits.
@@ -25,35 +27,56 @@ use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 pub struct TurboQuantCache {
     /// Bits per key and value code.
     pub bits: u32,
+    /// The paper's QJL variant for keys (`turboquant-4bit-qjl`).
+    pub qjl: bool,
 }
 
 impl TurboQuantCache {
+    fn code(self) -> RowCode {
+        RowCode::TurboQuant { bits: self.bits, qjl: self.qjl }
+    }
+
     /// Bits per value of a coded layer at `d = 64`, norms and scales included.
     fn bits_per_value(self) -> f64 {
-        let d = 64.0;
-        let code = self.bits as f64 * d;
-        (2.0 * code + 8.0 * (2.0 + 4.0)) / (2.0 * d)
+        let codec = if self.qjl { TurboQuant::with_qjl(self.bits, 64) } else { TurboQuant::new(self.bits, 64) };
+        8.0 * (codec.key_bytes() + codec.value_bytes()) as f64 / 128.0
     }
 }
 
 impl Method for TurboQuantCache {
     fn name(&self) -> String {
-        format!("turboquant-{}bit", self.bits)
+        let qjl = if self.qjl { "-qjl" } else { "" };
+        format!("turboquant-{}bit{qjl}", self.bits)
     }
 
     fn settings(&self) -> serde_json::Value {
-        json!({ "bits": self.bits, "vllm_dtype": format!("turboquant_{}bit_nc", self.bits),
+        let mut settings = json!({ "bits": self.bits, "vllm_dtype": format!("turboquant_{}bit_nc", self.bits),
                 "rotation": "walsh-hadamard", "key_codebook": "lloyd-max-gaussian", "key_norm": "f16",
                 "norm_correction": true, "values": "min-max-per-row", "value_scale_zero": "f16",
-                "qjl": false, "unquantized_layers": "first-2-last-2" })
+                "qjl": self.qjl, "unquantized_layers": "first-2-last-2" });
+        if self.qjl {
+            settings["vllm_dtype"] = json!("none");
+            settings["key_codebook_bits"] = json!(self.bits - 1);
+            settings["qjl_projection"] = json!({ "rows": "head_dim", "entries": "gaussian", "seed": QJL_SEED });
+        }
+        settings
     }
 
     fn description(&self) -> String {
-        format!(
-            "vLLM's turboquant_{}bit_nc: Hadamard-rotated unit keys on a {}-bit Lloyd-Max codebook with an f16 norm, \
-             {}-bit min-max values; the first and last two layers in f16",
-            self.bits, self.bits, self.bits
-        )
+        let b = self.bits;
+        if self.qjl {
+            format!(
+                "the TurboQuant paper's inner-product keys: Hadamard-rotated unit keys on a {}-bit Lloyd-Max codebook \
+                 with an f16 norm, plus the signs of the residual's Gaussian projection (QJL) and its f16 norm; {b}-bit \
+                 min-max values as vLLM's; the first and last two layers in f16",
+                b - 1
+            )
+        } else {
+            format!(
+                "vLLM's turboquant_{b}bit_nc: Hadamard-rotated unit keys on a {b}-bit Lloyd-Max codebook with an f16 \
+                 norm, {b}-bit min-max values; the first and last two layers in f16"
+            )
+        }
     }
 
     fn nominal_ratio(&self) -> Option<f64> {
@@ -65,7 +88,7 @@ impl Method for TurboQuantCache {
     }
 
     fn row_code(&self) -> Option<RowCode> {
-        Some(RowCode::TurboQuant(self.bits))
+        Some(self.code())
     }
 }
 
@@ -74,7 +97,7 @@ impl StoreFactory for TurboQuantCache {
         if skips_layer(ctx.layer, ctx.layers) {
             Box::new(Fp16Store(TokenRows::new(ctx.shape)))
         } else {
-            Box::new(CodedStore::new(ctx.shape, RowCode::TurboQuant(self.bits)))
+            Box::new(CodedStore::new(ctx.shape, self.code()))
         }
     }
 }
@@ -93,8 +116,9 @@ mod tests {
         let (n, w) = (50, 3 * 64);
         let mut rng = StdRng::seed_from_u64(4);
         let rows: Vec<f32> = (0..n * w).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        for (bits, slot) in [(4, 70), (3, 54)] {
-            let method = TurboQuantCache { bits };
+        // QJL: 24 bytes of 3-bit codes, 8 of signs, the two f16 norms; values as 4-bit
+        for (bits, qjl, slot) in [(4, false, 70), (3, false, 54), (4, true, 72)] {
+            let method = TurboQuantCache { bits, qjl };
             for layer in 0..30 {
                 let ctx = StoreContext { layer, layers: 30, ..StoreContext::for_tests(shape, n) };
                 let mut store = method.layer_store(&ctx);
