@@ -10,6 +10,17 @@
 //! clamps before converting (a cache never stores an infinity). Codes are held byte for byte to
 //! torch's conversions by `tests/data/fp8_reference.json` (`cargo xtask fp8-reference`).
 
+/// vLLM's `K_SCALE_CONSTANT`: the first pass's largest key maps to this.
+pub const K_RANGE: f32 = 200.0;
+/// vLLM's `V_SCALE_CONSTANT`: the first pass's largest value maps to this.
+pub const V_RANGE: f32 = 100.0;
+
+/// `max|x| / range`, or 1 for an all-zero tensor (which any scale stores exactly).
+pub fn scale_of(x: &[f32], range: f32) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if amax > 0.0 && amax.is_finite() { amax / range } else { 1.0 }
+}
+
 /// An FP8 format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

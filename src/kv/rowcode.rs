@@ -13,9 +13,8 @@
 //! of the prefill's values; the difference is below half an f16 ulp, far under any code's step.
 
 use super::attention::{self, Heads, KvView, Queries};
-use super::fp8::Format;
+use super::fp8::{Format, K_RANGE, V_RANGE, scale_of};
 use super::hadamard;
-use super::methods::fp8::{K_RANGE, V_RANGE, scale_of};
 use super::quant::QK;
 use super::rowquant::RowCodec;
 use super::turboquant::{self, TurboQuant};
@@ -33,7 +32,7 @@ pub enum RowCode {
         rotate: bool,
     },
     /// FP8, with one scale per layer for keys and one for values, set from the first rows coded
-    /// (vLLM's `calculate_kv_scales`, as [`crate::kv::methods::fp8`]).
+    /// (vLLM's `calculate_kv_scales`, as the `fp8-*` caches).
     Fp8(Format),
     /// TurboQuant at `bits` ([`crate::kv::turboquant`]; with `qjl`, the paper's inner-product
     /// variant for keys), which vLLM does not apply to the first two and last two layers

@@ -113,9 +113,15 @@ impl TurboQuant {
     fn with_qjl_seed(bits: u32, d: usize, seed: u64) -> Self {
         assert_eq!(bits, 4, "the QJL variant is built at 4 bits (3-bit codes and a sign)");
         let codes = Self::new(bits - 1, d);
-        let mut rng = crate::tasks::rng::Rng::from_state(seed);
-        // Box–Muller on 53-bit uniforms in (0, 1]
-        let mut uniform = || ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        // splitmix64, then Box–Muller on 53-bit uniforms in (0, 1]
+        let mut state = seed;
+        let mut uniform = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + f64::EPSILON / 2.0
+        };
         let mut normal = || ((-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos()) as f32;
         let s: Vec<f32> = (0..d * d).map(|_| normal()).collect();
         Self { bits, qjl: Some(std::sync::Arc::new(s)), ..codes }

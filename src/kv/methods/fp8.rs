@@ -19,14 +19,9 @@
 use serde_json::json;
 
 use crate::kv::attention::{self, Heads, KvView, Queries};
-use crate::kv::fp8::Format;
+use crate::kv::fp8::{Format, K_RANGE, V_RANGE, scale_of};
 use crate::kv::rowcode::RowCode;
 use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
-
-/// vLLM's `K_SCALE_CONSTANT`: the first pass's largest key maps to this.
-pub const K_RANGE: f32 = 200.0;
-/// vLLM's `V_SCALE_CONSTANT`: the first pass's largest value maps to this.
-pub const V_RANGE: f32 = 100.0;
 
 /// An FP8 cache.
 #[derive(Debug, Clone, Copy)]
@@ -108,12 +103,6 @@ impl Fp8Store {
     pub fn scales(&self) -> Option<(f32, f32)> {
         self.scales
     }
-}
-
-/// `max|x| / range`, or 1 for an all-zero tensor (which any scale stores exactly).
-pub fn scale_of(x: &[f32], range: f32) -> f32 {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if amax > 0.0 && amax.is_finite() { amax / range } else { 1.0 }
 }
 
 /// Encode `t` token-major rows onto each head's codes and their decoding.
