@@ -14,6 +14,13 @@ pub fn put_f32s(out: &mut Vec<u8>, xs: &[f32]) {
 }
 
 /// Append the length of `xs`, then its values.
+pub fn put_f64s(out: &mut Vec<u8>, xs: &[f64]) {
+    put_u64(out, xs.len() as u64);
+    out.reserve(xs.len() * 8);
+    xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+}
+
+/// Append the length of `xs`, then its values.
 pub fn put_u32s(out: &mut Vec<u8>, xs: &[u32]) {
     put_u64(out, xs.len() as u64);
     xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
@@ -44,6 +51,13 @@ pub fn take_f32s(input: &mut &[u8]) -> Option<Vec<f32>> {
     let n = take_usize(input)?;
     let bytes = take(input, n.checked_mul(4)?)?;
     Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+}
+
+/// Take a length-prefixed run of `f64`.
+pub fn take_f64s(input: &mut &[u8]) -> Option<Vec<f64>> {
+    let n = take_usize(input)?;
+    let bytes = take(input, n.checked_mul(8)?)?;
+    Some(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
 }
 
 /// Take a length-prefixed run of `u32`.

@@ -114,23 +114,31 @@ impl QueryStats {
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        codec::put_f32s(out, &[self.rope_base, if self.rope_style == Style::Adjacent { 0.0 } else { 1.0 }]);
+        let style = match self.rope_style {
+            Style::Adjacent => 0,
+            Style::Halves => 1,
+        };
+        codec::put_f32s(out, &[self.rope_base]);
+        codec::put_u64(out, style);
         codec::put_u64(out, self.count);
-        for x in self.sum.iter().chain(&self.outer) {
-            codec::put_u64(out, x.to_bits());
-        }
+        codec::put_f64s(out, &self.sum);
+        codec::put_f64s(out, &self.outer);
     }
 
+    /// The statistics [`Self::encode`] wrote for `shape`; `None` if the bytes do not hold them
+    /// (the sizes are read from the bytes and must be `shape`'s, so no size is trusted).
     fn decode(shape: Heads, input: &mut &[u8]) -> Option<Self> {
-        let rope = codec::take_f32s(input)?;
-        let [rope_base, style] = rope[..] else { return None };
-        let rope_style = if style == 0.0 { Style::Adjacent } else { Style::Halves };
-        let mut stats = Self::new(shape, rope_base, rope_style);
-        stats.count = codec::take_u64(input)?;
-        for x in stats.sum.iter_mut().chain(stats.outer.iter_mut()) {
-            *x = f64::from_bits(codec::take_u64(input)?);
-        }
-        Some(stats)
+        let [rope_base] = codec::take_f32s(input)?[..] else { return None };
+        let rope_style = match codec::take_u64(input)? {
+            0 => Style::Adjacent,
+            1 => Style::Halves,
+            _ => return None,
+        };
+        let count = codec::take_u64(input)?;
+        let (sum, outer) = (codec::take_f64s(input)?, codec::take_f64s(input)?);
+        let hd = shape.heads.checked_mul(shape.head_dim)?;
+        let fits = sum.len() == hd && Some(outer.len()) == hd.checked_mul(shape.head_dim);
+        fits.then_some(Self { rope_base, rope_style, count, done: false, sum, outer })
     }
 }
 
@@ -363,6 +371,48 @@ mod tests {
         // a shape the bytes were not written for
         assert!(FullStore::decode(Heads { heads: 4, kv_heads: 2, head_dim: 4 }, &mut &bytes[..]).is_none());
         assert!(FullStore::decode(shape, &mut &bytes[..bytes.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn query_statistics_are_the_queries_before_rope_and_encode_bit_exactly() {
+        let shape = Heads { heads: 2, kv_heads: 1, head_dim: 4 };
+        let ctx = StoreContext::for_tests(shape, 8);
+        let mut store = FullStore::for_layer(&ctx);
+        let t = 8;
+        let kv: Vec<f32> = (0..t * 4).map(|i| (i as f32 * 0.3).cos()).collect();
+        store.append(&kv, &kv, t);
+        // queries before RoPE q, rotated to their positions as the model hands them
+        let raw: Vec<f32> = (0..t * 8).map(|i| (i as f32 * 0.7).sin()).collect();
+        let mut rotated = raw.clone();
+        for (p, row) in rotated.chunks_exact_mut(8).enumerate() {
+            rope::apply(row, 4, p as i64, 10_000.0);
+        }
+        let mut out = vec![0.0; t * 8];
+        store.attend(&rotated, 8, t, &mut out);
+        let stats = store.query_stats().unwrap().clone();
+        assert_eq!(stats.count(), (t - QUERY_STATS_SKIP) as u64);
+        let (mean, cov) = stats.moments(1, 4);
+        let rows: Vec<&[f32]> = raw.chunks_exact(8).skip(QUERY_STATS_SKIP).map(|r| &r[4..]).collect();
+        for c in 0..4 {
+            let want = rows.iter().map(|r| r[c] as f64).sum::<f64>() / rows.len() as f64;
+            assert!((mean[c] - want).abs() < 1e-6, "mean {c}: {} against {want}", mean[c]);
+        }
+        let var0 = rows.iter().map(|r| (r[0] as f64 - mean[0]).powi(2)).sum::<f64>() / rows.len() as f64;
+        assert!((cov[0] - var0).abs() < 1e-6);
+        // decode steps are not the prompt's
+        store.end_prefill();
+        store.append(&kv[..4], &kv[..4], 1);
+        store.attend(&rotated[..8], 8, 1, &mut out[..8]);
+        assert_eq!(store.query_stats().unwrap().count(), (t - QUERY_STATS_SKIP) as u64);
+        let mut bytes = Vec::new();
+        store.encode(&mut bytes);
+        let back = FullStore::decode(shape, &mut &bytes[..]).unwrap();
+        assert_eq!(
+            back.query_stats().map(|s| (s.sum.clone(), s.outer.clone(), s.count)),
+            Some((stats.sum.clone(), stats.outer.clone(), stats.count))
+        );
+        // statistics of another head size are refused, not trusted
+        assert!(FullStore::decode(Heads { heads: 1, kv_heads: 1, head_dim: 4 }, &mut &bytes[..]).is_none());
     }
 
     #[test]
