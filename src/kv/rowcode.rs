@@ -105,6 +105,11 @@ impl Coder {
         Self { code, scales, turbo }
     }
 
+    /// FP8's `(k_scale, v_scale)` (1 for the other codes).
+    pub fn scales(&self) -> (f32, f32) {
+        self.scales
+    }
+
     /// Bytes of one coded row of `d` keys or values.
     pub fn row_bytes(&self, part: Part, d: usize) -> usize {
         match (self.code, &self.turbo, part) {
@@ -170,8 +175,8 @@ impl Coder {
     }
 }
 
-/// A layer's every token, each row coded by a [`RowCode`] as it is written: the store of a
-/// quantizer made of row codes alone (TurboQuant). Attention reads the decoded mirror, the chunk
+/// A layer's every token, each row coded by a [`RowCode`] as it is written: the store of the
+/// quantizers made of row codes alone (FP8, TurboQuant). Attention reads the decoded mirror, the chunk
 /// being prefilled included; the bytes are the codes and the layer's scales.
 #[derive(Debug, Clone)]
 pub struct CodedStore {
@@ -202,6 +207,18 @@ impl CodedStore {
             wide_values: wide(),
             tokens: 0,
         }
+    }
+}
+
+impl CodedStore {
+    /// The coder, once the first chunk has set it.
+    pub fn coder(&self) -> Option<&Coder> {
+        self.coder.as_ref()
+    }
+
+    /// Kv head `g`'s decoded keys and values, `[tokens, head_dim]` each.
+    pub fn decoded(&self, g: usize) -> (&[f32], &[f32]) {
+        (&self.wide_keys[g], &self.wide_values[g])
     }
 }
 

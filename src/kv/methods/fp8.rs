@@ -18,9 +18,8 @@
 
 use serde_json::json;
 
-use crate::kv::attention::{self, Heads, KvView, Queries};
-use crate::kv::fp8::{Format, K_RANGE, V_RANGE, scale_of};
-use crate::kv::rowcode::RowCode;
+use crate::kv::fp8::{Format, K_RANGE, V_RANGE};
+use crate::kv::rowcode::{CodedStore, RowCode};
 use crate::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 
 /// An FP8 cache.
@@ -62,102 +61,14 @@ impl Method for Fp8Cache {
 
 impl StoreFactory for Fp8Cache {
     fn layer_store(&self, ctx: &StoreContext) -> Box<dyn LayerStore> {
-        Box::new(Fp8Store::new(ctx.shape, self.format))
-    }
-}
-
-/// A layer's FP8 keys and values.
-#[derive(Debug, Clone)]
-pub struct Fp8Store {
-    shape: Heads,
-    format: Format,
-    /// `(k_scale, v_scale)`, once the first chunk has set them.
-    scales: Option<(f32, f32)>,
-    /// Per kv head, `[tokens, head_dim]` codes.
-    keys: Vec<Vec<u8>>,
-    values: Vec<Vec<u8>>,
-    /// The codes decoded, what attention reads.
-    wide_keys: Vec<Vec<f32>>,
-    wide_values: Vec<Vec<f32>>,
-    tokens: usize,
-}
-
-impl Fp8Store {
-    /// Empty storage.
-    pub fn new(shape: Heads, format: Format) -> Self {
-        let empty = vec![Vec::new(); shape.kv_heads];
-        let wide = vec![Vec::new(); shape.kv_heads];
-        Self {
-            shape,
-            format,
-            scales: None,
-            keys: empty.clone(),
-            values: empty,
-            wide_keys: wide.clone(),
-            wide_values: wide,
-            tokens: 0,
-        }
-    }
-
-    /// The per-layer scales, if set.
-    pub fn scales(&self) -> Option<(f32, f32)> {
-        self.scales
-    }
-}
-
-/// Encode `t` token-major rows onto each head's codes and their decoding.
-fn push(
-    format: Format,
-    scale: f32,
-    shape: Heads,
-    rows: &[f32],
-    t: usize,
-    codes: &mut [Vec<u8>],
-    wide: &mut [Vec<f32>],
-) {
-    let d = shape.head_dim;
-    for j in 0..t {
-        for (g, (c, w)) in codes.iter_mut().zip(wide.iter_mut()).enumerate() {
-            for &x in &rows[(j * shape.kv_heads + g) * d..][..d] {
-                let code = format.encode(x / scale);
-                c.push(code);
-                w.push(format.decode(code) * scale);
-            }
-        }
-    }
-}
-
-impl LayerStore for Fp8Store {
-    fn append(&mut self, keys: &[f32], values: &[f32], t: usize) {
-        let (ks, vs) = *self.scales.get_or_insert_with(|| (scale_of(keys, K_RANGE), scale_of(values, V_RANGE)));
-        push(self.format, ks, self.shape, keys, t, &mut self.keys, &mut self.wide_keys);
-        push(self.format, vs, self.shape, values, t, &mut self.values, &mut self.wide_values);
-        self.tokens += t;
-    }
-
-    fn attend(&mut self, q: &[f32], q_stride: usize, t: usize, out: &mut [f32]) {
-        let views: Vec<KvView> =
-            self.wide_keys.iter().zip(&self.wide_values).map(|(k, v)| KvView { keys: k, values: v }).collect();
-        attention::attend(self.shape, Queries::new(q, q_stride, t), &views, out);
-    }
-
-    fn bytes(&self) -> usize {
-        let codes: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
-        codes + if self.scales.is_some() { 2 * size_of::<f32>() } else { 0 }
-    }
-
-    fn tokens(&self) -> usize {
-        self.tokens
-    }
-
-    fn clone_box(&self) -> Box<dyn LayerStore> {
-        Box::new(self.clone())
+        Box::new(CodedStore::new(ctx.shape, RowCode::Fp8(self.format)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::Heads;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     #[test]
@@ -168,19 +79,21 @@ mod tests {
         let k: Vec<f32> = (0..n * 128).map(|_| rng.random_range(-4.0f32..4.0)).collect();
         let v: Vec<f32> = (0..n * 128).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         for (format, mantissa_bits) in [(Format::E4M3, 3), (Format::E5M2, 2)] {
-            let mut store = Fp8Store::new(shape, format);
+            let mut store = CodedStore::new(shape, RowCode::Fp8(format));
             store.append(&k[..64 * 128], &v[..64 * 128], 64);
             store.append(&k[64 * 128..], &v[64 * 128..], n - 64);
             // codes plus two f32 scales: within 5% of the packed size (it is the packed size)
             assert_eq!(store.bytes(), 2 * n * 128 + 8);
-            let (ks, vs) = store.scales().unwrap();
+            let (ks, vs) = store.coder().unwrap().scales();
             // round to nearest: half a unit in the last place, relative, above the subnormals
             let half_ulp = 0.5f32.powi(mantissa_bits + 1);
-            for (wide, raw, scale) in [(&store.wide_keys, &k, ks), (&store.wide_values, &v, vs)] {
+            let decoded = |g, keys| if keys { store.decoded(g).0 } else { store.decoded(g).1 };
+            for (keys, raw, scale) in [(true, &k, ks), (false, &v, vs)] {
                 for g in 0..2 {
+                    let wide = decoded(g, keys);
                     for i in 0..n {
                         for c in 0..64 {
-                            let (x, y) = (raw[(i * 2 + g) * 64 + c], wide[g][i * 64 + c]);
+                            let (x, y) = (raw[(i * 2 + g) * 64 + c], wide[i * 64 + c]);
                             // a subnormal's error is at most half its fixed step
                             let floor = match format {
                                 Format::E4M3 => 2f32.powi(-10),
