@@ -102,7 +102,9 @@ pub fn paired_p(a: &[f64], b: &[f64]) -> f64 {
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let n = d.len();
     if n < 2 {
-        return if d.iter().all(|&x| x == 0.0) { 1.0 } else { 0.0 };
+        // one pair has no spread to weigh its difference against: no evidence either way (a
+        // model's default tier of one sample, `kvbench replay --samples 1`)
+        return 1.0;
     }
     let mean = d.iter().sum::<f64>() / n as f64;
     let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
@@ -179,6 +181,8 @@ mod tests {
     fn paired_test_and_gate() {
         let golden = [0.5, 0.6, 0.7, 0.8, 0.9, 0.4, 0.3, 0.6];
         assert_eq!(paired_p(&golden, &golden), 1.0);
+        // a single pair is no evidence, whatever its difference
+        assert_eq!(paired_p(&[1.0], &[0.0]), 1.0);
         assert!(!gate(&golden, &golden, 0.02, ALPHA).changed);
         // float noise: tiny, random-signed differences pass
         let noisy: Vec<f64> =
