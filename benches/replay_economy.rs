@@ -15,6 +15,7 @@ use std::time::Instant;
 use kvbench::bench::{PrefillCache, Tier, trial};
 use kvbench::kv::{Method, methods};
 use kvbench::model::generate::Mode;
+use kvbench::model::pinned::Pinned;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
 use kvbench::trace::Trace;
@@ -30,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let traces: Vec<Trace> = Task::ALL
         .iter()
         .map(|&t| {
-            let path = tier.trace_path(t);
+            let path = tier.trace_path(Pinned::Smollm2, t);
             Trace::read(&path, Some(&model_id(&rt)))
                 .map_err(|e| format!("{e}\n(record the traces with `cargo xtask record --tier {}`)", tier.name()))
         })

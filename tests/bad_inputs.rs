@@ -13,6 +13,7 @@ use kvbench::model::ModelConfig;
 use kvbench::model::generate::Mode;
 use kvbench::model::gguf::{GgmlType, GgufFile, MetaValue, TensorInfo};
 use kvbench::model::gguf_write;
+use kvbench::model::pinned::Pinned;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
 use kvbench::trace::Trace;
@@ -123,7 +124,7 @@ fn real_gguf() -> GgufFile {
 fn every_committed_trace_still_reads() {
     for tier in [Tier::Default, Tier::Full] {
         for task in Task::ALL {
-            let trace = Trace::read(&tier.trace_path(task), None).unwrap_or_else(|e| panic!("{e}"));
+            let trace = Trace::read(&tier.trace_path(Pinned::Smollm2, task), None).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!((trace.header.task.as_str(), trace.header.tier.as_str()), (task.name(), tier.name()));
         }
     }

@@ -11,6 +11,7 @@ use kvbench::bench::trial::{self, BATCH, SampleOutcome, TrialOptions};
 use kvbench::bench::{PrefillCache, Tier};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
+use kvbench::model::pinned::Pinned;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
 use kvbench::trace::record::model_id;
@@ -19,15 +20,26 @@ fn timeless(samples: &[SampleOutcome]) -> Vec<SampleOutcome> {
     samples.iter().map(SampleOutcome::timeless).collect()
 }
 
+// one test a task, so that the two run side by side on two cores
 #[test]
-fn batched_trials_reproduce_unbatched_ones_bit_for_bit() {
+fn batched_code_trials_reproduce_unbatched_ones_bit_for_bit() {
+    batched_trials_reproduce_unbatched_ones(Task::Code);
+}
+
+#[test]
+fn batched_needle_trials_reproduce_unbatched_ones_bit_for_bit() {
+    batched_trials_reproduce_unbatched_ones(Task::Needle);
+}
+
+fn batched_trials_reproduce_unbatched_ones(task: Task) {
     let options = LoadOptions { gguf: None, threads: 1, kernel_threads: Some(1) };
     let mut rt = Runtime::load(&options).unwrap_or_else(|e| panic!("cannot load the model: {e}"));
     let prefills = PrefillCache::default();
     let names =
         ["full", "snapkv-4x", "tova-2x", "h2o-8x", "kivi-2bit", "q4_0", "quest-4x", "infllm-4x", "streamingllm-2x"];
-    for task in [Task::Code, Task::Needle] {
-        let mut trace = Tier::Default.read_trace(task, &model_id(&rt)).unwrap_or_else(|e| panic!("{e}"));
+    {
+        let mut trace =
+            Tier::Default.read_trace(Pinned::Smollm2, task, &model_id(&rt)).unwrap_or_else(|e| panic!("{e}"));
         assert!(trace.samples.len() > 1 && trace.samples.len() <= BATCH, "one group of several samples");
         // the default tier has three samples: six make two lanes' worth of forks likelier
         let again = trace.samples.clone();

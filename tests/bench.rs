@@ -1,11 +1,14 @@
-//! The benchmark as a test suite: one trial per (method, task), named `method::task`
-//! (`kivi-2bit::needle`, `h2o-4x::code`, `full::few-shot`).
+//! The benchmark as a test suite: one trial per (model, method, task), named `method::task` for
+//! the first model, SmolLM2 (`kivi-2bit::needle`, `h2o-4x::code`, `full::few-shot`), and
+//! `model/method::task` for every other (`gemma3-270m/snapkv-4x::needle`): a filter
+//! `gemma3-270m/` runs Gemma's trials, `--skip gemma3-270m/` SmolLM2's.
 //!
-//! Each trial replays the tier's recorded traces (`traces/<tier>/<task>.trace.zst`) through the
-//! method, scores the answers with the task's metric, measures fidelity to the full cache's
-//! recorded answer and the bytes held, writes its result to
-//! `target/kvbench-results/<tier>/<trial>.json`, and holds it against its golden snapshot
-//! (`golden/trials/<tier>/`) with the statistical gate of `kvbench::bench::golden`. A trial with
+//! Each trial replays the tier's recorded traces of its model (`traces/<tier>/<task>.trace.zst`,
+//! `traces/<tier>/gemma3-270m/<task>.trace.zst`) through the method, scores the answers with the
+//! task's metric, measures fidelity to the full cache's recorded answer and the bytes held, writes
+//! its result to `target/kvbench-results/<tier>/[<model>/]<trial>.json`, and holds it against its
+//! golden snapshot (`golden/trials/<tier>/[<model>/]`) with the statistical gate of
+//! `kvbench::bench::golden`. A trial with
 //! no snapshot, or one that changed, fails and (outside CI) leaves a `.snap.new` to review;
 //! `cargo xtask bless` accepts them.
 //!
@@ -27,9 +30,10 @@ use kvbench::assets::settings;
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
 use kvbench::bench::sequential::Design;
 use kvbench::bench::trial::TrialOptions;
-use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, matrix, trial};
+use kvbench::bench::{DiskPrefills, PrefillCache, Provenance, Tier, TrialResult, build_id, trial, trials};
 use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
+use kvbench::model::pinned::Pinned;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
 use kvbench::trace::Trace;
@@ -37,8 +41,8 @@ use kvbench::trace::record::model_id;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 thread_local! {
-    /// One runtime per kernel pool's thread (each owns its sessions and cache).
-    static RUNTIME: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+    /// One runtime per model and kernel pool's thread (each owns its sessions and cache).
+    static RUNTIMES: RefCell<HashMap<Pinned, Runtime>> = RefCell::new(HashMap::new());
     /// One single-thread kernel pool per test thread.
     static KERNELS: rayon::ThreadPool =
         rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
@@ -48,10 +52,9 @@ struct Shared {
     tier: Tier,
     mode: Mode,
     prefills: PrefillCache,
-    traces: Mutex<HashMap<Task, Arc<Trace>>>,
-    /// Each task's trace file's sha256.
-    trace_hashes: Mutex<HashMap<Task, String>>,
-    results: PathBuf,
+    traces: Mutex<HashMap<(Pinned, Task), Arc<Trace>>>,
+    /// Each trace file's sha256.
+    trace_hashes: Mutex<HashMap<(Pinned, Task), String>>,
     resume: bool,
     /// The tier's sequential design, unless `KVBENCH_SEQUENTIAL=0`.
     stopping: Option<Design>,
@@ -63,7 +66,6 @@ fn shared() -> &'static Shared {
         let tier = Tier::from_env().unwrap_or_else(|e| panic!("{e}"));
         let mode = settings::mode().unwrap_or_else(|e| panic!("{e}"));
         let mode = Mode::from_name(mode).expect("KVBENCH_MODE's values are modes");
-        let results = tier.results_dir();
         let prefills = match DiskPrefills::from_env(tier).unwrap_or_else(|e| panic!("{e}")) {
             Some(disk) => PrefillCache::with_disk(disk),
             None => PrefillCache::default(),
@@ -71,64 +73,71 @@ fn shared() -> &'static Shared {
         let resume = settings::resume().unwrap_or_else(|e| panic!("{e}"));
         let stopping = tier.stopping().filter(|_| settings::sequential().unwrap_or_else(|e| panic!("{e}")));
         let (traces, trace_hashes) = (Mutex::default(), Mutex::default());
-        Shared { tier, mode, prefills, traces, trace_hashes, results, resume, stopping }
+        Shared { tier, mode, prefills, traces, trace_hashes, resume, stopping }
     })
 }
 
-fn with_runtime<R: Send>(f: impl FnOnce(&mut Runtime) -> Result<R, Failed> + Send) -> Result<R, Failed> {
+fn with_runtime<R: Send>(model: Pinned, f: impl FnOnce(&mut Runtime) -> Result<R, Failed> + Send) -> Result<R, Failed> {
     // Each test thread runs its trials on a one-thread kernel pool of its own, and ONNX Runtime
     // on one thread: the trials run side by side, one per core, with no hand-offs between
     // threads inside a trial (measured faster than one pool shared by the test threads).
     KERNELS.with(|pool| {
         pool.install(|| {
-            RUNTIME.with_borrow_mut(|slot| {
-                if slot.is_none() {
-                    let options = LoadOptions { gguf: None, threads: 1, kernel_threads: Some(1) };
-                    *slot = Some(Runtime::load(&options).map_err(|e| format!("cannot load the model: {e}"))?);
-                }
-                f(slot.as_mut().expect("loaded"))
+            RUNTIMES.with_borrow_mut(|runtimes| {
+                let rt = match runtimes.entry(model) {
+                    std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        let gguf = model.gguf().map_err(|e| format!("cannot fetch {}: {e}", model.name()))?;
+                        let options = LoadOptions { gguf: Some(gguf), threads: 1, kernel_threads: Some(1) };
+                        slot.insert(Runtime::load(&options).map_err(|e| format!("cannot load {}: {e}", model.name()))?)
+                    }
+                };
+                f(rt)
             })
         })
     })
 }
 
-/// The path of `task`'s trace, which must exist.
-fn trace_path(task: Task) -> Result<PathBuf, Failed> {
-    Ok(shared().tier.recorded_trace(task)?)
+/// The path of `model`'s trace of `task`, which must exist.
+fn trace_path(model: Pinned, task: Task) -> Result<PathBuf, Failed> {
+    Ok(shared().tier.recorded_trace(model, task)?)
 }
 
-fn trace(task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {
+fn trace(model: Pinned, task: Task, rt: &Runtime) -> Result<Arc<Trace>, Failed> {
     let s = shared();
-    if let Some(t) = s.traces.lock().expect("traces").get(&task) {
+    if let Some(t) = s.traces.lock().expect("traces").get(&(model, task)) {
         return Ok(t.clone());
     }
-    let t = Arc::new(shared().tier.read_trace(task, &model_id(rt))?);
-    s.traces.lock().expect("traces").insert(task, t.clone());
+    let t = Arc::new(shared().tier.read_trace(model, task, &model_id(rt))?);
+    s.traces.lock().expect("traces").insert((model, task), t.clone());
     Ok(t)
 }
 
-/// This test binary's and `task`'s trace file's sha256.
-fn provenance(task: Task) -> Result<Provenance, Failed> {
+/// This test binary's and the trace file's sha256.
+fn provenance(model: Pinned, task: Task) -> Result<Provenance, Failed> {
     let s = shared();
     let mut hashes = s.trace_hashes.lock().expect("trace hashes");
-    let trace = match hashes.get(&task) {
+    let trace = match hashes.get(&(model, task)) {
         Some(hash) => hash.clone(),
         None => {
-            let hash = kvbench::assets::sha256_file(&trace_path(task)?).map_err(|e| e.to_string())?;
-            hashes.entry(task).or_insert(hash).clone()
+            let hash = kvbench::assets::sha256_file(&trace_path(model, task)?).map_err(|e| e.to_string())?;
+            hashes.entry((model, task)).or_insert(hash).clone()
         }
     };
     Ok(Provenance { build: build_id()?, trace })
 }
 
-fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
+fn run_trial(model: Pinned, method: &str, task: Task) -> Result<(), Failed> {
     let s = shared();
     let method = methods::by_name(method).map_err(|e| e.to_string())?;
+    // the name within the model's folders (results, goldens), as the result records it
     let name = format!("{}::{}", method.name(), task.name());
+    let full_name = format!("{}{name}", model.trial_prefix());
     // a stored result is of this trial (`stored` checks it), a new one too (checked below)
     let file = golden::file_name(&name);
-    let out = s.results.join(format!("{file}.json"));
-    let provenance = provenance(task)?;
+    let results = s.tier.results_dir(model);
+    let out = results.join(format!("{file}.json"));
+    let provenance = provenance(model, task)?;
     let stored = if s.resume {
         TrialResult::stored(&out, &name, &provenance, s.mode).and_then(|r| r.map(|r| r.under(s.stopping)).transpose())
     } else {
@@ -136,15 +145,15 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     };
     let result = match stored {
         Ok(Some(done)) => {
-            eprintln!("{name}: resumed from {}", out.display());
+            eprintln!("{full_name}: resumed from {}", out.display());
             done
         }
         stored => {
             if let Err(why) = stored {
-                eprintln!("{name}: running it again: {why}");
+                eprintln!("{full_name}: running it again: {why}");
             }
-            let mut result = with_runtime(|rt| {
-                let trace = trace(task, rt)?;
+            let mut result = with_runtime(model, |rt| {
+                let trace = trace(model, task, rt)?;
                 let options = TrialOptions { stopping: s.stopping, ..TrialOptions::new(s.mode) };
                 trial::run_with(rt, &method, &trace, &s.prefills, options, |_| {})
                     .map_err(|e| Failed::from(e.to_string()))
@@ -153,7 +162,7 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
                 return Err(format!("trial {name} ran as {}: the trace is of another task", result.trial).into());
             }
             result.provenance = provenance;
-            std::fs::create_dir_all(&s.results).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&results).map_err(|e| e.to_string())?;
             let json = serde_json::to_vec_pretty(&result).expect("results serialize");
             kvbench::assets::write_atomic(&out, &json).map_err(|e| e.to_string())?;
             result
@@ -161,13 +170,14 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
     };
 
     let current = GoldenTrial::of(&result, s.tier.name());
-    let dir = s.tier.golden_dir();
+    let dir = s.tier.golden_dir(model);
     let verdict = match golden::read(&golden::path(&dir, &name))? {
         None => Verdict::Changed("no golden snapshot yet".into()),
         Some(g) => golden::check(&current, &g, s.tier.gate()),
     };
     if let Verdict::Changed(why) = verdict {
         let tier = if s.tier.name() == "default" { String::new() } else { format!(" --tier {}", s.tier.name()) };
+        let name = &full_name;
         // Let insta show the diff (and, outside CI, write the .snap.new to review).
         // (insta panics on a difference; the trial's own failure below says why)
         let _ = std::panic::catch_unwind(|| {
@@ -191,11 +201,11 @@ fn run_trial(method: &str, task: Task) -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let trials = matrix()
+    let trials = trials()
         .into_iter()
-        .map(|(method, task)| {
-            let name = format!("{method}::{}", task.name());
-            Trial::test(name, move || run_trial(&method, task))
+        .map(|id| {
+            let name = id.name();
+            Trial::test(name, move || run_trial(id.model, &id.method, id.task))
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use kvbench::bench::golden::{self, GoldenTrial, Verdict};
 use kvbench::bench::{Tier, TrialResult};
+use kvbench::model::pinned::Pinned;
 
 fn kvbench(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().unwrap();
@@ -82,7 +83,7 @@ fn replay_reproduces_trials_and_runs_variants() {
     assert!(stdout.contains("3 samples of the default tier's needle trace"), "{stdout}");
     assert!(stdout.contains("| q8_0 |") && stdout.contains("| lingua-word-4x |"), "{stdout}");
     assert!(stderr.contains("[3/3] lingua-word-4x: sample 3/3"), "{stderr}");
-    let golden_dir = Tier::Default.golden_dir();
+    let golden_dir = Tier::Default.golden_dir(Pinned::Smollm2);
     for trial in ["q8_0::needle", "quest-2x::needle"] {
         let result = replayed(&dir, trial);
         let golden = golden::read(&golden::path(&golden_dir, trial)).unwrap().expect("a golden snapshot");

@@ -23,6 +23,7 @@ use kvbench::kv::evict::{Eviction, KeptStore};
 use kvbench::kv::methods::{self, Budget};
 use kvbench::kv::{LayerStore, Method, Phase, StoreContext, StoreFactory};
 use kvbench::model::generate::Mode;
+use kvbench::model::pinned::Pinned;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
 use kvbench::trace::record::model_id;
@@ -124,9 +125,9 @@ fn broken_methods_fail_their_goldens_and_the_real_ones_pass() {
         let broken: Arc<dyn Method> = Arc::new(broken);
         let (mut caught, mut old_caught) = (Vec::new(), 0);
         for task in Task::ALL {
-            let trace = tier.read_trace(task, &model_id(&rt)).unwrap_or_else(|e| panic!("{e}"));
+            let trace = tier.read_trace(Pinned::Smollm2, task, &model_id(&rt)).unwrap_or_else(|e| panic!("{e}"));
             let name = format!("{}::{}", real.name(), task.name());
-            let snapshot = golden::path(&tier.golden_dir(), &name);
+            let snapshot = golden::path(&tier.golden_dir(Pinned::Smollm2), &name);
             let golden = golden::read(&snapshot).unwrap().unwrap_or_else(|| {
                 panic!("{} is missing: run `cargo test --test bench` and `cargo xtask bless`", snapshot.display())
             });

@@ -20,6 +20,7 @@ use kvbench::bench::{RATIOS, Tier};
 use kvbench::eval::fidelity::{self, Fidelity};
 use kvbench::kv::Acts;
 use kvbench::kv::methods::{self, Kind};
+use kvbench::model::pinned::Pinned;
 use kvbench::tasks::Task;
 use kvbench::trace::Trace;
 use serde::{Deserialize, Serialize};
@@ -62,7 +63,7 @@ fn cache_methods() -> Vec<String> {
 
 /// The fidelity of every cache method on `task`'s probes.
 fn table(task: Task) -> BTreeMap<String, Fidelity> {
-    let path = Tier::Default.trace_path(task);
+    let path = Tier::Default.trace_path(Pinned::Smollm2, task);
     let trace = Trace::read(&path, None).unwrap_or_else(|e| panic!("{e}"));
     let recordings = trace.probe_recordings().unwrap_or_else(|| {
         panic!(

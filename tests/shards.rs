@@ -35,11 +35,12 @@ fn shard(k: usize, n: usize) -> Vec<String> {
 
 #[test]
 fn nextest_shards_split_the_trials_without_overlap_or_loss() {
-    let matrix: BTreeSet<String> =
-        kvbench::bench::matrix().into_iter().map(|(method, task)| format!("{method}::{}", task.name())).collect();
-    // every matrix method against every task, each once (the counts come from the registry)
+    let matrix: BTreeSet<String> = kvbench::bench::trials().iter().map(|t| t.name()).collect();
+    // every matrix method against every task for every model, each once (the counts come from
+    // the registry)
     let methods = kvbench::kv::methods::all_at(&kvbench::bench::RATIOS);
-    assert_eq!(matrix.len(), methods.len() * kvbench::tasks::Task::ALL.len());
+    let models = kvbench::model::pinned::Pinned::ALL.len();
+    assert_eq!(matrix.len(), methods.len() * kvbench::tasks::Task::ALL.len() * models);
     let n = 3;
     let mut seen = BTreeSet::new();
     for k in 1..=n {

@@ -8,7 +8,7 @@ use crate::eval::parity::{self, Fixture, Outcome};
 /// A task's default-tier trace and its first sample's probe recording (what the parity fixtures
 /// are made from and checked on).
 pub fn default_probe(task: crate::tasks::Task) -> Result<(crate::trace::Trace, Recorded), String> {
-    let path = crate::bench::Tier::Default.trace_path(task);
+    let path = crate::bench::Tier::Default.trace_path(crate::model::pinned::Pinned::Smollm2, task);
     let trace = crate::trace::Trace::read(&path, None).map_err(|e| e.to_string())?;
     let recorded = trace
         .probe_recordings()
@@ -23,7 +23,7 @@ pub fn check(fixture: &Fixture) -> Result<Vec<Outcome>, String> {
     let mut outcomes = Vec::new();
     for cases in &fixture.tasks {
         let task = crate::tasks::Task::from_name(&cases.task).map_err(|e| e.to_string())?;
-        let path = crate::bench::Tier::Default.trace_path(task);
+        let path = crate::bench::Tier::Default.trace_path(crate::model::pinned::Pinned::Smollm2, task);
         let (trace, recorded) = default_probe(task)?;
         let layer = recorded.layer_ids.iter().position(|&l| l == cases.layer).ok_or_else(|| {
             format!("{}: layer {} not probed (re-run `cargo xtask kvpress-parity`)", path.display(), cases.layer)

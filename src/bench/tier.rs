@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::pinned::Pinned;
 use crate::tasks::Task;
 use crate::trace::Trace;
 use crate::trace::format::ModelId;
@@ -43,10 +44,17 @@ impl Tier {
         }
     }
 
-    /// Samples per task.
-    pub fn samples(self, task: Task) -> usize {
+    /// Samples per task of `model`. The default tier gives Gemma one where SmolLM2 has three: a
+    /// Gemma trial costs about twice a SmolLM2 one per sample (its prefill multiplies fp32
+    /// weights, SmolLM2's 4-bit ones: docs/MODELS.md), and CI runs every trial of both models in
+    /// its 30 minutes. One sample a task is still a replay check, bit for bit; the full tier's
+    /// are the same for both models.
+    pub fn samples(self, model: Pinned, task: Task) -> usize {
         match self {
-            Self::Default => 3,
+            Self::Default => match model {
+                Pinned::Smollm2 => 3,
+                Pinned::Gemma3 => 1,
+            },
             Self::Full => match task {
                 // binary scores need ~96 samples for a 10-point Wilson half-width at p = 0.5
                 Task::Needle | Task::Synthetic | Task::FewShot => 100,
@@ -66,34 +74,39 @@ impl Tier {
         }
     }
 
-    /// Where this tier's traces live.
-    pub fn trace_dir(self) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("traces").join(self.name())
+    /// Where this tier's traces of `model` live: `traces/<tier>/`, and a folder of its own in it
+    /// for every model but the first ([`Pinned::subdir`]).
+    pub fn trace_dir(self, model: Pinned) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("traces").join(self.name());
+        model.subdir().map_or(dir.clone(), |sub| dir.join(sub))
     }
 
-    /// The trace of `task`.
-    pub fn trace_path(self, task: Task) -> PathBuf {
-        self.trace_dir().join(format!("{}.trace.zst", task.name()))
+    /// The trace of `task` for `model`.
+    pub fn trace_path(self, model: Pinned, task: Task) -> PathBuf {
+        self.trace_dir(model).join(format!("{}.trace.zst", task.name()))
     }
 
-    /// The trace of `task`, which must have been recorded: an error says how to record it.
-    pub fn recorded_trace(self, task: Task) -> Result<PathBuf, String> {
-        let path = self.trace_path(task);
+    /// The trace of `task` for `model`, which must have been recorded: an error says how to
+    /// record it.
+    pub fn recorded_trace(self, model: Pinned, task: Task) -> Result<PathBuf, String> {
+        let path = self.trace_path(model, task);
         if path.is_file() {
             Ok(path)
         } else {
             Err(format!(
-                "no trace {}: record it with `cargo xtask record --tier {} --task {}`",
+                "no trace {}: record it with `cargo xtask record --model {} --tier {} --task {}`",
                 path.display(),
+                model.name(),
                 self.name(),
                 task.name()
             ))
         }
     }
 
-    /// The recorded trace of `task`, read and checked by [`Self::trace_at`].
-    pub fn read_trace(self, task: Task, model: &ModelId) -> Result<Trace, String> {
-        self.trace_at(&self.recorded_trace(task)?, task, model)
+    /// The recorded trace of `task` for `model`, read and checked by [`Self::trace_at`] against
+    /// `id`, the model loaded.
+    pub fn read_trace(self, model: Pinned, task: Task, id: &ModelId) -> Result<Trace, String> {
+        self.trace_at(&self.recorded_trace(model, task)?, task, id)
     }
 
     /// The trace at `path`, read and checked as `task`'s of this tier: recorded with `model`, and
@@ -118,10 +131,12 @@ impl Tier {
         Ok(trace)
     }
 
-    /// Where this tier's per-trial results are written: `$KVBENCH_RESULTS`, else
-    /// `target/kvbench-results/<tier>` ([`crate::assets::settings::results_dir`]).
-    pub fn results_dir(self) -> PathBuf {
-        crate::assets::settings::results_dir(self.name())
+    /// Where this tier's per-trial results of `model` are written: `$KVBENCH_RESULTS`, else
+    /// `target/kvbench-results/<tier>` ([`crate::assets::settings::results_dir`]), with the
+    /// model's own folder in it for every model but the first.
+    pub fn results_dir(self, model: Pinned) -> PathBuf {
+        let dir = crate::assets::settings::results_dir(self.name());
+        model.subdir().map_or(dir.clone(), |sub| dir.join(sub))
     }
 
     /// How this tier's runs are held to their snapshots: replayed sample by sample on the default
@@ -154,9 +169,11 @@ impl Tier {
         }
     }
 
-    /// Where this tier's golden snapshots live.
-    pub fn golden_dir(self) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("trials").join(self.name())
+    /// Where this tier's golden snapshots of `model`'s trials live: `golden/trials/<tier>/`, with
+    /// the model's own folder in it for every model but the first.
+    pub fn golden_dir(self, model: Pinned) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("trials").join(self.name());
+        model.subdir().map_or(dir.clone(), |sub| dir.join(sub))
     }
 }
 

@@ -14,7 +14,8 @@ use super::sequential::{Design, Sequential};
 use super::stats::{self, Estimate};
 use crate::kv::{Acts, KvCache, Method};
 use crate::model::generate::{
-    GenerateOptions, Mode, Prompt, SharedPrefill, argmax, check_prompt, log_softmax, shared_prefill, start,
+    GenerateOptions, Mode, Prompt, SharedPrefill, answer_ended, argmax, check_prompt, log_softmax, shared_prefill,
+    start,
 };
 use crate::model::session::{ModelError, Runtime};
 use crate::tasks::Metric;
@@ -187,8 +188,9 @@ pub struct PrefillCache {
 /// The prefills by key, and the bytes they hold.
 type Entries = (HashMap<PrefillKey, Arc<SharedPrefill>>, usize);
 
-/// Prompt ids, context length, mode and chunk: what a prefill depends on within one runtime.
-type PrefillKey = (Vec<u32>, usize, Mode, usize);
+/// The model's GGUF sha256, prompt ids, context length, mode and chunk: what a prefill depends
+/// on (one cache serves the trials of every model in the process).
+type PrefillKey = (String, Vec<u32>, usize, Mode, usize);
 
 /// Bytes of shared prefills kept in memory (about 40 prefills of 1,024 tokens). Once full, new
 /// prefills are used but not kept: a trial cycles through its task's samples in order, which an
@@ -224,12 +226,12 @@ impl PrefillCache {
         prompt: &Prompt,
         options: GenerateOptions,
     ) -> Result<Arc<SharedPrefill>, ModelError> {
-        let key = (prompt.ids.clone(), prompt.context, options.mode, options.chunk);
+        let model = rt.gguf_sha256().to_string();
+        let key = (model.clone(), prompt.ids.clone(), prompt.context, options.mode, options.chunk);
         if let Some(hit) = self.entries.lock().expect("prefill cache").0.get(&key) {
             self.counts[1].fetch_add(1, Ordering::Relaxed);
             return Ok(hit.clone());
         }
-        let model = rt.gguf_sha256().to_string();
         let inputs = PrefillInputs::of(&model, prompt, &options);
         let made = match self.disk.as_ref().and_then(|d| d.load(&inputs)) {
             Some(found) => {
@@ -372,7 +374,9 @@ fn prompt_and_options(sample: &TraceSample, chunk: usize, mode: Mode) -> Result<
         return Err(ModelError::Invalid(format!("sample {}: its context is longer than its prompt", meta.id)));
     }
     let prompt = Prompt::split(&sample.prompt_ids[..meta.context_len], &sample.prompt_ids[meta.context_len..]);
-    let options = GenerateOptions { max_new_tokens: meta.max_new_tokens, chunk, mode, ..GenerateOptions::default() };
+    let ended = meta.answer_end.rule();
+    let options =
+        GenerateOptions { max_new_tokens: meta.max_new_tokens, chunk, mode, ended, ..GenerateOptions::default() };
     Ok((prompt, options))
 }
 
@@ -461,6 +465,8 @@ struct Lane<'t> {
     prefilled_len: usize,
     after_compression: usize,
     max_new_tokens: usize,
+    /// Where the answer ends besides stop tokens and the limit.
+    ended: Option<fn(&str) -> bool>,
     /// The logits the next step of the lane reads.
     logits: Vec<f32>,
     output: Vec<u32>,
@@ -504,6 +510,7 @@ impl<'t> Lane<'t> {
             prefilled_len: prefilled.ids.len(),
             after_compression: prefilled.after_compression,
             max_new_tokens: options.max_new_tokens,
+            ended: options.ended,
             logits: prefilled.logits,
             output: Vec::new(),
             forced_rows: Vec::new(),
@@ -544,7 +551,8 @@ impl<'t> Lane<'t> {
                 }
             }
             self.output.push(next);
-            if self.output.len() < self.max_new_tokens && !rt.tokenizer().is_stop(next) {
+            let ended = self.ended.is_some_and(|ended| answer_ended(rt, &self.output, ended));
+            if self.output.len() < self.max_new_tokens && !rt.tokenizer().is_stop(next) && !ended {
                 return Ok(Some((next, (n + i) as i64)));
             }
             self.answered = Some(self.answer(rt)?);

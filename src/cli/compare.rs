@@ -36,6 +36,7 @@ pub fn run(args: CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         ignore_eos: false,
         mode: args.prompt.mode,
         top_k: 0,
+        ended: None,
     };
     eprintln!("kvbench: {} methods on a {}-token prompt ({:?})", names.len(), prompt.ids.len(), args.prompt.mode);
     let total = names.len();

@@ -34,6 +34,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         ignore_eos: args.ignore_eos,
         mode: args.prompt.mode,
         top_k: 0,
+        ended: None,
     };
     let generation = generate_prompt(&mut rt, &prompt, options)?;
     let shown: Vec<u32> = generation.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();

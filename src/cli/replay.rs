@@ -17,12 +17,14 @@ use kvbench::kv::methods;
 use kvbench::model::generate::Mode;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
-use kvbench::trace::record::model_id;
+use kvbench::trace::record::{model_id, pinned_of};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 #[derive(Args)]
 pub struct ReplayArgs {
+    #[command(flatten)]
+    model: super::model::ModelArgs,
     /// Task name (needle, synthetic, single-doc-qa, multi-doc-qa, summarization, few-shot, code).
     #[arg(long)]
     task: String,
@@ -55,9 +57,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let tier = Tier::from_name(&args.tier)?;
     let names = super::prompt::method_names(&args.methods, &RATIOS)?;
     let methods = names.iter().map(|n| methods::by_name(n)).collect::<std::result::Result<Vec<_>, _>>()?;
-    let path = tier.recorded_trace(task)?;
-    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
-    let mut trace = tier.read_trace(task, &model_id(&rt))?;
+    let rt_options = LoadOptions { gguf: Some(args.model.path()?), threads: args.threads, kernel_threads: None };
+    let mut rt = Runtime::load(&rt_options)?;
+    let pinned = pinned_of(&rt);
+    let path = tier.recorded_trace(pinned, task)?;
+    let mut trace = tier.read_trace(pinned, task, &model_id(&rt))?;
     trace.samples = evenly_spaced(std::mem::take(&mut trace.samples), args.samples)
         .map_err(|why| format!("--samples: {why} ({})", path.display()))?;
     let provenance = Provenance { build: build_id()?, trace: kvbench::assets::sha256_file(&path)? };

@@ -154,9 +154,10 @@ fn run_sample(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// Greedy answer of the full-cache model to `ids`, without stop tokens.
-fn answer(rt: &mut Runtime, ids: &[u32], max_new_tokens: usize) -> Result<String> {
-    Ok(full_cache_answer(rt, ids, max_new_tokens)?)
+/// Greedy answer of the full-cache model to `ids`, without stop tokens, ending as the sample's
+/// answers end.
+fn answer(rt: &mut Runtime, ids: &[u32], s: &Sample) -> Result<String> {
+    Ok(full_cache_answer(rt, ids, s.max_new_tokens, s.answer_end.rule())?)
 }
 
 fn log_line(log: &Option<PathBuf>, value: serde_json::Value) -> Result<()> {
@@ -175,8 +176,8 @@ fn run_calibrate(args: CalibrateArgs) -> Result<()> {
     let mut rows = Vec::new();
     for seed in args.first_seed..args.first_seed + args.samples as u64 {
         let s = tasks::sample(task, seed, len, &tok)?;
-        let full = answer(&mut rt, &s.prompt_ids(), s.max_new_tokens)?;
-        let bare = answer(&mut rt, &s.no_context_ids, s.max_new_tokens)?;
+        let full = answer(&mut rt, &s.prompt_ids(), &s)?;
+        let bare = answer(&mut rt, &s.no_context_ids, &s)?;
         let row = json!({
             "task": task.name(), "len": len, "seed": seed, "id": s.id, "tokens": s.len(),
             "answers": s.answers, "full": full, "no_context": bare, "trivial": s.trivial_answer,
@@ -304,7 +305,7 @@ fn run_needle_grid(args: NeedleGridArgs) -> Result<()> {
                 let mut rng = Rng::new(Task::Needle, seed);
                 let parts = needle::build(&mut rng, len, &tok, phrasing, Some(f64::from(depth) / 100.0))?;
                 let s: Sample = tasks::assemble(Task::Needle, seed, len, &tok, parts)?;
-                let out = answer(&mut rt, &s.prompt_ids(), s.max_new_tokens)?;
+                let out = answer(&mut rt, &s.prompt_ids(), &s)?;
                 let (exact, partial) = (s.score(&out), needle_partial(&out, &s.answers[0]));
                 eprintln!("needle len {len} depth {depth} draw {draw}: exact {exact} partial {partial:.2} {out:?}");
                 log_line(

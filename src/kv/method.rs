@@ -97,7 +97,9 @@ pub trait Method: Send + Sync + fmt::Debug {
     }
 
     /// How it codes one token's row, for a quantizer that can store a token method's kept rows
-    /// (`snapkv-4x+q4_0-rot`, [`crate::kv::methods::compose`]); `None` for every other method.
+    /// (`snapkv-4x+q4_0-rot`, [`crate::kv::methods::compose`]) and for such a composition (its
+    /// quantizer's); `None` for every other method. A sliding-window layer's window is held in
+    /// it ([`crate::kv::sliding`]).
     fn row_code(&self) -> Option<RowCode> {
         None
     }

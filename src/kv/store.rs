@@ -107,14 +107,24 @@ impl KvCache {
         self
     }
 
-    /// Empty stores: the architecture's where a layer slides, the method's elsewhere.
+    /// Empty stores: the architecture's where a layer slides (its rows in the method's row code
+    /// from the start if the method codes rows while it prefills), the method's elsewhere.
     fn fresh_layers(&self) -> Vec<Box<dyn LayerStore>> {
         (0..self.n_layers)
             .map(|l| match self.window(l) {
-                Some(w) => Box::new(SlidingStore::new(self.shape, w)) as Box<dyn LayerStore>,
+                Some(w) => {
+                    let code = self.sliding_code(l).filter(|_| self.method.acts() != Acts::AfterPrefill);
+                    Box::new(SlidingStore::new(self.shape, w).coded(code)) as Box<dyn LayerStore>
+                }
                 None => self.method.layer_store(&self.context(l)),
             })
             .collect()
+    }
+
+    /// The row code sliding-window layer `l` holds its window in: the method's, if it codes rows
+    /// on their own and codes this layer ([`RowCode::codes_layer`]).
+    fn sliding_code(&self, l: usize) -> Option<super::rowcode::RowCode> {
+        self.method.row_code().filter(|code| code.codes_layer(l, self.n_layers))
     }
 
     /// Layer `l`'s window, if it slides.
@@ -231,6 +241,12 @@ impl KvCache {
     /// The prompt (or context) is complete: methods that act after prefill compress now.
     pub fn end_prefill(&mut self) {
         if self.method.acts() == Acts::AfterPrefill {
+            // a composition's quantizer codes the sliding windows too, from here on
+            for l in 0..self.layers.len() {
+                if let Some(code) = self.sliding_code(l).filter(|_| self.window(l).is_some()) {
+                    self.layers[l].recode(code);
+                }
+            }
             let global: Vec<usize> = (0..self.layers.len()).filter(|&l| self.window(l).is_none()).collect();
             for l in global {
                 let ctx = self.context(l);

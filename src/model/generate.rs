@@ -105,11 +105,14 @@ pub struct GenerateOptions {
     pub mode: Mode,
     /// Log-probs to keep per generated token (0: none).
     pub top_k: usize,
+    /// Whether the answer has ended, given its text so far (stop tokens left out), besides stop
+    /// tokens and the limit: a base model's, which never ends its turn (`tasks::AnswerEnd`).
+    pub ended: Option<fn(&str) -> bool>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 16, chunk: 512, ignore_eos: false, mode: Mode::QueryAware, top_k: 0 }
+        Self { max_new_tokens: 16, chunk: 512, ignore_eos: false, mode: Mode::QueryAware, top_k: 0, ended: None }
     }
 }
 
@@ -202,11 +205,23 @@ pub fn generate(rt: &mut Runtime, prompt_ids: &[u32], options: GenerateOptions) 
     generate_prompt(rt, &Prompt::whole(prompt_ids), options)
 }
 
-/// The full cache's greedy answer to `ids` (at most `max_new_tokens`, chunks of 512), as text
-/// without stop tokens: how task calibration and the traces' baselines answer.
-pub fn full_cache_answer(rt: &mut Runtime, ids: &[u32], max_new_tokens: usize) -> Result<String, ModelError> {
+/// Whether the answer `ids` (stop tokens left out of its text) has ended by `ended`.
+pub fn answer_ended(rt: &Runtime, ids: &[u32], ended: fn(&str) -> bool) -> bool {
+    let shown: Vec<u32> = ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
+    rt.tokenizer().decode(&shown).is_ok_and(|text| ended(&text))
+}
+
+/// The full cache's greedy answer to `ids` (at most `max_new_tokens`, ending where `ended` says
+/// if given, chunks of 512), as text without stop tokens: how task calibration and the traces'
+/// baselines answer.
+pub fn full_cache_answer(
+    rt: &mut Runtime,
+    ids: &[u32],
+    max_new_tokens: usize,
+    ended: Option<fn(&str) -> bool>,
+) -> Result<String, ModelError> {
     rt.reset(Arc::new(Full))?;
-    let options = GenerateOptions { max_new_tokens, chunk: 512, ..GenerateOptions::default() };
+    let options = GenerateOptions { max_new_tokens, chunk: 512, ended, ..GenerateOptions::default() };
     let generation = generate(rt, ids, options)?;
     let shown: Vec<u32> = generation.output_ids.into_iter().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
     Ok(rt.tokenizer().decode(&shown)?)
@@ -433,7 +448,10 @@ pub fn decode(rt: &mut Runtime, prefilled: &Prefilled, options: GenerateOptions)
                 top_logprobs.push(top_log_probs(&logits, options.top_k));
             }
             output_ids.push(next);
-            if output_ids.len() >= options.max_new_tokens || (!options.ignore_eos && rt.tokenizer().is_stop(next)) {
+            if output_ids.len() >= options.max_new_tokens
+                || (!options.ignore_eos && rt.tokenizer().is_stop(next))
+                || options.ended.is_some_and(|ended| answer_ended(rt, &output_ids, ended))
+            {
                 break;
             }
             let position = (prefilled.ids.len() + output_ids.len() - 1) as i64;

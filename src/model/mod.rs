@@ -17,6 +17,7 @@ pub mod gguf_write;
 pub mod head;
 pub mod kquants;
 pub mod onnx;
+pub mod pinned;
 pub mod qlinear;
 pub mod quant;
 pub mod rowwise;

@@ -49,6 +49,7 @@
 //! template and question with the document removed) and a *trivial* answer (most frequent class,
 //! empty answer, or the last line for code).
 
+pub mod answer_end;
 #[cfg(test)]
 mod checks;
 pub mod code;
@@ -67,6 +68,7 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
+pub use self::answer_end::AnswerEnd;
 pub use self::prompt::{assemble, doc_budget, template};
 pub use self::rng::Rng;
 use crate::assets::AssetError;
@@ -268,6 +270,8 @@ pub struct Sample {
     pub metric: Metric,
     /// Most tokens to generate.
     pub max_new_tokens: usize,
+    /// Where the answer ends besides stop tokens and the limit (the model's template decides).
+    pub answer_end: AnswerEnd,
     /// The trivial baseline's answer.
     pub trivial_answer: String,
     /// Facts about the sample.

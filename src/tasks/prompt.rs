@@ -60,6 +60,7 @@ pub fn assemble(task: Task, seed: u64, target_len: usize, tok: &Tokenizer, parts
         answers: parts.answers,
         metric: parts.metric,
         max_new_tokens: task.max_new_tokens(),
+        answer_end: super::AnswerEnd::of(task, tok.template()),
         trivial_answer: parts.trivial,
         info: parts.info,
     })

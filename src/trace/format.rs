@@ -78,6 +78,9 @@ pub struct SampleMeta {
     pub metric: serde_json::Value,
     /// Most tokens to generate.
     pub max_new_tokens: usize,
+    /// Where an answer ends besides stop tokens and the limit (absent: where the model ends it).
+    #[serde(default, skip_serializing_if = "crate::tasks::AnswerEnd::is_turn")]
+    pub answer_end: crate::tasks::AnswerEnd,
     /// Reference answer length in tokens.
     pub reference_len: usize,
     /// The reference answer's text.
@@ -463,6 +466,7 @@ mod tests {
             answers: vec!["4827163".into()],
             metric: serde_json::json!({ "name": "needle-exact" }),
             max_new_tokens: 8,
+            answer_end: crate::tasks::AnswerEnd::Turn,
             reference_len,
             reference_text: " 4827163".into(),
             reference_score: 1.0,

@@ -38,7 +38,18 @@ pub enum RecordError {
 
 /// The model id of a runtime, as traces record it.
 pub fn model_id(rt: &Runtime) -> ModelId {
-    ModelId { name: "SmolLM2-135M-Instruct Q4_1".into(), gguf_sha256: rt.gguf_sha256().to_string() }
+    ModelId { name: pinned_of(rt).display_name().into(), gguf_sha256: rt.gguf_sha256().to_string() }
+}
+
+/// The pinned model of the runtime's architecture (a user's own GGUF of that architecture reads
+/// as it; its traces are told apart by the GGUF's sha256, which [`model_id`] carries).
+pub fn pinned_of(rt: &Runtime) -> crate::model::pinned::Pinned {
+    use crate::model::config::Architecture;
+    use crate::model::pinned::Pinned;
+    match rt.config().arch {
+        Architecture::Llama => Pinned::Smollm2,
+        Architecture::Gemma3 => Pinned::Gemma3,
+    }
 }
 
 /// Record `samples` samples (seeds `0..samples`) of `task` for `tier`, sample `i` at
@@ -67,8 +78,13 @@ pub fn record(
         // same bits (tests/methods.rs holds the two to the same answer)
         let method: Arc<dyn Method> = if probed.is_some() { Arc::new(Recording) } else { Arc::new(Full) };
         rt.reset(method)?;
-        let options =
-            GenerateOptions { max_new_tokens: sample.max_new_tokens, chunk: CHUNK, top_k: TOP_K, ..Default::default() };
+        let options = GenerateOptions {
+            max_new_tokens: sample.max_new_tokens,
+            chunk: CHUNK,
+            top_k: TOP_K,
+            ended: sample.answer_end.rule(),
+            ..Default::default()
+        };
         let generation = generate_prompt(rt, &prompt, options)?;
         let shown: Vec<u32> = generation.output_ids.iter().copied().filter(|&id| !rt.tokenizer().is_stop(id)).collect();
         let text = rt.tokenizer().decode(&shown).map_err(ModelError::from)?;
@@ -81,6 +97,7 @@ pub fn record(
             answers: sample.answers.clone(),
             metric: serde_json::to_value(&sample.metric).expect("metrics serialize"),
             max_new_tokens: sample.max_new_tokens,
+            answer_end: sample.answer_end,
             reference_len: generation.output_ids.len(),
             reference_score: sample.score(&text),
             reference_text: text,

@@ -6,6 +6,7 @@
 use anyhow::{Context, bail};
 use kvbench::bench::Tier;
 use kvbench::model::generate::full_cache_answer;
+use kvbench::model::pinned::Pinned;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::{self, Task};
 use kvbench::trace::baselines::{Baselines, SampleBaselines};
@@ -14,6 +15,9 @@ use kvbench::trace::record::model_id;
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The model whose traces to score.
+    #[arg(long, value_enum, default_value_t = Pinned::Smollm2)]
+    model: Pinned,
     /// The tier whose traces to score.
     #[arg(long, default_value = "default")]
     tier: String,
@@ -31,10 +35,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(name) => vec![Task::from_name(name)?],
         None => Task::ALL.to_vec(),
     };
-    let mut rt = Runtime::load(&LoadOptions { gguf: None, threads: args.threads, kernel_threads: None })?;
+    let gguf = args.model.gguf()?;
+    let mut rt = Runtime::load(&LoadOptions { gguf: Some(gguf), threads: args.threads, kernel_threads: None })?;
     for task in tasks {
-        let path = tier.recorded_trace(task).map_err(anyhow::Error::msg)?;
-        let trace = tier.read_trace(task, &model_id(&rt)).map_err(anyhow::Error::msg)?;
+        let path = tier.recorded_trace(args.model, task).map_err(anyhow::Error::msg)?;
+        let trace = tier.read_trace(args.model, task, &model_id(&rt)).map_err(anyhow::Error::msg)?;
         let lens = tier.lens(task);
         let mut samples = Vec::with_capacity(trace.samples.len());
         for (i, recorded) in trace.samples.iter().enumerate() {
@@ -50,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     meta.seed
                 );
             }
-            let answer = full_cache_answer(&mut rt, &s.no_context_ids, s.max_new_tokens)?;
+            let answer = full_cache_answer(&mut rt, &s.no_context_ids, s.max_new_tokens, s.answer_end.rule())?;
             samples.push(SampleBaselines {
                 id: s.id.clone(),
                 no_context: s.score(&answer),

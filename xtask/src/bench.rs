@@ -13,6 +13,7 @@ use std::process::Command;
 
 use crate::report::ReportArgs;
 use anyhow::{Context, bail};
+use kvbench::model::pinned::Pinned;
 
 /// Arguments of `bench`.
 #[derive(clap::Args)]
@@ -50,10 +51,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut command = Command::new(env!("CARGO"));
     command.current_dir(crate::project_root()).env("KVBENCH_TIER", &args.tier);
     command.envs(args.resume.then_some(("KVBENCH_RESUME", "1")));
-    let (merge, out) = match args.shard {
+    // (the results folder of the shard, if one)
+    let (folder, out) = match args.shard {
         None => {
             command.args(["test", "--test", "bench", "--"]).args(&args.harness);
-            (Vec::new(), args.out)
+            (None, args.out)
         }
         Some((k, n)) => {
             let folder =
@@ -71,11 +73,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ]);
             command.args(&args.harness).env("KVBENCH_RESULTS", &folder);
             eprintln!("xtask: shard {k} of {n} into {}", folder.display());
-            (vec![folder.clone()], Some(args.out.unwrap_or(folder)))
+            (Some(folder.clone()), Some(args.out.unwrap_or(folder)))
         }
     };
     let status = command.status().context("running the trials (cargo test, or cargo nextest with --shard)")?;
-    crate::report::report(ReportArgs { tier: args.tier, merge, out })?;
+    let tier = kvbench::bench::Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
+    // a report per model whose trials ran (a name filter may have left one out), each model's
+    // but the first in a folder of its own
+    for model in Pinned::ALL {
+        let within = |dir: &PathBuf| model.subdir().map_or(dir.clone(), |sub| dir.join(sub));
+        let results = folder.as_ref().map_or_else(|| tier.results_dir(model), within);
+        if !crate::report::merge::has_trials(&results) {
+            eprintln!("xtask: no {} results in {}: no report for it", model.name(), results.display());
+            continue;
+        }
+        let merge = if folder.is_some() { vec![results] } else { Vec::new() };
+        let out = out.as_ref().map(within);
+        crate::report::report(ReportArgs { tier: args.tier.clone(), model, merge, out })?;
+    }
     if !status.success() {
         bail!("some trials failed their golden gate (see above); the report covers every trial that ran");
     }

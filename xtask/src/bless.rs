@@ -1,10 +1,11 @@
 //! `cargo xtask bless`: accept the pending golden snapshots (`*.snap.new`) that failing trials
-//! left under `golden/trials/<tier>/`, and that `tests/probes.rs` left under
+//! left under `golden/trials/<tier>/` (and its models' folders, `gemma3-270m/`), and that `tests/probes.rs` left under
 //! `golden/probes/<tier>/` (one table per task), after listing them. This is the reviewed act
 //! that changes golden results; CI never does it.
 
 use anyhow::Context;
 use kvbench::bench::golden;
+use kvbench::model::pinned::Pinned;
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -16,7 +17,8 @@ pub struct Args {
     #[arg(long)]
     list: bool,
     /// Only the trials whose name contains this (as the bench's name filter: `multi-doc-qa`,
-    /// `h2o-4x::`), so that one finished task can be accepted while another is still running.
+    /// `h2o-4x::`, `gemma3-270m/`), so that one finished task can be accepted while another is
+    /// still running.
     /// Probe tables are named by task alone, so only a task name (`needle`) matches them.
     filter: Option<String>,
 }
@@ -25,14 +27,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let root = crate::project_root();
     let dir = root.join("golden/trials").join(&args.tier);
     let probes = root.join("golden/probes").join(&args.tier);
-    let mut pending: Vec<_> = std::fs::read_dir(&dir)
-        .with_context(|| format!("no golden snapshots in {}", dir.display()))?
-        .chain(std::fs::read_dir(&probes).into_iter().flatten())
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "new"))
-        .filter(|p| args.filter.as_deref().is_none_or(|f| matches(p, f)))
-        .collect();
+    let mut folders = vec![(String::new(), dir.clone()), (String::new(), probes.clone())];
+    folders.extend(Pinned::ALL.iter().filter_map(|m| Some((m.trial_prefix(), dir.join(m.subdir()?)))));
+    let mut pending = Vec::new();
+    for (prefix, folder) in &folders {
+        let Ok(listing) = std::fs::read_dir(folder) else {
+            if *folder == dir {
+                anyhow::bail!("no golden snapshots in {}", dir.display());
+            }
+            continue;
+        };
+        pending.extend(
+            listing
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "new"))
+                .filter(|p| args.filter.as_deref().is_none_or(|f| matches(prefix, p, f))),
+        );
+    }
     pending.sort();
     if pending.is_empty() {
         let only = args.filter.as_deref().map(|f| format!(" for trials matching {f:?}")).unwrap_or_default();
@@ -54,8 +66,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Whether a pending snapshot's trial name contains `filter`: snapshot files are named by
 /// [`golden::file_name`], which maps `::` to `__`, so the filter is mapped the same way.
-fn matches(pending: &std::path::Path, filter: &str) -> bool {
-    pending.file_name().is_some_and(|f| f.to_string_lossy().contains(&golden::file_name(filter)))
+/// `prefix` is the model's part of the trial name (`gemma3-270m/`; none for the first model).
+fn matches(prefix: &str, pending: &std::path::Path, filter: &str) -> bool {
+    pending.file_name().is_some_and(|f| format!("{prefix}{}", f.to_string_lossy()).contains(&golden::file_name(filter)))
 }
 
 #[cfg(test)]
@@ -65,7 +78,11 @@ mod tests {
     #[test]
     fn pending_snapshots_are_named_by_trial() {
         let p = std::path::Path::new("golden/trials/full/h2o-4x__multi-doc-qa.snap.new");
-        assert!(matches(p, "h2o-4x::multi-doc-qa"));
-        assert!(matches(p, "h2o-4x::") && !matches(p, "::code"));
+        assert!(matches("", p, "h2o-4x::multi-doc-qa"));
+        assert!(matches("", p, "h2o-4x::") && !matches("", p, "::code"));
+        // a second model's, by its prefix
+        let g = std::path::Path::new("golden/trials/full/gemma3-270m/h2o-4x__code.snap.new");
+        assert!(matches("gemma3-270m/", g, "gemma3-270m/h2o-4x::code") && matches("gemma3-270m/", g, "gemma3-270m/"));
+        assert!(!matches("", p, "gemma3-270m/"));
     }
 }

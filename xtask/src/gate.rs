@@ -13,6 +13,9 @@ use kvbench::bench::golden::{self, GoldenTrial, Verdict};
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The model whose goldens to use.
+    #[arg(long, value_enum, default_value_t = kvbench::model::pinned::Pinned::Smollm2)]
+    model: kvbench::model::pinned::Pinned,
     /// The tier whose goldens and gate to use.
     #[arg(long, default_value = "default")]
     tier: String,
@@ -26,7 +29,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let tier = Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
     let trials = crate::report::merge(std::slice::from_ref(&args.results))?;
-    let dir = tier.golden_dir();
+    let dir = tier.golden_dir(args.model);
     // kind → (trials, failed)
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for t in &trials {

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kvbench::bench::Tier;
+use kvbench::model::pinned::Pinned;
 use kvbench::model::session::{LoadOptions, Runtime};
 use kvbench::tasks::Task;
 use kvbench::trace::record;
@@ -11,6 +12,9 @@ use kvbench::trace::record;
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The model whose traces to write.
+    #[arg(long, value_enum, default_value_t = Pinned::Smollm2)]
+    model: Pinned,
     /// Tier whose traces to write (`default` or `full`): sets the sample count and length.
     #[arg(long, default_value = "default")]
     tier: String,
@@ -43,12 +47,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         samples: args.probe_samples.unwrap_or(if tier == Tier::Default { 1 } else { 0 }),
         layers: args.probe_layers.clone(),
     };
-    let mut rt = Runtime::load(&LoadOptions::default()).context("loading the model")?;
+    let gguf = args.model.gguf().with_context(|| format!("fetching {}", args.model.name()))?;
+    let mut rt =
+        Runtime::load(&LoadOptions { gguf: Some(gguf), ..LoadOptions::default() }).context("loading the model")?;
     for task in tasks {
-        let samples = args.samples.unwrap_or(tier.samples(task));
+        let samples = args.samples.unwrap_or(tier.samples(args.model, task));
         let lens = args.len.map_or_else(|| tier.lens(task), |l| vec![l]);
         let clock = Instant::now();
-        eprintln!("record {}: {samples} samples of {lens:?} tokens ({} tier)", task.name(), tier.name());
+        eprintln!(
+            "record {} for {}: {samples} samples of {lens:?} tokens ({} tier)",
+            task.name(),
+            args.model.name(),
+            tier.name()
+        );
         let trace = record::record(&mut rt, task, samples, &lens, tier.name(), &probes, |done, total, s| {
             eprintln!(
                 "  [{done}/{total}] {} ({} tokens{}): {:?} score {:.2} ({:.0} s so far)",
@@ -60,7 +71,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 clock.elapsed().as_secs_f64()
             );
         })?;
-        let path = tier.trace_path(task);
+        let path = tier.trace_path(args.model, task);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         trace.write(&path)?;
         let size = std::fs::metadata(&path)?.len();
         eprintln!("  wrote {} ({size} bytes)", path.display());

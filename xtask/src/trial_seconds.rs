@@ -61,7 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for task in args.tasks.split(',') {
         let task = Task::from_name(task.trim()).map_err(anyhow::Error::msg)?;
-        let mut trace = tier.read_trace(task, &model_id(&rt)).map_err(anyhow::Error::msg)?;
+        let mut trace = tier
+            .read_trace(kvbench::model::pinned::Pinned::Smollm2, task, &model_id(&rt))
+            .map_err(anyhow::Error::msg)?;
         if let Some(n) = args.samples {
             trace.samples.truncate(n);
         }

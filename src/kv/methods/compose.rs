@@ -106,6 +106,11 @@ impl Method for Composed {
         self.code.supports(shape.head_dim)
     }
 
+    /// The quantizer's: a sliding-window layer's window is held in it too (`kv::sliding`).
+    fn row_code(&self) -> Option<RowCode> {
+        Some(self.code)
+    }
+
     fn phase(&self) -> Phase<'_> {
         match self.evictor.phase() {
             Phase::AfterPrefill(_) => Phase::AfterPrefill(self),

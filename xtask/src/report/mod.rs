@@ -2,7 +2,7 @@
 //! the markdown table, the score-versus-ratio plots and the needle heatmaps.
 
 mod frontier;
-mod merge;
+pub mod merge;
 mod plots;
 mod survival;
 mod table;
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use kvbench::bench::{Tier, TrialResult};
+use kvbench::model::pinned::Pinned;
 
 pub use merge::merge;
 
@@ -22,6 +23,9 @@ pub struct ReportArgs {
     /// Tier whose results to render.
     #[arg(long, default_value = "default")]
     pub tier: String,
+    /// The model whose results to render (each model's trials are reported apart).
+    #[arg(long, value_enum, default_value_t = Pinned::Smollm2)]
+    pub model: Pinned,
     /// Report the trial results of these folders instead (shards' `target/kvbench-results/<tier>`,
     /// or `KVBENCH_RESULTS` folders, copied here), merged. A report's merged results (a committed
     /// report's `results/` folder, such as `docs/report-full/results`, or one file of it) count
@@ -97,19 +101,21 @@ fn results_json(trials: &[&TrialResult]) -> serde_json::Result<Vec<u8>> {
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
     let (trials, out) = if args.merge.is_empty() {
-        let dir = Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?.results_dir();
+        let dir = Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?.results_dir(args.model);
         (load(&dir)?, args.out.unwrap_or(dir))
     } else {
         let trials = merge(&args.merge)?;
         eprintln!("merged {} trial results from {} sources", trials.len(), args.merge.len());
         let merged = crate::project_root().join("target/kvbench-results").join(format!("{}-merged", args.tier));
+        let merged = args.model.subdir().map_or(merged.clone(), |sub| merged.join(sub));
         (trials, args.out.unwrap_or(merged))
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     write_merged(&out, &trials)?;
 
     let needle = !plots::needle_cells(&trials).is_empty();
-    let md = table::markdown(&args.tier, &trials, needle, &versus::baselines(&args.tier, &trials));
+    let md =
+        table::markdown(&args.tier, args.model, &trials, needle, &versus::baselines(&args.tier, args.model, &trials));
     // atomically, as every output: a run killed mid-write leaves the previous report whole
     kvbench::assets::write_atomic(&out.join("report.md"), md.as_bytes())?;
     // the table stands without the plots (which need the font fetched): a plot that cannot be
@@ -256,7 +262,13 @@ mod tests {
             std::fs::hard_link(out.join(name), out.join(format!("{name}.old"))).unwrap();
         }
         let results = crate::project_root().join("docs/report-default/results");
-        report(ReportArgs { tier: "default".into(), merge: vec![results], out: Some(out.clone()) }).unwrap();
+        report(ReportArgs {
+            tier: "default".into(),
+            model: Pinned::Smollm2,
+            merge: vec![results],
+            out: Some(out.clone()),
+        })
+        .unwrap();
         for name in outputs {
             assert_eq!(
                 std::fs::read(out.join(format!("{name}.old"))).unwrap(),

@@ -25,7 +25,13 @@ pub fn methods() -> Vec<String> {
 
 /// The report of `trials`; `needle_heatmaps`: whether the needle heatmaps are drawn (the tier
 /// has needle results), so that the table links them.
-pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool, baselines: &TaskBaselines) -> String {
+pub fn markdown(
+    tier: &str,
+    model: kvbench::model::pinned::Pinned,
+    trials: &[TrialResult],
+    needle_heatmaps: bool,
+    baselines: &TaskBaselines,
+) -> String {
     let methods = methods();
     let by: BTreeMap<(&str, &str), &TrialResult> =
         trials.iter().map(|t| ((t.method.as_str(), t.task.as_str()), t)).collect();
@@ -36,12 +42,13 @@ pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool, basel
         .filter(|k| !by.contains_key(k))
         .map(|(m, t)| format!("{m}::{t}"))
         .collect();
-    let mut md = format!("# kvbench report: {tier} tier\n\n");
+    let mut md = match model {
+        // the first model's reports keep their title
+        kvbench::model::pinned::Pinned::Smollm2 => format!("# kvbench report: {tier} tier\n\n"),
+        other => format!("# kvbench report: {tier} tier, {}\n\n", other.display_name()),
+    };
     if tier == "default" {
-        md.push_str(
-            "**Three samples per task check that nothing changed; they support no conclusion.** The study's \
-             numbers are the full tier's: [docs/report-full/report.md](../report-full/report.md).\n\n",
-        );
+        md.push_str(&default_tier_caveat(model));
     }
     md.push_str(&format!(
         "{} of the {expected} trials{}; mode {}.\n\n",
@@ -107,6 +114,31 @@ pub fn markdown(tier: &str, trials: &[TrialResult], needle_heatmaps: bool, basel
 }
 
 /// The modes the trials ran in, named, with what each means.
+/// What a default-tier report is for, and where the model's full-tier numbers are (or how to
+/// make them, where its full tier has not run).
+fn default_tier_caveat(model: kvbench::model::pinned::Pinned) -> String {
+    let n = match kvbench::bench::Tier::Default.samples(model, kvbench::tasks::Task::Needle) {
+        1 => "one sample".to_string(),
+        n => format!("{n} samples"),
+    };
+    // the model's full-tier report, from this one's folder (docs/report-default[/<model>])
+    let (shown, link) = match model.subdir() {
+        None => ("docs/report-full/report.md".to_string(), "../report-full/report.md".to_string()),
+        Some(sub) => (format!("docs/report-full/{sub}/report.md"), format!("../../report-full/{sub}/report.md")),
+    };
+    let full = if crate::project_root().join(&shown).is_file() {
+        format!("The study's numbers are the full tier's: [{shown}]({link}).")
+    } else {
+        format!(
+            "The full tier has not run for this model yet (`cargo xtask record --model {} --tier full`, then \
+             `cargo xtask bench --tier full -- {}`).",
+            model.name(),
+            model.trial_prefix()
+        )
+    };
+    format!("**The default tier checks that nothing changed, on {n} per task; it supports no conclusion.** {full}\n\n")
+}
+
 fn modes(trials: &[TrialResult]) -> String {
     let mut seen: Vec<Mode> = Vec::new();
     for t in trials {

@@ -70,15 +70,20 @@ fn cells(trials: &[TrialResult]) -> BTreeMap<(String, &'static str), Cell> {
 pub type TaskBaselines = BTreeMap<String, Result<(f64, f64), String>>;
 
 /// The baselines stored beside `tier`'s traces, for the trace each task's `full` replayed.
-pub fn baselines(tier: &str, trials: &[TrialResult]) -> TaskBaselines {
+pub fn baselines(tier: &str, model: kvbench::model::pinned::Pinned, trials: &[TrialResult]) -> TaskBaselines {
     let Ok(tier) = kvbench::bench::Tier::from_name(tier) else { return TaskBaselines::new() };
     let mut out = TaskBaselines::new();
     for full in trials.iter().filter(|t| t.method == "full") {
         let Ok(task) = kvbench::tasks::Task::from_name(&full.task) else { continue };
-        let found = match Baselines::read(&tier.trace_path(task), &full.provenance.trace) {
+        let found = match Baselines::read(&tier.trace_path(model, task), &full.provenance.trace) {
             Ok(Some(b)) if b.samples.iter().map(|s| &s.id).eq(full.samples.iter().map(|s| &s.id)) => Ok(b.means()),
             Ok(Some(_)) => Err(format!("{}: the baselines are of other samples than full's", full.task)),
-            Ok(None) => Err(format!("{}: no baselines (`cargo xtask baselines --tier {}`)", full.task, tier.name())),
+            Ok(None) => Err(format!(
+                "{}: no baselines (`cargo xtask baselines --model {} --tier {}`)",
+                full.task,
+                model.name(),
+                tier.name()
+            )),
             Err(why) => Err(why),
         };
         out.insert(full.task.clone(), found);
