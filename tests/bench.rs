@@ -41,8 +41,8 @@ use kvbench::trace::record::model_id;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 thread_local! {
-    /// One runtime per model and kernel pool's thread (each owns its sessions and cache).
-    static RUNTIMES: RefCell<HashMap<Pinned, Runtime>> = RefCell::new(HashMap::new());
+    /// The runtime of the model a test thread last ran (each owns its sessions and cache).
+    static RUNTIME: RefCell<Option<(Pinned, Runtime)>> = const { RefCell::new(None) };
     /// One single-thread kernel pool per test thread.
     static KERNELS: rayon::ThreadPool =
         rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
@@ -83,15 +83,17 @@ fn with_runtime<R: Send>(model: Pinned, f: impl FnOnce(&mut Runtime) -> Result<R
     // threads inside a trial (measured faster than one pool shared by the test threads).
     KERNELS.with(|pool| {
         pool.install(|| {
-            RUNTIMES.with_borrow_mut(|runtimes| {
-                let rt = match runtimes.entry(model) {
-                    std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        let gguf = model.gguf().map_err(|e| format!("cannot fetch {}: {e}", model.name()))?;
-                        let options = LoadOptions { gguf: Some(gguf), threads: 1, kernel_threads: Some(1) };
-                        slot.insert(Runtime::load(&options).map_err(|e| format!("cannot load {}: {e}", model.name()))?)
-                    }
-                };
+            RUNTIME.with_borrow_mut(|slot| {
+                // one model's runtime a thread: the trials run model by model, and Gemma's fp32
+                // weights would make a second resident runtime a gigabyte more per test thread
+                if slot.as_ref().is_none_or(|(loaded, _)| *loaded != model) {
+                    *slot = None;
+                    let gguf = model.gguf().map_err(|e| format!("cannot fetch {}: {e}", model.name()))?;
+                    let options = LoadOptions { gguf: Some(gguf), threads: 1, kernel_threads: Some(1) };
+                    let rt = Runtime::load(&options).map_err(|e| format!("cannot load {}: {e}", model.name()))?;
+                    *slot = Some((model, rt));
+                }
+                let (_, rt) = slot.as_mut().expect("loaded");
                 f(rt)
             })
         })
@@ -186,8 +188,8 @@ fn run_trial(model: Pinned, method: &str, task: Task) -> Result<(), Failed> {
             });
         });
         return Err(format!(
-            "{}: {why}; score {:.3} [{:.3}, {:.3}] over {} samples. Review with `cargo xtask bless{tier} --list {name}`, \
-             accept with `cargo xtask bless{tier} {name}`",
+            "{}: {why}; score {:.3} [{:.3}, {:.3}] over {} samples. Review with `cargo xtask bless{tier} --list --exact {name}`, \
+             accept with `cargo xtask bless{tier} --exact {name}`",
             result.trial,
             result.score.mean,
             result.score.lo,

@@ -116,14 +116,16 @@ impl Tier {
         let trace = Trace::read(path, Some(model)).map_err(|e| e.to_string())?;
         let header = &trace.header;
         if header.task != task.name() || header.tier != self.name() {
+            let pinned = Pinned::ALL.into_iter().find(|m| m.display_name() == model.name).unwrap_or(Pinned::Smollm2);
             return Err(format!(
                 "trace {}: its header says task {:?} of tier {:?}, but it is read as task {:?} of tier {:?}; \
-                 re-record it with `cargo xtask record --tier {} --task {}`",
+                 re-record it with `cargo xtask record --model {} --tier {} --task {}`",
                 path.display(),
                 header.task,
                 header.tier,
                 task.name(),
                 self.name(),
+                pinned.name(),
                 self.name(),
                 task.name()
             ));
@@ -145,6 +147,7 @@ impl Tier {
     pub fn gate(self) -> super::golden::Gate {
         match self {
             Tier::Default => super::golden::Gate::Replay,
+            // Bonferroni over a model's trials: each model's goldens are a family of their own
             Tier::Full => super::golden::Gate::Statistical { trials: super::matrix().len() },
         }
     }

@@ -1,7 +1,7 @@
 //! The models kvbench pins: fetched by name, sha256-checked and cached on first use
 //! (docs/MODELS.md). Each has its own traces, goldens and results; SmolLM2's, the first model's,
 //! keep the places and trial names they had before a second model came (`traces/<tier>/`,
-//! `needle::full`), every other model's carry its name (`traces/<tier>/gemma3-270m/`,
+//! `full::needle`), every other model's carry its name (`traces/<tier>/gemma3-270m/`,
 //! `gemma3-270m/full::needle`), so that a filter selects one model's trials.
 
 use std::path::PathBuf;
@@ -66,22 +66,19 @@ impl Pinned {
         }
     }
 
+    /// Its own folder in `dir` (a run's results, a shard's) where `dir` has one, else `dir`: a
+    /// run writes each model's results but the first's into a folder of its own, and a
+    /// report's merged `results/` folder holds one model's.
+    pub fn within(self, dir: &std::path::Path) -> PathBuf {
+        match self.subdir() {
+            Some(sub) if dir.join(sub).is_dir() => dir.join(sub),
+            _ => dir.to_path_buf(),
+        }
+    }
+
     /// What its trial names start with: `""` for the first model, `"gemma3-270m/"` for Gemma.
     pub fn trial_prefix(self) -> String {
         self.subdir().map(|s| format!("{s}/")).unwrap_or_default()
-    }
-
-    /// The model a trial name is of, and the name without the model's prefix
-    /// (`gemma3-270m/full::needle` → Gemma, `full::needle`).
-    pub fn of_trial(name: &str) -> (Self, &str) {
-        for model in Self::ALL {
-            if let Some(sub) = model.subdir()
-                && let Some(rest) = name.strip_prefix(sub).and_then(|r| r.strip_prefix('/'))
-            {
-                return (model, rest);
-            }
-        }
-        (Pinned::Smollm2, name)
     }
 }
 
@@ -90,14 +87,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip_and_trial_names_split() {
+    fn names_round_trip_and_only_later_models_prefix_their_trials() {
         for m in Pinned::ALL {
             assert_eq!(Pinned::from_name(m.name()), Ok(m));
-            let trial = format!("{}snapkv-4x::needle", m.trial_prefix());
-            assert_eq!(Pinned::of_trial(&trial), (m, "snapkv-4x::needle"));
         }
         assert!(Pinned::from_name("gemma").unwrap_err().contains("gemma3-270m"));
-        // a method's name never reads as a model's prefix
-        assert_eq!(Pinned::of_trial("gemma3-270mx::needle"), (Pinned::Smollm2, "gemma3-270mx::needle"));
+        assert_eq!(Pinned::Smollm2.trial_prefix(), "");
+        assert_eq!(Pinned::Gemma3.trial_prefix(), "gemma3-270m/");
     }
 }

@@ -40,7 +40,8 @@ impl AnswerEnd {
     pub fn reached(self, text: &str) -> bool {
         match self {
             Self::Turn => false,
-            Self::Line => text.trim_start().contains('\n'),
+            // leading line breaks skipped as the first-line metrics skip them (`metrics::label_of`)
+            Self::Line => text.trim_start_matches('\n').contains('\n'),
             Self::CodeLine => text.rfind('\n').is_some_and(|end| !metrics::first_code_line(&text[..end]).is_empty()),
         }
     }

@@ -32,8 +32,8 @@ pub struct Args {
     /// `target/kvbench-results/<tier>-shard-K-of-N`, and render that shard's report there.
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
-    /// Extra arguments for the trial harness (a name filter, `--test-threads N`, ...; with
-    /// `--shard`, nextest's test-name filters).
+    /// Extra arguments for the trial harness (a name filter, `--skip F`, `--test-threads N`, ...;
+    /// with `--shard`, what nextest takes after `--`: name filters, `--skip F`, `--exact`).
     #[arg(last = true)]
     harness: Vec<String>,
 }
@@ -71,7 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "--partition",
                 &partition,
             ]);
-            command.args(&args.harness).env("KVBENCH_RESULTS", &folder);
+            // after `--`, where nextest takes libtest's filters and `--skip`/`--exact`
+            if !args.harness.is_empty() {
+                command.arg("--").args(&args.harness);
+            }
+            command.env("KVBENCH_RESULTS", &folder);
             eprintln!("xtask: shard {k} of {n} into {}", folder.display());
             (Some(folder.clone()), Some(args.out.unwrap_or(folder)))
         }

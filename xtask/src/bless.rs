@@ -16,6 +16,10 @@ pub struct Args {
     /// Only list what would be accepted.
     #[arg(long)]
     list: bool,
+    /// The filter is a whole trial name (`snapkv-4x::needle` is SmolLM2's alone, not also
+    /// Gemma's `gemma3-270m/snapkv-4x::needle`), as the bench's `--exact`.
+    #[arg(long, requires = "filter")]
+    exact: bool,
     /// Only the trials whose name contains this (as the bench's name filter: `multi-doc-qa`,
     /// `h2o-4x::`, `gemma3-270m/`), so that one finished task can be accepted while another is
     /// still running.
@@ -42,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|e| e == "new"))
-                .filter(|p| args.filter.as_deref().is_none_or(|f| matches(prefix, p, f))),
+                .filter(|p| args.filter.as_deref().is_none_or(|f| matches(prefix, p, f, args.exact))),
         );
     }
     pending.sort();
@@ -66,9 +70,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Whether a pending snapshot's trial name contains `filter`: snapshot files are named by
 /// [`golden::file_name`], which maps `::` to `__`, so the filter is mapped the same way.
-/// `prefix` is the model's part of the trial name (`gemma3-270m/`; none for the first model).
-fn matches(prefix: &str, pending: &std::path::Path, filter: &str) -> bool {
-    pending.file_name().is_some_and(|f| format!("{prefix}{}", f.to_string_lossy()).contains(&golden::file_name(filter)))
+/// `prefix` is the model's part of the trial name (`gemma3-270m/`; none for the first model);
+/// `exact`: the filter is the whole name.
+fn matches(prefix: &str, pending: &std::path::Path, filter: &str, exact: bool) -> bool {
+    pending.file_name().is_some_and(|f| {
+        let name = format!("{prefix}{}", f.to_string_lossy());
+        let wanted = golden::file_name(filter);
+        if exact { name.strip_suffix(".snap.new") == Some(wanted.as_str()) } else { name.contains(&wanted) }
+    })
 }
 
 #[cfg(test)]
@@ -78,11 +87,16 @@ mod tests {
     #[test]
     fn pending_snapshots_are_named_by_trial() {
         let p = std::path::Path::new("golden/trials/full/h2o-4x__multi-doc-qa.snap.new");
-        assert!(matches("", p, "h2o-4x::multi-doc-qa"));
-        assert!(matches("", p, "h2o-4x::") && !matches("", p, "::code"));
+        assert!(matches("", p, "h2o-4x::multi-doc-qa", false));
+        assert!(matches("", p, "h2o-4x::", false) && !matches("", p, "::code", false));
         // a second model's, by its prefix
         let g = std::path::Path::new("golden/trials/full/gemma3-270m/h2o-4x__code.snap.new");
-        assert!(matches("gemma3-270m/", g, "gemma3-270m/h2o-4x::code") && matches("gemma3-270m/", g, "gemma3-270m/"));
-        assert!(!matches("", p, "gemma3-270m/"));
+        let gemma = "gemma3-270m/";
+        assert!(matches(gemma, g, "gemma3-270m/h2o-4x::code", false) && matches(gemma, g, gemma, false));
+        assert!(!matches("", p, gemma, false));
+        // a whole name is one model's trial only
+        assert!(matches(gemma, g, "h2o-4x::code", false) && !matches(gemma, g, "h2o-4x::code", true));
+        assert!(matches(gemma, g, "gemma3-270m/h2o-4x::code", true));
+        assert!(matches("", p, "h2o-4x::multi-doc-qa", true) && !matches("", p, "h2o-4x::", true));
     }
 }

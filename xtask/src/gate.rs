@@ -28,7 +28,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let tier = Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?;
-    let trials = crate::report::merge(std::slice::from_ref(&args.results))?;
+    // a run's folder holds each model but the first in a folder of its own: take that
+    let trials = crate::report::merge(&[args.model.within(&args.results)])?;
     let dir = tier.golden_dir(args.model);
     // kind → (trials, failed)
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();

@@ -28,8 +28,8 @@ pub struct Args {
     #[arg(long)]
     len: Option<usize>,
     /// Record attention probes (one layer's queries, keys and values, fp16) for the first N
-    /// samples of each task; default: 1 at the default tier, 0 at the full tier, whose long
-    /// prompts would make probes of megabytes.
+    /// samples of each task; default: 1 at the default tier for SmolLM2, else 0 (the full tier's
+    /// long prompts would make probes of megabytes; Gemma's default probed layer slides).
     #[arg(long)]
     probe_samples: Option<usize>,
     /// Layers to probe, comma-separated (default: the middle layer).
@@ -44,7 +44,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => Task::ALL.to_vec(),
     };
     let probes = record::ProbeOptions {
-        samples: args.probe_samples.unwrap_or(if tier == Tier::Default { 1 } else { 0 }),
+        // the first model's default traces carry probes (tests/probes.rs reads them); Gemma's
+        // middle layer, the default probed one, slides, and a sliding store records no queries
+        samples: args.probe_samples.unwrap_or(if tier == Tier::Default && args.model == Pinned::Smollm2 {
+            1
+        } else {
+            0
+        }),
         layers: args.probe_layers.clone(),
     };
     let gguf = args.model.gguf().with_context(|| format!("fetching {}", args.model.name()))?;

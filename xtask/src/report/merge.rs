@@ -54,9 +54,6 @@ fn trials_of(source: &Path) -> anyhow::Result<Vec<(String, TrialResult)>> {
     folder_trials(source)
 }
 
-/// The trial results of a results folder, in file-name order, each with where it came from:
-/// every `*.json` is one trial (an object) or a merged file (an array of them). A merged
-/// `results.json` is skipped: older reports wrote one beside the per-trial files it repeats.
 /// Whether `dir` holds any trial's result (a folder [`folder_trials`] would read something from).
 pub fn has_trials(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|listing| {
@@ -67,6 +64,9 @@ pub fn has_trials(dir: &Path) -> bool {
     })
 }
 
+/// The trial results of a results folder, in file-name order, each with where it came from:
+/// every `*.json` is one trial (an object) or a merged file (an array of them). A merged
+/// `results.json` is skipped: older reports wrote one beside the per-trial files it repeats.
 pub(super) fn folder_trials(dir: &Path) -> anyhow::Result<Vec<(String, TrialResult)>> {
     let listing = std::fs::read_dir(dir).with_context(|| format!("reading results {}", dir.display()))?;
     let mut paths: Vec<PathBuf> = listing.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;

@@ -104,7 +104,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         let dir = Tier::from_name(&args.tier).map_err(anyhow::Error::msg)?.results_dir(args.model);
         (load(&dir)?, args.out.unwrap_or(dir))
     } else {
-        let trials = merge(&args.merge)?;
+        // a run's folder holds each model but the first in a folder of its own: take that
+        let sources: Vec<PathBuf> = args.merge.iter().map(|dir| args.model.within(dir)).collect();
+        let trials = merge(&sources)?;
         eprintln!("merged {} trial results from {} sources", trials.len(), args.merge.len());
         let merged = crate::project_root().join("target/kvbench-results").join(format!("{}-merged", args.tier));
         let merged = args.model.subdir().map_or(merged.clone(), |sub| merged.join(sub));

@@ -40,7 +40,7 @@ pub fn markdown(
         .iter()
         .flat_map(|m| TASKS.iter().map(move |t| (m.as_str(), *t)))
         .filter(|k| !by.contains_key(k))
-        .map(|(m, t)| format!("{m}::{t}"))
+        .map(|(m, t)| format!("{}{m}::{t}", model.trial_prefix()))
         .collect();
     let mut md = match model {
         // the first model's reports keep their title
@@ -113,7 +113,6 @@ pub fn markdown(
     md
 }
 
-/// The modes the trials ran in, named, with what each means.
 /// What a default-tier report is for, and where the model's full-tier numbers are (or how to
 /// make them, where its full tier has not run).
 fn default_tier_caveat(model: kvbench::model::pinned::Pinned) -> String {
@@ -139,6 +138,7 @@ fn default_tier_caveat(model: kvbench::model::pinned::Pinned) -> String {
     format!("**The default tier checks that nothing changed, on {n} per task; it supports no conclusion.** {full}\n\n")
 }
 
+/// The modes the trials ran in, named, with what each means.
 fn modes(trials: &[TrialResult]) -> String {
     let mut seen: Vec<Mode> = Vec::new();
     for t in trials {
