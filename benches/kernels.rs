@@ -21,7 +21,7 @@ use std::time::Instant;
 use half::f16;
 use kvbench::kv::Heads;
 use kvbench::kv::attention::{KvView, Queries, attend_observed, attend_observed_half};
-use kvbench::model::head::q8_matmul;
+use kvbench::model::head::{Q8Matrix, q8_matmul};
 use kvbench::model::qlinear::q4_matmul;
 
 const LAYERS: usize = 30;
@@ -130,7 +130,9 @@ fn main() {
     row("… the same work in cache (one gate+up product ×60)", q4_cached);
 
     let head = pools.each_ref().map(|p| {
-        p.install(|| best_ms(rounds, || q8_matmul(&x[..HIDDEN], HIDDEN, &head_codes, &head_scales, &mut logits)))
+        p.install(|| {
+            best_ms(rounds, || q8_matmul(&x[..HIDDEN], HIDDEN, Q8Matrix::q8_0(&head_codes, &head_scales), &mut logits))
+        })
     });
     row("Q8Linear head (28 M weights)", head);
     let rows = 2048;
@@ -138,7 +140,8 @@ fn main() {
     let head_cached = pools.each_ref().map(|p| {
         p.install(|| {
             best_ms(rounds, || {
-                (0..VOCAB / rows).for_each(|_| q8_matmul(&x[..HIDDEN], HIDDEN, codes, scales, &mut logits[..rows]))
+                (0..VOCAB / rows)
+                    .for_each(|_| q8_matmul(&x[..HIDDEN], HIDDEN, Q8Matrix::q8_0(codes, scales), &mut logits[..rows]))
             })
         })
     });
@@ -146,13 +149,19 @@ fn main() {
     let rows32 = noise.f32s(32 * HIDDEN, 2.0);
     let mut logits32 = vec![0.0f32; 32 * VOCAB];
     let head32 = pools.each_ref().map(|p| {
-        p.install(|| best_ms(rounds, || q8_matmul(&rows32, HIDDEN, &head_codes, &head_scales, &mut logits32)))
+        p.install(|| {
+            best_ms(rounds, || q8_matmul(&rows32, HIDDEN, Q8Matrix::q8_0(&head_codes, &head_scales), &mut logits32))
+        })
     });
     row("Q8Linear head over 32 rows (teacher forcing; not a decode step)", head32);
     let rows512 = noise.f32s(512 * HIDDEN, 2.0);
     let mut logits512 = vec![0.0f32; 512 * VOCAB];
     let head512 = pools.each_ref().map(|p| {
-        p.install(|| best_ms(rounds.min(5), || q8_matmul(&rows512, HIDDEN, &head_codes, &head_scales, &mut logits512)))
+        p.install(|| {
+            best_ms(rounds.min(5), || {
+                q8_matmul(&rows512, HIDDEN, Q8Matrix::q8_0(&head_codes, &head_scales), &mut logits512)
+            })
+        })
     });
     row("Q8Linear head over 512 rows (a prompt chunk LLMLingua scores; not a decode step)", head512);
 

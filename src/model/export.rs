@@ -36,6 +36,7 @@
 use super::ModelConfig;
 use super::gguf::{GgmlType, GgufError, GgufFile};
 use super::head::Q8_LINEAR_OP;
+use super::kquants::Q8Blocks;
 use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT8, INT64, UINT8, UINT16};
 use super::qlinear::Q4_LINEAR_OP;
 use super::quant::{BLOCK, NBits};
@@ -137,8 +138,10 @@ pub(super) struct Around<'a> {
 }
 
 /// `x[T, input] · [W_1 | W_2 | …]` for GGUF matrices `names` (each `[out_i, input]`), as one
-/// product named `out`, with what is `around` it. Q4_1 stays 4-bit ([`super::quant`]); anything
-/// else is dequantized to fp32.
+/// product named `out`, with what is `around` it. Q4_1 stays 4-bit ([`super::quant`]); in a
+/// decode graph Q8_0, Q5_0, Q4_K and Q6_K are 8-bit codes ([`q8_linear`]); anything else, and
+/// those in a prefill graph (where ONNX Runtime's fp32 GEMM is the faster over many rows), is
+/// dequantized to fp32.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear(
     g: &mut GraphBuilder,
@@ -194,9 +197,12 @@ pub(super) fn linear(
     }
     // the product's own name, unless a residual follows it
     let product = if around.residual.is_some() { format!("{out}_product") } else { out.to_string() };
+    let q8 = if kind == GraphKind::Decode && !q4 { q8_blocks(gguf, names)? } else { None };
     let product = if q4 {
         let raw: Vec<&[u8]> = names.iter().map(|n| gguf.tensor_data(n)).collect::<Result<_, _>>()?;
         matmul_nbits(g, &raw, input, &x, &product)
+    } else if let Some(w) = q8.filter(|w| input.is_multiple_of(w.block)) {
+        q8_linear(g, w, input, &x, &product)
     } else {
         let w = fused_transpose(gguf, names, input)?;
         let w = g.init_f32(&format!("{out}_w"), &[input as i64, (w.len() / input) as i64], &w);
@@ -206,6 +212,37 @@ pub(super) fn linear(
         Some(residual) => g.node("Add", &[residual, &product], out, vec![]),
         None => product,
     })
+}
+
+/// The matrices `names` stacked as 8-bit codes, if every one is of a type that
+/// [`Q8Blocks`] holds exactly (Q8_0, Q5_0, Q4_K, Q6_K).
+fn q8_blocks(gguf: &GgufFile, names: &[&str]) -> Result<Option<Q8Blocks>, GgufError> {
+    let mut parts = Vec::new();
+    for name in names {
+        let ggml_type = gguf.tensor_info(name)?.ggml_type;
+        match Q8Blocks::decode(ggml_type, gguf.tensor_data(name)?) {
+            Some(part) => parts.push(part),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(Q8Blocks::stack(parts)))
+}
+
+/// `x · Wᵀ` for `w` (rows of `input`) through `kvbench.Q8Linear`: a decode step reads a byte and
+/// a fraction per weight where the fp32 `MatMul` read four, for the same values ([`super::head`]).
+fn q8_linear(g: &mut GraphBuilder, w: Q8Blocks, input: usize, x: &str, out: &str) -> String {
+    let rows = (w.codes.len() / input) as i64;
+    let per_row = (input / w.block) as i64;
+    let codes = w.codes.iter().map(|&c| c as u8).collect();
+    let codes = g.init_bytes(&format!("{out}_codes"), INT8, &[rows, input as i64], codes);
+    let scales = g.init_f32(&format!("{out}_scales"), &[rows, per_row], &w.scales);
+    let mut inputs = vec![x.to_string(), codes, scales];
+    if let Some(mins) = &w.mins {
+        inputs.push(g.init_f32(&format!("{out}_mins"), &[rows, per_row], mins));
+    }
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    g.node_in(DOMAIN, Q8_LINEAR_OP, &inputs, &[out], vec![AttributeProto::int("block", w.block as i64)]);
+    out.to_string()
 }
 
 /// `silu(g) ⊙ u` of `x = [g | u]` as graph nodes (ONNX Runtime fuses the first two into its

@@ -15,9 +15,10 @@
 //! ```
 //!
 //! What a local layer sees is the cache's business ([`crate::kv::sliding`]): its store keeps the
-//! window; the graph is the same for every layer but for the RoPE base. Matrices of types other
-//! than Q4_1 (all of Gemma's: Q5_0, Q4_K, Q6_K, Q8_0) are dequantized to fp32 `MatMul`s, and both
-//! graphs (prefill and decode) are this one: a first, exact version, not yet a fast one.
+//! window; the graph is the same for every layer but for the RoPE base. Gemma's matrices (Q5_0,
+//! Q4_K, Q6_K, Q8_0) are fp32 `MatMul`s of their dequantized values in the prefill graph, and
+//! `kvbench.Q8Linear` products over the same values held as 8-bit codes in the decode graph
+//! ([`super::export::linear`]), which a decode step reads in 30% of the bytes.
 
 use super::ModelConfig;
 use super::embed::Q8_GATHER_OP;
@@ -28,7 +29,7 @@ use super::onnx::{AttributeProto, Dim, FLOAT, GraphBuilder, INT8, INT64};
 use crate::kv::op::ATTENTION_OP;
 
 /// Bump when this graph changes: cached exports are keyed by it.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Build the ONNX model bytes of a Gemma 3 `gguf` (read into `cfg`).
 pub fn export(gguf: &GgufFile, cfg: &ModelConfig, kind: GraphKind) -> Result<Vec<u8>, GgufError> {

@@ -465,9 +465,7 @@ impl GgufFile {
             GgmlType::Q4_0 => dequantize_q4_0(bytes, &mut out),
             GgmlType::Q4_1 => dequantize_q4_1(bytes, &mut out),
             GgmlType::Q8_0 => dequantize_q8_0(bytes, &mut out),
-            GgmlType::Q5_0 => kquants::dequantize_q5_0(bytes, &mut out),
-            GgmlType::Q4_K => kquants::dequantize_q4_k(bytes, &mut out),
-            GgmlType::Q6_K => kquants::dequantize_q6_k(bytes, &mut out),
+            t @ (GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K) => kquants::dequantize(t, bytes, &mut out),
         }
         Ok(out)
     }
