@@ -5,7 +5,7 @@ the same GGUF file and thread count. It is invoked by `cargo xtask`.
 
     python llama_perf.py --gguf MODEL.gguf --threads 2 --json
 
-For n in (1024, 4096): a fixed-seed prompt of n ordinary token ids is
+For n in --sizes (default 1024,4096): a fixed-seed prompt of n ordinary token ids is
 evaluated in one llm.eval() call (chunked by n_batch=512 inside llama.cpp);
 prefill tok/s = n / seconds. Then 64 greedy tokens are decoded one by one;
 decode tok/s = 64 / seconds. Each is repeated --repeats times (default 3)
@@ -60,11 +60,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--sizes", default="1024,4096",
+                    help="prompt lengths, comma-separated (labelled 1k, 4k, 8k, ...)")
     ap.add_argument("--json", action="store_true", help="one-line JSON on stdout (default: indented)")
     args = ap.parse_args()
 
+    sizes = [int(n) for n in args.sizes.split(",")]
     llm = llama_cpp.Llama(
-        model_path=args.gguf, n_ctx=8192, n_batch=512, n_threads=args.threads,
+        model_path=args.gguf, n_ctx=max(sizes) + N_DECODE + 64, n_batch=512, n_threads=args.threads,
         n_threads_batch=args.threads, flash_attn=args.flash_attn, verbose=False,
     )
     rng = random.Random(0)
@@ -77,7 +80,8 @@ def main():
         "n_batch": 512,
     }
     run_once(llm, [rng.randrange(lo, hi) for _ in range(64)])  # warm-up
-    for label, n in (("1k", 1024), ("4k", 4096)):
+    labels = [f"{n // 1024}k" for n in sizes]
+    for label, n in zip(labels, sizes):
         prompt = [rng.randrange(lo, hi) for _ in range(n)]
         runs = [run_once(llm, prompt) for _ in range(args.repeats)]
         for i, (p, d) in enumerate(runs):
@@ -88,9 +92,8 @@ def main():
         result[f"prefill_{label}_runs"] = [round(r[0], 2) for r in runs]
         result[f"decode_{label}_runs"] = [round(r[1], 2) for r in runs]
 
-    order = ["engine", "version", "threads", "flash_attn", "n_batch",
-             "prefill_1k", "prefill_4k", "decode_1k", "decode_4k",
-             "prefill_1k_runs", "prefill_4k_runs", "decode_1k_runs", "decode_4k_runs"]
+    order = ["engine", "version", "threads", "flash_attn", "n_batch"] + [
+        f"{kind}_{label}{runs}" for runs in ("", "_runs") for kind in ("prefill", "decode") for label in labels]
     out = {k: result[k] for k in order}
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

@@ -37,7 +37,7 @@ enum Command {
     Golden(golden::Args),
     /// Trace llama.cpp's forward pass on a golden prompt and recompute it with its arithmetic.
     LlamaArith(golden::ArithArgs),
-    /// Measure prefill and decode speed and peak RSS beside llama.cpp; writes docs/perf.json.
+    /// Measure prefill and decode speed and peak RSS beside llama.cpp; writes docs/perf.json (docs/perf-gemma3-270m.json with `--model gemma3-270m`).
     Perf(perf::Args),
     /// Time per (method, sample) beside NVIDIA kvpress's pipeline; writes docs/kvpress-speed.json.
     KvpressSpeed(kvpress_speed::Args),

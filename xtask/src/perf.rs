@@ -3,19 +3,22 @@
 //!
 //! kvbench is measured through its release binary (`kvbench generate --prompt-ids … --json`),
 //! so the figures are what a user gets; llama.cpp through `xtask/py/llama_perf.py`. Prompts are
-//! fixed-seed ordinary token ids of 1,024 and 4,096 tokens; decode is timed over 64 steps after
-//! the prompt. kvbench runs twice per prompt: with its `full` cache (fp32, the benchmark's
+//! fixed-seed ordinary token ids of 1,024 and 4,096 tokens (SmolLM2) or 1,024 and 8,192 (Gemma,
+//! `--model gemma3-270m`: past its 512-token window, where only its global layers grow); decode
+//! is timed over 64 steps after the prompt. kvbench runs twice per prompt: with its `full` cache (fp32, the benchmark's
 //! reference) and with `fp16` (half-precision keys and values, llama.cpp's default cache type). Rounds (default 5) alternate the engines, each figure is the median over rounds,
 //! and the ratio is the median of each round's kvbench / llama.cpp, so that a slow spell of a
 //! shared machine does not land on one engine only. Peak RSS is the kernel's high-water mark
-//! (`VmHWM`) of the 4k-token generation process. Results go to `docs/perf.json` and a markdown
-//! table on stdout, for `docs/PERF.md`.
+//! (`VmHWM`) of the longer prompt's generation process. Results go to `docs/perf.json`
+//! (`docs/perf-gemma3-270m.json`) and a markdown table on stdout, for `docs/PERF.md`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+
+use kvbench::model::pinned::Pinned;
 
 use crate::{project_root, venv};
 
@@ -31,12 +34,33 @@ pub struct Args {
     /// Skip llama.cpp (no reference column).
     #[arg(long)]
     no_llama: bool,
+    /// The model measured.
+    #[arg(long, value_enum, default_value_t = Pinned::Smollm2)]
+    model: Pinned,
 }
 
 const DECODE_STEPS: usize = 64;
 
-/// The four speed figures, as llama_perf.py names them.
-const FIGURES: [&str; 4] = ["prefill_1k", "prefill_4k", "decode_1k", "decode_4k"];
+/// The prompt lengths measured for `model`, with their labels: the longer past Gemma's window.
+fn sizes(model: Pinned) -> [(&'static str, usize); 2] {
+    match model {
+        Pinned::Smollm2 => [("1k", 1024), ("4k", 4096)],
+        Pinned::Gemma3 => [("1k", 1024), ("8k", 8192)],
+    }
+}
+
+/// Where a model's results go.
+fn results_file(model: Pinned) -> String {
+    match model.subdir() {
+        None => "docs/perf.json".to_string(),
+        Some(name) => format!("docs/perf-{name}.json"),
+    }
+}
+
+/// The four speed figures for prompts of `sizes`, as llama_perf.py names them.
+fn speed_figures(sizes: [(&str, usize); 2]) -> Vec<String> {
+    ["prefill", "decode"].iter().flat_map(|kind| sizes.map(|(label, _)| format!("{kind}_{label}"))).collect()
+}
 
 /// kvbench's cache methods measured, with the suffix of their figures: `full` is the fp32
 /// reference cache every method is compared with; `fp16` stores keys and values as llama.cpp's
@@ -44,8 +68,11 @@ const FIGURES: [&str; 4] = ["prefill_1k", "prefill_4k", "decode_1k", "decode_4k"
 const METHODS: [(&str, &str); 2] = [("full", ""), ("fp16", "_fp16")];
 
 /// Each kvbench figure's key with the llama.cpp figure it is compared with.
-fn figures() -> impl Iterator<Item = (String, &'static str)> {
-    METHODS.into_iter().flat_map(|(_, suffix)| FIGURES.map(|key| (format!("{key}{suffix}"), key)))
+fn figures(speed: &[String]) -> Vec<(String, String)> {
+    METHODS
+        .into_iter()
+        .flat_map(|(_, suffix)| speed.iter().map(move |key| (format!("{key}{suffix}"), key.clone())))
+        .collect()
 }
 
 /// Measure and report.
@@ -56,20 +83,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = root.join("target/perf");
     std::fs::create_dir_all(&dir)?;
     let llama_python = if args.no_llama { None } else { Some(venv::llama_python()?) };
-    let gguf = kvbench::assets::smollm2_gguf()?;
+    let gguf = args.model.gguf()?;
+    let sizes = sizes(args.model);
+    let speed = speed_figures(sizes);
+    let vocab = kvbench::model::ModelConfig::from_gguf(&kvbench::model::gguf::GgufFile::open(&gguf)?)?.vocab as u32;
 
     // Rounds alternate the engines, so that a slow spell of a shared machine touches both; each
     // round's ratio compares neighbours in time.
     let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut theirs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..args.repeats {
-        for ((label, n), (method, suffix)) in
-            [("1k", 1024usize), ("4k", 4096)].into_iter().flat_map(|size| METHODS.map(|m| (size, m)))
-        {
-            let ids_path = dir.join(format!("prompt-{n}.json"));
-            std::fs::write(&ids_path, serde_json::to_string(&prompt_ids(n, 0x6b76_6265_6e63_6800 + n as u64))?)?;
+        for ((label, n), (method, suffix)) in sizes.into_iter().flat_map(|size| METHODS.map(|m| (size, m))) {
+            let ids_path = dir.join(format!("prompt-{}-{n}.json", args.model.name()));
+            let ids = prompt_ids(n, 0x6b76_6265_6e63_6800 + n as u64, vocab);
+            std::fs::write(&ids_path, serde_json::to_string(&ids)?)?;
             let out = Command::new(&kvbench)
                 .args(["generate", "--json", "--ignore-eos", "--threads", &args.threads.to_string()])
+                .args(["--model", args.model.name()])
                 .args(["--method", method])
                 .args(["--max-new-tokens", &(DECODE_STEPS + 1).to_string(), "--prompt-ids"])
                 .arg(&ids_path)
@@ -93,18 +123,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .arg("--gguf")
                 .arg(&gguf)
                 .args(["--threads", &args.threads.to_string(), "--repeats", "1", "--json"])
+                .arg("--sizes")
+                .arg(sizes.map(|(_, n)| n.to_string()).join(","))
                 .output()?;
             if !out.status.success() {
                 bail!("llama_perf.py failed: {}", String::from_utf8_lossy(&out.stderr));
             }
             let v: Value = serde_json::from_slice(&out.stdout).context("llama_perf.py printed no JSON")?;
-            for key in FIGURES {
-                theirs.entry(key.to_string()).or_default().push(v[key].as_f64().unwrap_or(f64::NAN));
+            for key in &speed {
+                theirs.entry(key.clone()).or_default().push(v[key].as_f64().unwrap_or(f64::NAN));
             }
-            eprintln!(
-                "round {round}: llama.cpp: prefill {} / {} tok/s, decode {} / {} tok/s (1k / 4k)",
-                v["prefill_1k"], v["prefill_4k"], v["decode_1k"], v["decode_4k"]
-            );
+            let figure = |key: &String| format!("{key} {}", v[key]);
+            eprintln!("round {round}: llama.cpp tok/s: {}", speed.iter().map(figure).collect::<Vec<_>>().join(", "));
         }
     }
 
@@ -114,9 +144,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect()
     };
     // each round's kvbench figure over llama.cpp's, then the median over rounds
-    let ratios: serde_json::Map<String, Value> = figures()
+    let ratios: serde_json::Map<String, Value> = figures(&speed)
+        .into_iter()
         .filter_map(|(key, llama_key)| {
-            let (a, b) = (ours.get(&key)?, theirs.get(llama_key)?);
+            let (a, b) = (ours.get(&key)?, theirs.get(&llama_key)?);
             let per_round: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
             Some((key, json!(median(&per_round))))
         })
@@ -125,19 +156,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = json!({
         "kvbench": summary(&ours), "llama_cpp": summary(&theirs), "ratio_median_of_rounds": ratios,
         "threads": args.threads, "rounds": args.repeats, "machine": machine,
+        "model": args.model.display_name(), "gguf_sha256": kvbench::assets::sha256_file(&gguf)?,
     });
-    std::fs::write(root.join("docs/perf.json"), serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("| figure (tokens/s, {} threads) | kvbench | llama.cpp | ratio |", args.threads);
+    let file = results_file(args.model);
+    std::fs::write(root.join(&file), serde_json::to_string_pretty(&report)? + "\n")?;
+    eprintln!("wrote {file}");
+    println!("| {} (tokens/s, {} threads) | kvbench | llama.cpp | ratio |", args.model.display_name(), args.threads);
     println!("|---|---:|---:|---:|");
-    for (key, llama_key) in figures() {
+    for (key, llama_key) in figures(&speed) {
         let a = report["kvbench"][&key].as_f64().unwrap_or(f64::NAN);
-        let b = report["llama_cpp"][llama_key].as_f64().unwrap_or(f64::NAN);
+        let b = report["llama_cpp"][&llama_key].as_f64().unwrap_or(f64::NAN);
         let r = report["ratio_median_of_rounds"][&key].as_f64().unwrap_or(f64::NAN);
         println!("| {key} | {a:.1} | {b:.1} | {r:.2} |");
     }
     for (_, suffix) in METHODS {
-        let key = format!("peak_rss_mib_4k{suffix}");
-        println!("| {key} (4k-token generation) | {:.0} | | |", report["kvbench"][&key].as_f64().unwrap_or(f64::NAN));
+        let label = sizes[1].0;
+        let key = format!("peak_rss_mib_{label}{suffix}");
+        println!(
+            "| {key} ({label}-token generation) | {:.0} | | |",
+            report["kvbench"][&key].as_f64().unwrap_or(f64::NAN)
+        );
     }
     println!("\nmedians of {} rounds; ratio: median over rounds of kvbench / llama.cpp", args.repeats);
     println!("machine: {machine}");
@@ -145,15 +183,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// `n` ordinary token ids from a fixed-seed generator (clear of the control tokens at the bottom
-/// and the rare tokens at the top of the vocabulary, as llama_perf.py does).
-fn prompt_ids(n: usize, seed: u64) -> Vec<u32> {
+/// and the rare tokens at the top of a `vocab`-entry vocabulary, as llama_perf.py does).
+fn prompt_ids(n: usize, seed: u64, vocab: u32) -> Vec<u32> {
     let mut state = seed;
     (0..n)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            100 + (state % (49152 - 300)) as u32
+            100 + (state % u64::from(vocab - 300)) as u32
         })
         .collect()
 }
