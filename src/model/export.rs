@@ -42,8 +42,9 @@ use super::qlinear::Q4_LINEAR_OP;
 use super::quant::{BLOCK, NBits};
 use crate::kv::op::ATTENTION_OP;
 
-/// Bump when the graph changes: cached exports are keyed by it.
-pub const EXPORTER_VERSION: u32 = 7;
+/// Bump when the graph changes: cached exports are keyed by it. (8: a llama file's Q8_0, Q5_0,
+/// Q4_K and Q6_K products are `Q8Linear` in its decode graph; SmolLM2's, all Q4_1, are as in 7.)
+pub const EXPORTER_VERSION: u32 = 8;
 /// Domain of kvbench's custom operators.
 pub const DOMAIN: &str = "kvbench";
 /// Which of the two graphs: they compute the same function with different kernels.
