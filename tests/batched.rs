@@ -41,7 +41,7 @@ fn batched_trials_reproduce_unbatched_ones(task: Task) {
         let mut trace =
             Tier::Default.read_trace(Pinned::Smollm2, task, &model_id(&rt)).unwrap_or_else(|e| panic!("{e}"));
         assert!(trace.samples.len() > 1 && trace.samples.len() <= BATCH, "one group of several samples");
-        // the default tier has three samples: six make two lanes' worth of forks likelier
+        // the default tier has two samples: four make two lanes' worth of forks likelier
         let again = trace.samples.clone();
         trace.samples.extend(again);
         for name in names {

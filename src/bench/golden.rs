@@ -5,7 +5,7 @@
 //! aggregates, and per sample its score, top-1 agreement, KL and prediction. How a run is held
 //! to it depends on the tier ([`Gate`]):
 //!
-//! - **Replay** (the default tier, three samples a task, which support no statistical
+//! - **Replay** (the default tier, two samples a task, which support no statistical
 //!   conclusion): the run must reproduce every sample: the same prediction, score and (within
 //!   [`KL_TOLERANCE`]) KL. A prediction may differ only where the golden answer passed through a
 //!   near tie (two logits within [`NEAR_TIE`]), which float noise between machines can flip.

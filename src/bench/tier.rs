@@ -1,5 +1,5 @@
-//! Tiers: how many samples of what length each task gets. Tiers change sample counts and
-//! lengths, never which trials exist.
+//! Tiers: how many samples of what length each task gets, and how long an answer may run. Tiers
+//! change sample counts and lengths, never which trials exist.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,12 @@ use crate::trace::format::ModelId;
 
 /// The full tier's needle lengths (the longest leaves room for the answer in 8,192 tokens).
 pub const NEEDLE_GRID_LENS: [usize; 4] = [1024, 2048, 4096, 8000];
+
+/// Most tokens a default-tier answer runs to. A trial's time is mostly decode steps (a greedy
+/// answer, then the reference teacher-forced from where the two part), and 1,162 trials of up to
+/// 48-token answers took 34 min of CI's 30 (docs/HARNESS.md); 12 tokens still hold every
+/// default-tier needle's number and let decode-time methods (H2O, TOVA, StreamingLLM) evict.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 12;
 
 /// A tier of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -44,15 +50,16 @@ impl Tier {
         }
     }
 
-    /// Samples per task of `model`. The default tier gives Gemma one where SmolLM2 has three: a
+    /// Samples per task of `model`. The default tier gives Gemma one where SmolLM2 has two: a
     /// Gemma trial costs about twice a SmolLM2 one per sample (its prefill multiplies fp32
     /// weights, SmolLM2's 4-bit ones: docs/MODELS.md), and CI runs every trial of both models in
-    /// its 30 minutes. One sample a task is still a replay check, bit for bit; the full tier's
-    /// are the same for both models.
+    /// its 30 minutes (SmolLM2 had three until 1,162 trials outgrew them). One sample a task is
+    /// still a replay check, bit for bit; two let `tests/batched.rs` decode lanes side by side.
+    /// The full tier's are the same for both models.
     pub fn samples(self, model: Pinned, task: Task) -> usize {
         match self {
             Self::Default => match model {
-                Pinned::Smollm2 => 3,
+                Pinned::Smollm2 => 2,
                 Pinned::Gemma3 => 1,
             },
             Self::Full => match task {
@@ -60,6 +67,15 @@ impl Tier {
                 Task::Needle | Task::Synthetic | Task::FewShot => 100,
                 _ => 60,
             },
+        }
+    }
+
+    /// Most tokens an answer to `task` may take: the task's own limit, capped on the default tier
+    /// at [`DEFAULT_MAX_NEW_TOKENS`] (recorded in each trace sample, which replays read).
+    pub fn max_new_tokens(self, task: Task) -> usize {
+        match self {
+            Self::Default => task.max_new_tokens().min(DEFAULT_MAX_NEW_TOKENS),
+            Self::Full => task.max_new_tokens(),
         }
     }
 
@@ -142,7 +158,7 @@ impl Tier {
     }
 
     /// How this tier's runs are held to their snapshots: replayed sample by sample on the default
-    /// tier (three samples support no statistical test), tested with a correction for the
+    /// tier (two samples support no statistical test), tested with a correction for the
     /// matrix's trials on the full tier.
     pub fn gate(self) -> super::golden::Gate {
         match self {
@@ -154,7 +170,7 @@ impl Tier {
 
     /// The sequential design this tier's trials (but `full`'s) run under: the full tier stops a
     /// trial once its verdict against `full` is known ([`super::sequential`]); the default
-    /// tier's three samples are a replay check, run in full.
+    /// tier's samples are a replay check, run in full.
     pub fn stopping(self) -> Option<super::sequential::Design> {
         match self {
             Tier::Default => None,

@@ -53,13 +53,16 @@ pub fn pinned_of(rt: &Runtime) -> crate::model::pinned::Pinned {
 }
 
 /// Record `samples` samples (seeds `0..samples`) of `task` for `tier`, sample `i` at
-/// `lens[i % lens.len()]` tokens, the first `probes.samples` with attention probes; call
-/// `progress(done, total, outcome)` after each.
+/// `lens[i % lens.len()]` tokens, answers of at most `max_new_tokens` (and the task's own limit),
+/// the first `probes.samples` with attention probes; call `progress(done, total, outcome)` after
+/// each.
+#[allow(clippy::too_many_arguments)]
 pub fn record(
     rt: &mut Runtime,
     task: Task,
     samples: usize,
     lens: &[usize],
+    max_new_tokens: usize,
     tier: &str,
     probes: &ProbeOptions,
     mut progress: impl FnMut(usize, usize, &TraceSample),
@@ -71,7 +74,8 @@ pub fn record(
     let mut out = Vec::with_capacity(samples);
     for seed in 0..samples as u64 {
         let len = lens[seed as usize % lens.len()];
-        let sample = tasks::sample(task, seed, len, rt.tokenizer())?;
+        let mut sample = tasks::sample(task, seed, len, rt.tokenizer())?;
+        sample.max_new_tokens = sample.max_new_tokens.min(max_new_tokens);
         let prompt = Prompt::split(&sample.context_ids, &sample.question_ids);
         let probed = spec.as_ref().filter(|s| (seed as usize) < s.samples);
         // a recording store is the full cache keeping every query too: the same attention, the

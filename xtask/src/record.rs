@@ -61,22 +61,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let lens = args.len.map_or_else(|| tier.lens(task), |l| vec![l]);
         let clock = Instant::now();
         eprintln!(
-            "record {} for {}: {samples} samples of {lens:?} tokens ({} tier)",
+            "record {} for {}: {samples} samples of {lens:?} tokens, answers of up to {} ({} tier)",
             task.name(),
             args.model.name(),
+            tier.max_new_tokens(task),
             tier.name()
         );
-        let trace = record::record(&mut rt, task, samples, &lens, tier.name(), &probes, |done, total, s| {
-            eprintln!(
-                "  [{done}/{total}] {} ({} tokens{}): {:?} score {:.2} ({:.0} s so far)",
-                s.meta.id,
-                s.meta.prompt_len,
-                if s.probe.is_some() { ", probed" } else { "" },
-                s.meta.reference_text.trim(),
-                s.meta.reference_score,
-                clock.elapsed().as_secs_f64()
-            );
-        })?;
+        let trace = record::record(
+            &mut rt,
+            task,
+            samples,
+            &lens,
+            tier.max_new_tokens(task),
+            tier.name(),
+            &probes,
+            |done, total, s| {
+                eprintln!(
+                    "  [{done}/{total}] {} ({} tokens{}): {:?} score {:.2} ({:.0} s so far)",
+                    s.meta.id,
+                    s.meta.prompt_len,
+                    if s.probe.is_some() { ", probed" } else { "" },
+                    s.meta.reference_text.trim(),
+                    s.meta.reference_score,
+                    clock.elapsed().as_secs_f64()
+                );
+            },
+        )?;
         let path = tier.trace_path(args.model, task);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
