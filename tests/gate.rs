@@ -12,7 +12,7 @@
 //! - StreamingLLM at 2× keeping the wrong end: the oldest tokens (and the current one) instead
 //!   of the most recent.
 //!
-//! Each must fail every task; the share the old statistical gate (a paired t test at n = 3)
+//! Each must fail every task; the share the old statistical gate (a paired t test at the default tier's n, two samples)
 //! would have caught is printed beside it, for docs/HARNESS.md's table.
 
 use std::sync::Arc;
@@ -143,7 +143,7 @@ fn broken_methods_fail_their_goldens_and_the_real_ones_pass() {
             old_caught += usize::from(golden::check(&result, &golden, old_gate) != Verdict::Same);
         }
         eprintln!(
-            "{} {bug}: caught on {} of {} tasks by replay, {old_caught} by the paired t test at n = 3",
+            "{} {bug}: caught on {} of {} tasks by replay, {old_caught} by the paired t test at the default tier's n",
             real.name(),
             caught.len(),
             Task::ALL.len()
