@@ -69,7 +69,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 pub use self::answer_end::AnswerEnd;
-pub use self::prompt::{assemble, doc_budget, template};
+pub use self::prompt::{assemble, doc_budget, qa_cue, template};
 pub use self::rng::Rng;
 use crate::assets::AssetError;
 use crate::model::tokenizer::{Tokenizer, TokenizerError};

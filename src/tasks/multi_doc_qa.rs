@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget, qa_cue};
 use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
@@ -41,12 +41,15 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
     let items = items()?;
     let index = rng.below(items.len());
     let item = &items[index];
-    let question = format!(
-        "\n\nAnswer the question based on the given passages. Only give me the answer and do not output any \
-         other words.\n\nQuestion: {}\nAnswer:",
-        item.question
+    let (question, answer_prefix) = qa_cue(
+        tok,
+        &format!(
+            "\n\nAnswer the question based on the given passages. Only give me the answer and do not output any \
+             other words.\n\nQuestion: {}",
+            item.question
+        ),
     );
-    let budget = doc_budget(Task::MultiDocQa, tok, target_len, INSTRUCTION, &question, "")?;
+    let budget = doc_budget(Task::MultiDocQa, tok, target_len, INSTRUCTION, &question, &answer_prefix)?;
     let para = |(title, sentences): &(String, Vec<String>)| (title.clone(), sentences.concat());
     let supporting = |title: &str| item.supporting_facts.iter().any(|(t, _)| t == title);
     // "Passage NN:\n" and separators cost about 8 tokens per passage.
@@ -100,7 +103,7 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
         instruction: INSTRUCTION.to_string(),
         document,
         question,
-        answer_prefix: String::new(),
+        answer_prefix,
         in_answer: false,
         answers: vec![item.answer.clone()],
         metric: Metric::QaF1,

@@ -3,11 +3,27 @@
 //! question ids (the layout is described in the [`super`] module doc).
 
 use super::{Parts, Sample, Task, TaskError, truncate};
-use crate::model::tokenizer::Tokenizer;
+use crate::model::tokenizer::{Template, Tokenizer};
 
 /// The two fixed halves of the model's template around the user's text.
 pub fn template(tok: &Tokenizer) -> (&'static str, &'static str) {
     tok.template().halves()
+}
+
+/// LongBench's QA question, `"{question}\nAnswer:"`, split into (question, answer prefix) for
+/// the model's template.
+///
+/// In a ChatML turn the cue stays in the user's text, as LongBench writes it, and the assistant
+/// answers on a turn of its own. A plain completion prompt puts the template's `"\n"` between
+/// question and answer, so the cue moves after it: the text is then `"{question}\nAnswer:"` and the
+/// model continues the cue's line. Left in the question, `"…\nAnswer:\n"` reads to a base model as
+/// an empty answer: Gemma-3-270M wrote "Question: …" or "Answer:" instead of an answer on 11 of 20
+/// samples of each QA task (`docs/calibration/gemma3-270m/`, before this cue).
+pub fn qa_cue(tok: &Tokenizer, question: &str) -> (String, String) {
+    match tok.template() {
+        Template::ChatMl => (format!("{question}\nAnswer:"), String::new()),
+        Template::Plain => (question.to_string(), "Answer:".to_string()),
+    }
 }
 
 /// Tokens left for the document once template, instruction, question and answer prefix are counted.

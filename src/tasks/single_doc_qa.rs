@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget};
+use super::{Metric, Parts, Rng, Task, TaskError, cached, count, doc_budget, qa_cue};
 use crate::assets;
 use crate::model::tokenizer::Tokenizer;
 
@@ -91,12 +91,15 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
     let q = &corpus.questions[rng.below(corpus.questions.len())];
     let (gold_article, gold_text) = &corpus.paragraphs[q.paragraph];
     let instruction = "Read the following text and answer briefly.\n\n";
-    let question = format!(
-        "\n\nNow, answer the following question based on the above text, only give me the answer and do not \
-         output any other words.\n\nQuestion: {}\nAnswer:",
-        q.question
+    let (question, answer_prefix) = qa_cue(
+        tok,
+        &format!(
+            "\n\nNow, answer the following question based on the above text, only give me the answer and do not \
+             output any other words.\n\nQuestion: {}",
+            q.question
+        ),
     );
-    let budget = doc_budget(Task::SingleDocQa, tok, target_len, instruction, &question, "")?;
+    let budget = doc_budget(Task::SingleDocQa, tok, target_len, instruction, &question, &answer_prefix)?;
     let mut used = count(tok, gold_text)?;
     let mut chosen: Vec<&str> = Vec::new();
     let mut misses = 0;
@@ -122,7 +125,7 @@ pub fn build(rng: &mut Rng, target_len: usize, tok: &Tokenizer) -> Result<Parts,
         instruction: instruction.to_string(),
         document: chosen.join("\n\n"),
         question,
-        answer_prefix: String::new(),
+        answer_prefix,
         in_answer: false,
         answers: q.answers.clone(),
         metric: Metric::QaF1,
