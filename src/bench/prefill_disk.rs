@@ -34,8 +34,8 @@ use crate::model::generate::{GenerateOptions, Mode, Prompt, SharedPrefill};
 /// An entry's magic.
 pub const MAGIC: &[u8; 8] = b"KVBPFILL";
 /// The entry format this build writes and reads (2: the prefill stores carry Expected
-/// Attention's query statistics).
-pub const VERSION: u32 = 2;
+/// Attention's query statistics; 3: each layer tagged, a sliding-window layer's window held).
+pub const VERSION: u32 = 3;
 /// Bytes before an entry's payload: magic, version, the payload's sha256.
 pub const PREAMBLE: usize = 8 + 4 + 32;
 /// How recently another build's folder must have been used to be spared by [`DiskPrefills::store`].
@@ -137,7 +137,7 @@ impl DiskPrefills {
     /// misses). Failing to store only costs a recomputation later, so errors are
     /// reported, not returned.
     pub fn store(&self, inputs: &PrefillInputs, prefill: &SharedPrefill) {
-        // a model whose prefill the disk format cannot hold (Gemma's local layers) is not cached
+        // a snapshot that is not a full-precision prefill is not cached (none is, today)
         let Some(payload) = prefill.encode() else { return };
         let size = (PREAMBLE + payload.len()) as u64;
         if self.make_room(size).is_none() {
@@ -204,7 +204,7 @@ impl DiskPrefills {
 /// The bytes of a disk entry holding `prefill` (what [`DiskPrefills::store`] writes), for tests
 /// and the fuzzer's seeds.
 pub fn encode_entry(prefill: &SharedPrefill) -> Vec<u8> {
-    wrap(VERSION, &prefill.encode().expect("a llama prefill encodes"))
+    wrap(VERSION, &prefill.encode().expect("a shared prefill encodes"))
 }
 
 /// An entry of format `version` around `payload`: magic, version, the payload's sha256, the

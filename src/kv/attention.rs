@@ -20,7 +20,7 @@ use rayon::prelude::*;
 mod avx2;
 
 /// Shape of the attention problem.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {
     /// Query heads.
     pub heads: usize,

@@ -295,6 +295,11 @@ pub trait LayerStore: Send + Sync + fmt::Debug {
         false
     }
 
+    /// The sliding-window layer's store, if this is one (the prefill cache on disk encodes it).
+    fn as_sliding(&self) -> Option<&crate::kv::sliding::SlidingStore> {
+        None
+    }
+
     /// The window, if this is a sliding-window layer's store (the architecture's, not a method's).
     fn window(&self) -> Option<usize> {
         None

@@ -12,6 +12,7 @@
 //! store a sliding-window layer in the cache type of every other ([`SlidingStore::coded`],
 //! [`LayerStore::recode`]). Attention reads the decoded rows; the bytes are the codes.
 
+use crate::codec;
 use crate::kv::LayerStore;
 use crate::kv::attention::{self, Heads, KvView, Queries};
 use crate::kv::prefill::append_head_major;
@@ -65,9 +66,46 @@ impl SlidingStore {
         self
     }
 
+    /// The heads' shape.
+    pub fn shape(&self) -> Heads {
+        self.shape
+    }
+
     /// The window.
     pub fn window(&self) -> usize {
         self.window
+    }
+
+    /// Append a full-precision window (the shared prefill's: no code) to `out`, bit-exact, for the
+    /// prefill cache on disk; `None` for a coded window, which no shared prefill holds.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Option<()> {
+        if self.coded.is_some() {
+            return None;
+        }
+        codec::put_u64(out, self.window as u64);
+        codec::put_u64(out, self.last_read as u64);
+        for (k, v) in self.keys.iter().zip(&self.values) {
+            codec::put_f32s(out, k);
+            codec::put_f32s(out, v);
+        }
+        Some(())
+    }
+
+    /// The window [`Self::encode`] wrote for `shape`; `None` if the bytes do not hold one (every
+    /// head the same whole number of rows, fewer than the window).
+    pub fn decode(shape: Heads, input: &mut &[u8]) -> Option<Self> {
+        let (window, last_read) = (codec::take_usize(input)?, codec::take_usize(input)?);
+        if window == 0 || shape.kv_heads == 0 || shape.head_dim == 0 {
+            return None;
+        }
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for _ in 0..shape.kv_heads {
+            keys.push(codec::take_f32s(input)?);
+            values.push(codec::take_f32s(input)?);
+        }
+        let rows = keys[0].len() / shape.head_dim;
+        let consistent = rows < window && keys.iter().chain(&values).all(|h| h.len() == rows * shape.head_dim);
+        consistent.then_some(Self { shape, window, keys, values, coded: None, last_read })
     }
 
     /// Bytes of one token's key and value rows of one kv head as held.
@@ -141,6 +179,10 @@ impl LayerStore for SlidingStore {
 
     fn window(&self) -> Option<usize> {
         Some(self.window)
+    }
+
+    fn as_sliding(&self) -> Option<&SlidingStore> {
+        Some(self)
     }
 
     /// Code the rows held now in `code` (its scales set from them), and every row after them: a

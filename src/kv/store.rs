@@ -316,26 +316,44 @@ impl CacheSnapshot {
         self.layers.iter().map(|s| s.bytes()).sum()
     }
 
-    /// Encode a snapshot of a full-precision prefill (every layer a [`FullStore`]), bit-exact;
-    /// `None` for any other snapshot.
+    /// Encode a snapshot of a full-precision prefill (every layer a [`FullStore`], or the
+    /// full-precision window of a sliding-window layer), bit-exact; `None` for any other snapshot.
     pub fn encode_prefill(&self, out: &mut Vec<u8>) -> Option<()> {
-        let stores: Vec<&FullStore> = self.layers.iter().map(|l| l.as_prefill()).collect::<Option<_>>()?;
-        let shape = stores.first()?.shape();
-        for x in [shape.heads, shape.kv_heads, shape.head_dim, stores.len(), self.compressed_tokens] {
+        let first = self.layers.first()?;
+        let shape = first.as_prefill().map(FullStore::shape).or_else(|| first.as_sliding().map(SlidingStore::shape))?;
+        for x in [shape.heads, shape.kv_heads, shape.head_dim, self.layers.len(), self.compressed_tokens] {
             codec::put_u64(out, x as u64);
         }
         codec::put_u64(out, u64::from(self.prefilled));
-        stores.iter().for_each(|s| s.encode(out));
+        for layer in &self.layers {
+            match (layer.as_prefill(), layer.as_sliding()) {
+                (Some(full), _) if full.shape() == shape => {
+                    codec::put_u64(out, LAYER_FULL);
+                    full.encode(out);
+                }
+                (None, Some(sliding)) if sliding.shape() == shape => {
+                    codec::put_u64(out, LAYER_SLIDING);
+                    sliding.encode(out)?;
+                }
+                _ => return None,
+            }
+        }
         Some(())
     }
 
     /// Whether this is a full-precision prefill of `tokens` tokens not yet ended (what a shared
-    /// prefill snapshots): every layer a [`FullStore`] of that many tokens.
+    /// prefill snapshots): every layer a [`FullStore`] of that many tokens, or a sliding-window
+    /// layer holding what its window keeps of them.
     pub fn is_shared_prefill_of(&self, tokens: usize) -> bool {
+        let holds = |l: &dyn LayerStore| match (l.as_prefill(), l.window()) {
+            (Some(full), _) => full.tokens() == tokens,
+            (None, Some(window)) => l.tokens() == tokens.min(window - 1),
+            (None, None) => false,
+        };
         !self.prefilled
             && self.compressed_tokens == tokens
             && !self.layers.is_empty()
-            && self.layers.iter().all(|l| l.as_prefill().is_some_and(|f| f.tokens() == tokens))
+            && self.layers.iter().all(|l| holds(l.as_ref()))
     }
 
     /// A snapshot [`Self::encode_prefill`] wrote; `None` if the bytes do not hold one.
@@ -348,11 +366,19 @@ impl CacheSnapshot {
         }
         let mut layers: Vec<Box<dyn LayerStore>> = Vec::with_capacity(n_layers.min(1024));
         for _ in 0..n_layers {
-            layers.push(Box::new(FullStore::decode(shape, input)?));
+            layers.push(match codec::take_u64(input)? {
+                LAYER_FULL => Box::new(FullStore::decode(shape, input)?),
+                LAYER_SLIDING => Box::new(SlidingStore::decode(shape, input)?),
+                _ => return None,
+            });
         }
         Some(Self { method: PREFILL_METHOD.into(), layers, compressed_tokens, prefilled: prefilled == 1 })
     }
 }
+
+/// The tags of a prefill snapshot's layers on disk ([`CacheSnapshot::encode_prefill`]).
+const LAYER_FULL: u64 = 0;
+const LAYER_SLIDING: u64 = 1;
 
 /// A kernel panicked while holding the cache.
 #[derive(Debug, thiserror::Error)]
@@ -410,5 +436,51 @@ mod tests {
         // a cache whose layers all attend globally is another model: refused
         let mut global = KvCache::new(snapkv, shape, 3, 10_000.0);
         assert!(global.restore(&snap).is_err());
+    }
+
+    #[test]
+    fn a_prefill_with_sliding_layers_round_trips_through_its_encoding() {
+        let shape = Heads { heads: 2, kv_heads: 1, head_dim: 4 };
+        let windows = vec![Some(3), None, Some(3)];
+        let mut cache = KvCache::new(Arc::new(Full), shape, 3, 10_000.0).with_windows(windows.clone());
+        cache.begin(5);
+        let rows: Vec<f32> = (0..5 * 4).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let q = vec![0.1f32; 5 * 8];
+        let mut out = vec![0.0f32; 5 * 8];
+        for l in 0..3 {
+            let layer = cache.layer_mut(l).unwrap();
+            layer.append(&rows, &rows, 5);
+            layer.attend(&q, 8, 5, &mut out);
+        }
+        let snap = cache.snapshot();
+        // the global layer holds all five tokens, the local ones the last window − 1
+        assert!(snap.is_shared_prefill_of(5));
+        assert!(!snap.is_shared_prefill_of(4));
+        let mut bytes = Vec::new();
+        snap.encode_prefill(&mut bytes).expect("a prefill with sliding layers encodes");
+        let back = CacheSnapshot::decode_prefill(&mut &bytes[..]).expect("and decodes");
+        assert!(back.is_shared_prefill_of(5));
+        let mut again = Vec::new();
+        back.encode_prefill(&mut again).unwrap();
+        assert_eq!(bytes, again, "bit-exact");
+        // it restores into a method of the same layers, and attends as the original does
+        let snapkv = crate::kv::methods::by_name("snapkv-2x").unwrap();
+        let step = [0.3f32; 4];
+        let mut outputs = Vec::new();
+        for s in [&snap, &back] {
+            let mut c = KvCache::new(snapkv.clone(), shape, 3, 10_000.0).with_windows(windows.clone());
+            c.restore(s).unwrap();
+            let layer = c.layer_mut(0).unwrap();
+            layer.append(&step, &step, 1);
+            let mut o = vec![0.0f32; 8];
+            layer.attend(&q[..8], 8, 1, &mut o);
+            outputs.push(o);
+        }
+        assert_eq!(outputs[0], outputs[1]);
+        // truncated or retagged bytes are not a prefill
+        assert!(CacheSnapshot::decode_prefill(&mut &bytes[..bytes.len() - 1]).is_none());
+        let mut retagged = bytes.clone();
+        retagged[48] = 7;
+        assert!(CacheSnapshot::decode_prefill(&mut &retagged[..]).is_none());
     }
 }

@@ -266,7 +266,7 @@ pub fn shared_prefill(
 
 impl SharedPrefill {
     /// Encode bit-exactly (for the prefill cache on disk, [`crate::bench::prefill_disk`]); `None`
-    /// for a model with sliding-window layers, whose stores the disk format does not hold yet.
+    /// if its snapshot is not a full-precision prefill.
     pub fn encode(&self) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(self.snapshot.bytes() * 11 / 10 + 4 * self.logits.len());
         codec::put_u64(&mut out, self.compressed as u64);
