@@ -17,12 +17,14 @@ fn token_methods_keep_what_kvpress_keeps() {
     let families =
         ["knorm", "keydiff", "streamingllm", "tova-pooled", "snapkv", "pyramidkv", "adakv", "chunkkv", "think"]
             .into_iter()
-            .chain(["expected-attention"]);
+            .chain(["expected-attention", "criticalkv"]);
     for family in families {
-        assert!(
-            must.iter().filter(|o| o.method.rsplit_once('-').is_some_and(|(f, _)| f == family)).count() >= 7 * 3,
-            "{family}: fewer cases than 7 tasks × 3 ratios"
-        );
+        // CriticalKV is required wherever its first stage holds SnapKV's 32-token window (every
+        // task at 2×, the longer probes at 4×); below that kvpress's top-k chooses among the
+        // window's tied scores in its own order (module doc), reported but not required
+        let ratios = if family == "criticalkv" { 1 } else { 3 };
+        let cases = must.iter().filter(|o| o.method.rsplit_once('-').is_some_and(|(f, _)| f == family)).count();
+        assert!(cases >= 7 * ratios, "{family}: fewer cases than 7 tasks × {ratios} ratio(s)");
     }
     let failed: Vec<String> =
         must.iter().filter(|o| !o.holds).map(|o| format!("{} on {} against {}", o.method, o.task, o.press)).collect();

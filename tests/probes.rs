@@ -4,8 +4,9 @@
 //! and values of the full-cache run (`src/trace/probe.rs`). Every method of the trial matrix that
 //! acts on the cache (prompt compression needs the model) is driven through that layer as the
 //! model drives it, and its attention output is compared with the full cache's
-//! (`eval::fidelity`): relative error, attention mass kept, bytes held. No model, no ONNX Runtime,
-//! no download: this runs in seconds and isolates each method's effect on one attention call.
+//! (`eval::fidelity`): relative error, attention mass kept, bytes held. No ONNX Runtime, and of
+//! the model only its attention output weights (CriticalKV weighs values by them, read from the
+//! GGUF): this runs in seconds and isolates each method's effect on one attention call.
 //!
 //! The table of each task is gated against `golden/probes/default/<task>.snap`: a method whose
 //! error or kept mass moves by more than [`TOLERANCE`] fails, leaving (outside CI) a `.snap.new`
@@ -73,6 +74,8 @@ fn table(task: Task) -> BTreeMap<String, Fidelity> {
         )
     });
     assert!(!recordings.is_empty(), "{}: the header promises probes the samples lack", path.display());
+    let out_proj = kvbench::bench::parity::smollm2_out_projections().unwrap_or_else(|e| panic!("{e}"));
+    let recordings: Vec<_> = recordings.into_iter().map(|r| r.with_out_proj(&out_proj)).collect();
     // prefill in the chunks the reference run used, as the model would
     let chunk = trace.header.chunk;
     let prefills: Vec<_> = recordings.iter().map(|r| r.full_prefills(chunk)).collect();

@@ -2,11 +2,14 @@
 //! probes ([`crate::eval::parity`] holds the fixture's types and the comparison; reading the
 //! traces is this layer's).
 
+use std::sync::{Arc, OnceLock};
+
 use crate::eval::fidelity::Recorded;
 use crate::eval::parity::{self, Fixture, Outcome};
+use crate::kv::out_proj::OutProjection;
 
 /// A task's default-tier trace and its first sample's probe recording (what the parity fixtures
-/// are made from and checked on).
+/// are made from and checked on), with SmolLM2's output projections attached (CriticalKV's).
 pub fn default_probe(task: crate::tasks::Task) -> Result<(crate::trace::Trace, Recorded), String> {
     let path = crate::bench::Tier::Default.trace_path(crate::model::pinned::Pinned::Smollm2, task);
     let trace = crate::trace::Trace::read(&path, None).map_err(|e| e.to_string())?;
@@ -14,7 +17,18 @@ pub fn default_probe(task: crate::tasks::Task) -> Result<(crate::trace::Trace, R
         .probe_recordings()
         .and_then(|r| r.into_iter().next())
         .ok_or_else(|| format!("{}: no probe (record the default tier: `cargo xtask record`)", path.display()))?;
-    Ok((trace, recorded))
+    Ok((trace, recorded.with_out_proj(&smollm2_out_projections()?)))
+}
+
+/// SmolLM2's attention output projections (the probes are SmolLM2's), read once.
+pub fn smollm2_out_projections() -> Result<Vec<Option<Arc<OutProjection>>>, String> {
+    static PROJECTIONS: OnceLock<Result<Vec<Option<Arc<OutProjection>>>, String>> = OnceLock::new();
+    PROJECTIONS
+        .get_or_init(|| {
+            let gguf = crate::assets::smollm2_gguf().map_err(|e| e.to_string())?;
+            crate::model::session::out_projections_of(&gguf).map_err(|e| e.to_string())
+        })
+        .clone()
 }
 
 /// Every case of `fixture` compared with kvbench's methods replayed on the default tier's probes

@@ -142,6 +142,7 @@ fn record_prompts(args: &FidelityArgs) -> Result<Vec<Recorded>, Box<dyn std::err
             layers,
             prompt: ids.len(),
             rope_base: rt.config().rope_base,
+            out_proj: rt.out_projections().to_vec(),
         });
     }
     Ok(recordings)

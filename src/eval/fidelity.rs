@@ -16,8 +16,11 @@
 //! Because inputs are the full cache's recording, errors do not compound across layers or steps
 //! as they do in the model: this isolates what each method does to one attention call.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use crate::kv::out_proj::OutProjection;
 use crate::kv::prefill::FullStore;
 use crate::kv::{Acts, Heads, LayerStore, Method, StoreContext};
 
@@ -52,9 +55,19 @@ pub struct Recorded {
     pub prompt: usize,
     /// The model's RoPE base.
     pub rope_base: f32,
+    /// Per recorded layer, its attention output projection, where attached
+    /// ([`Self::with_out_proj`]): CriticalKV cannot run without it.
+    pub out_proj: Vec<Option<Arc<OutProjection>>>,
 }
 
 impl Recorded {
+    /// This recording with the model's output projections, one per model layer (a runtime's
+    /// [`crate::model::session::Runtime::out_projections`]), for its recorded layers.
+    pub fn with_out_proj(mut self, model: &[Option<Arc<OutProjection>>]) -> Self {
+        self.out_proj = self.layer_ids.iter().map(|&l| model.get(l).cloned().flatten()).collect();
+        self
+    }
+
     fn shape(&self) -> Heads {
         self.layers[0].shape()
     }
@@ -89,7 +102,7 @@ impl Recorded {
     }
 
     /// The context a method's store gets at recorded layer `l`.
-    pub fn context(&self, l: usize) -> StoreContext {
+    pub fn context(&self, l: usize) -> StoreContext<'_> {
         StoreContext {
             layer: self.layer_ids[l],
             layers: self.model_layers,
@@ -98,6 +111,7 @@ impl Recorded {
             rope_base: self.rope_base,
             // probes are recorded on SmolLM2 (llama's adjacent pairs) only
             rope_style: crate::kv::rope::Style::Adjacent,
+            out_proj: self.out_proj.get(l).and_then(Option::as_deref),
         }
     }
 
@@ -268,7 +282,14 @@ mod tests {
             store.append(&k, &v, 1);
             store.attend(&q, 128, 1, &mut out);
         }
-        Recorded { layers: vec![store], layer_ids: vec![0], model_layers: 1, prompt, rope_base: 10_000.0 }
+        Recorded {
+            layers: vec![store],
+            layer_ids: vec![0],
+            model_layers: 1,
+            prompt,
+            rope_base: 10_000.0,
+            out_proj: Vec::new(),
+        }
     }
 
     #[test]

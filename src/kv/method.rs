@@ -36,7 +36,7 @@ pub enum Acts {
 /// What a store is made for: the layer, the model's shape, and how many tokens the method
 /// compresses (the prompt, or the context alone when running query-agnostic).
 #[derive(Debug, Clone, Copy)]
-pub struct StoreContext {
+pub struct StoreContext<'a> {
     /// Layer index.
     pub layer: usize,
     /// Number of layers of the model.
@@ -50,10 +50,13 @@ pub struct StoreContext {
     pub rope_base: f32,
     /// And which channels RoPE pairs (adjacent for llama's GGUF weights, halves for Gemma 3).
     pub rope_style: crate::kv::rope::Style,
+    /// The layer's attention output projection, where the model's runtime (or a probe replay's
+    /// caller) gave it: CriticalKV weighs values by it.
+    pub out_proj: Option<&'a super::out_proj::OutProjection>,
 }
 
 #[cfg(test)]
-impl StoreContext {
+impl StoreContext<'static> {
     /// A one-layer model's context with llama's RoPE (base 10,000, adjacent pairs), for unit tests.
     pub(crate) fn for_tests(shape: Heads, compressed_tokens: usize) -> Self {
         Self {
@@ -63,6 +66,7 @@ impl StoreContext {
             compressed_tokens,
             rope_base: 10_000.0,
             rope_style: crate::kv::rope::Style::Adjacent,
+            out_proj: None,
         }
     }
 }

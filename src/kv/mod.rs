@@ -16,6 +16,7 @@ pub mod method;
 pub mod methods;
 pub mod oneshot;
 pub mod op;
+pub mod out_proj;
 #[cfg(feature = "perturb")]
 mod perturb;
 pub mod prefill;

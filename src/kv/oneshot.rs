@@ -32,8 +32,9 @@ pub trait Selector: std::fmt::Debug + Send + Sync {
         budget
     }
 
-    /// Per kv head, which of the prefill's tokens to keep at `budget` (one flag per token).
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>>;
+    /// Per kv head, which of the prefill's tokens to keep at `budget` (one flag per token), in the
+    /// layer's context `ctx` (CriticalKV reads its output projection).
+    fn keep(&self, prefill: &FullStore, budget: usize, ctx: &StoreContext) -> Vec<Vec<bool>>;
 }
 
 /// A one-shot method: `selector` at `budget`.
@@ -74,7 +75,7 @@ impl<S: Selector> Method for OneShot<S> {
 impl<S: Selector> PrefillCompressor for OneShot<S> {
     fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed {
         let budget = self.selector.layer_budget(self.budget.tokens(ctx.compressed_tokens), ctx);
-        Compressed::Into(Box::new(kept(prefill, &self.selector.keep(prefill, budget))))
+        Compressed::Into(Box::new(kept(prefill, &self.selector.keep(prefill, budget, ctx))))
     }
 }
 

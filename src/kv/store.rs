@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use super::method::{Acts, StoreContext};
+use super::out_proj::OutProjection;
 use super::prefill::{FullStore, PREFILL_METHOD};
 use super::sliding::SlidingStore;
 use super::{Heads, LayerStore, Method};
@@ -32,6 +33,9 @@ pub struct KvCache {
     /// Per layer, the window of a sliding-window layer (Gemma 3's local layers), whose store is
     /// the architecture's [`SlidingStore`] whatever the method; empty: no such layers.
     windows: Vec<Option<usize>>,
+    /// Per layer, its attention output projection where the runtime gave it (CriticalKV reads
+    /// it); empty: none.
+    out_proj: Vec<Option<Arc<OutProjection>>>,
     compressed_tokens: usize,
     prefilled: bool,
     stats: CacheStats,
@@ -83,6 +87,7 @@ impl KvCache {
             rope_style: crate::kv::rope::Style::Adjacent,
             layers: Vec::new(),
             windows: Vec::new(),
+            out_proj: Vec::new(),
             compressed_tokens: 0,
             prefilled: false,
             stats: CacheStats::default(),
@@ -103,6 +108,13 @@ impl KvCache {
     /// This cache with layer `l` a sliding-window layer of `windows[l]` where that is set.
     pub fn with_windows(mut self, windows: Vec<Option<usize>>) -> Self {
         self.windows = windows;
+        self.layers = self.fresh_layers();
+        self
+    }
+
+    /// This cache with layer `l`'s attention output projection `out_proj[l]` where that is set.
+    pub fn with_out_proj(mut self, out_proj: Vec<Option<Arc<OutProjection>>>) -> Self {
+        self.out_proj = out_proj;
         self.layers = self.fresh_layers();
         self
     }
@@ -132,7 +144,7 @@ impl KvCache {
         self.windows.get(l).copied().flatten()
     }
 
-    fn context(&self, layer: usize) -> StoreContext {
+    fn context(&self, layer: usize) -> StoreContext<'_> {
         StoreContext {
             layer,
             layers: self.n_layers,
@@ -140,6 +152,7 @@ impl KvCache {
             compressed_tokens: self.compressed_tokens,
             rope_base: self.rope_base,
             rope_style: self.rope_style,
+            out_proj: self.out_proj.get(layer).and_then(Option::as_deref),
         }
     }
 
@@ -156,10 +169,11 @@ impl KvCache {
 
     /// Start a new sequence, possibly with another method.
     pub fn reset(&mut self, method: Arc<dyn Method>) {
-        let windows = std::mem::take(&mut self.windows);
+        let (windows, out_proj) = (std::mem::take(&mut self.windows), std::mem::take(&mut self.out_proj));
         *self = Self::new(method, self.shape, self.n_layers, self.rope_base)
             .with_rope_style(self.rope_style)
-            .with_windows(windows);
+            .with_windows(windows)
+            .with_out_proj(out_proj);
     }
 
     /// Start the sequence: empty stores sized for a method budget relative to `compressed_tokens`
@@ -252,7 +266,8 @@ impl KvCache {
                 let ctx = self.context(l);
                 let prefill =
                     self.layers[l].as_prefill().expect("methods acting after prefill prefill into a FullStore");
-                match self.method.after_prefill(&ctx, prefill) {
+                let compressed = self.method.after_prefill(&ctx, prefill);
+                match compressed {
                     Some(store) => self.layers[l] = store,
                     None => self.layers[l].as_prefill_mut().expect("checked above").end_prefill(),
                 }

@@ -20,6 +20,7 @@ use super::qlinear::Q4LinearOp;
 use super::tokenizer::{Tokenizer, TokenizerError};
 use crate::assets::{self, AssetError};
 use crate::kv::op::KvAttentionOp;
+use crate::kv::out_proj::OutProjection;
 use crate::kv::{CacheHandle, KvCache, Method};
 
 /// Errors while loading or running the model.
@@ -91,6 +92,9 @@ pub struct Runtime {
     gguf_sha256: String,
     /// ONNX Runtime's intra-op threads.
     threads: usize,
+    /// Per layer, its attention output projection (global layers; `None` for sliding ones, which
+    /// no method compresses), for the methods that weigh values by it.
+    out_proj: Vec<Option<Arc<OutProjection>>>,
 }
 
 /// Run `create` (a session creation) while no other thread of this process creates one.
@@ -131,6 +135,7 @@ impl Runtime {
         let sha = assets::sha256_file(gguf.path())?;
         let onnx_prefill = exported_model(&gguf, &sha, &config, GraphKind::Prefill)?;
         let onnx_decode = exported_model(&gguf, &sha, &config, GraphKind::Decode)?;
+        let out_proj = out_projections(&gguf, &config)?;
         drop(gguf);
         let env = environment()?;
 
@@ -139,7 +144,7 @@ impl Runtime {
         let kernel_threads = within_machine(options.kernel_threads.unwrap_or(threads), "kernel threads");
         let _ = rayon::ThreadPoolBuilder::new().num_threads(kernel_threads).build_global();
         let shape = config.attention_shape();
-        let cache = empty_cache(&config).into_handle();
+        let cache = empty_cache(&config, &out_proj).into_handle();
         let open = |onnx: &Path, kind: GraphKind| -> Result<Session, ModelError> {
             let mut builder = Session::builder(env)?;
             if let Some(prefix) = crate::assets::settings::ort_profile() {
@@ -161,7 +166,12 @@ impl Runtime {
         };
         let prefill = open(&onnx_prefill, GraphKind::Prefill)?;
         let decode = open(&onnx_decode, GraphKind::Decode)?;
-        Ok(Self { prefill, decode, cache, config, tokenizer, gguf_path, gguf_sha256: sha, threads })
+        Ok(Self { prefill, decode, cache, config, tokenizer, gguf_path, gguf_sha256: sha, threads, out_proj })
+    }
+
+    /// Per layer, its attention output projection (`None` for a sliding-window layer).
+    pub fn out_projections(&self) -> &[Option<Arc<OutProjection>>] {
+        &self.out_proj
     }
 
     /// The model's shape.
@@ -208,7 +218,7 @@ impl Runtime {
     /// Take the running sequence's cache out, leaving an empty `full` one: to keep it as a lane
     /// of [`Self::forward_lanes`] while the runtime prefills the next sequence.
     pub fn take_cache(&mut self) -> Result<KvCache, ModelError> {
-        let empty = empty_cache(&self.config);
+        let empty = empty_cache(&self.config, &self.out_proj);
         Ok(std::mem::replace(&mut *self.lock_cache()?, empty))
     }
 
@@ -297,10 +307,37 @@ impl Drop for Runtime {
 }
 
 /// An empty cache of the `full` method for `config`'s model.
-fn empty_cache(config: &ModelConfig) -> KvCache {
+fn empty_cache(config: &ModelConfig, out_proj: &[Option<Arc<OutProjection>>]) -> KvCache {
     KvCache::new(Arc::new(crate::kv::methods::Full), config.attention_shape(), config.layers, config.rope_base)
         .with_rope_style(config.rope(config.layers - 1).1)
         .with_windows((0..config.layers).map(|l| config.window(l)).collect())
+        .with_out_proj(out_proj.to_vec())
+}
+
+/// [`Runtime::out_projections`] of the model at `gguf`, without loading the runtime: for probe
+/// replays ([`crate::eval::fidelity::Recorded::with_out_proj`]).
+pub fn out_projections_of(gguf: &Path) -> Result<Vec<Option<Arc<OutProjection>>>, ModelError> {
+    let gguf = GgufFile::open(gguf)?;
+    out_projections(&gguf, &ModelConfig::from_gguf(&gguf)?)
+}
+
+/// Every global layer's attention output projection, dequantized (SmolLM2: 30 of 576 × 576, 40 MB;
+/// Gemma 3: 3 of 640 × 1,024, 8 MB), for the methods that weigh values by it (CriticalKV).
+fn out_projections(gguf: &GgufFile, config: &ModelConfig) -> Result<Vec<Option<Arc<OutProjection>>>, ModelError> {
+    (0..config.layers)
+        .map(|l| {
+            if config.window(l).is_some() {
+                return Ok(None);
+            }
+            let name = format!("blk.{l}.attn_output.weight");
+            let weight = gguf.dequantize(&name)?;
+            OutProjection::from_linear(&weight, config.hidden, config.heads, config.head_dim)
+                .map(|p| Some(Arc::new(p)))
+                .ok_or_else(|| {
+                    ModelError::Invalid(format!("{name}: not [{}, {}]", config.hidden, config.heads * config.head_dim))
+                })
+        })
+        .collect()
 }
 
 /// `asked` threads, at least one and at most the machine's parallelism: more only oversubscribe

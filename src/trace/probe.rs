@@ -140,6 +140,7 @@ impl Probe {
             model_layers: spec.model_layers,
             prompt,
             rope_base: spec.rope_base,
+            out_proj: Vec::new(),
         }
     }
 }

@@ -1,8 +1,8 @@
 """NVIDIA kvpress's presses on kvbench's recorded probes: the fixture tests/kvpress_parity.rs reads.
 
 Invoked by `cargo xtask kvpress-parity`, which writes PROBES.json (per task: one layer's prompt
-queries, keys and values, post-RoPE, and per ratio the settings that align kvpress with kvbench's
-documented choices) and then compares kvbench's methods with what this writes to FIXTURE.json.
+queries, keys and values, post-RoPE, its attention output weight, and per ratio the settings that
+align kvpress with kvbench's documented choices) and then compares kvbench's methods with what this writes to FIXTURE.json.
 
     python kvpress_parity.py target/kvpress-parity/probes.json tests/data/kvpress_parity.json
 
@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 import kvpress.presses.expected_attention_press as expected_attention_press
-from kvpress import (AdaKVPress, ChunkKVPress, ExpectedAttentionPress, KeyDiffPress, KnormPress,
+from kvpress import (AdaKVPress, ChunkKVPress, CriticalKVPress, ExpectedAttentionPress, KeyDiffPress, KnormPress,
                      ObservedAttentionPress, PyramidKVPress, SnapKVPress, StreamingLLMPress, ThinKPress, TOVAPress)
 
 ATTENTION = {}  # the current task's full attention weights [1, heads, n, n], and its queries [1, heads, n, d]
@@ -193,8 +193,13 @@ def cases(task, ratios):
     logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
     ATTENTION["weights"] = torch.softmax(logits, dim=-1)
     ATTENTION["queries"] = queries
-    module = SimpleNamespace(head_dim=d, layer_idx=task["layer"], config=SimpleNamespace(
-        num_attention_heads=h, num_key_value_heads=kv, num_hidden_layers=task["layers"], _attn_implementation="sdpa"))
+    out_proj = torch.tensor(task["out_proj"], dtype=torch.float32)
+    hidden = out_proj.numel() // (h * d)
+    module = SimpleNamespace(head_dim=d, layer_idx=task["layer"], num_key_value_groups=h // kv,
+                             o_proj=SimpleNamespace(weight=out_proj.reshape(hidden, h * d)),
+                             config=SimpleNamespace(num_attention_heads=h, num_key_value_heads=kv, head_dim=d,
+                                                    hidden_size=hidden, num_hidden_layers=task["layers"],
+                                                    _attn_implementation="sdpa"))
     out = []
     for r in ratios:
         a = task["aligned"][str(r)]
@@ -224,6 +229,13 @@ def cases(task, ratios):
              ChunkKVPress(AlignedSnapKV(chunked), chunk_length=20), None),
             (f"chunkkv-{r}x", "ChunkKVPress(SnapKVPress as shipped, chunk_length=20)", "overlap",
              ChunkKVPress(StockSnapKV(stock), chunk_length=20), None),
+            # below a first stage of 32 tokens, kvpress's top-k takes part of the window among
+            # its tied scores: a choice among ties the "same" rule cannot follow (module doc)
+            (f"criticalkv-{r}x", "CriticalKVPress(SnapKVPress at kvbench's settings)"
+             + ("" if b // 2 >= 32 else ", first stage inside the window's tie"),
+             "same" if b // 2 >= 32 else "overlap", CriticalKVPress(AlignedSnapKV(exact)), None),
+            (f"criticalkv-{r}x", "CriticalKVPress(SnapKVPress as shipped)", "overlap",
+             CriticalKVPress(StockSnapKV(stock)), None),
         ]
         for method, label, expect, press, attentions in runs:
             kept, tied = run(press, module, keys, values, attentions)

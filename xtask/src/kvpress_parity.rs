@@ -4,7 +4,8 @@
 //!
 //! For each task's default-tier probe it exports the layer's prompt queries, keys and values, and
 //! per ratio the settings that align kvpress with kvbench's documented choices (the budget, its
-//! sinks, its chunk count: settings, not kept positions); `xtask/py/kvpress_parity.py` runs each
+//! sinks, its chunk count: settings, not kept positions), and the layer's attention output weight
+//! from the GGUF (CriticalKV's); `xtask/py/kvpress_parity.py` runs each
 //! press's own `compress` and writes the fixture. `tests/kvpress_parity.rs` then holds kvbench to
 //! it with no Python. Re-run after re-recording the default tier's traces.
 
@@ -14,6 +15,7 @@ use anyhow::{Context, bail};
 use kvbench::eval::parity::{self, Fixture};
 use kvbench::kv::methods::Budget;
 use kvbench::kv::methods::{chunkkv, streamingllm};
+use kvbench::model::gguf::GgufFile;
 use kvbench::tasks::Task;
 use serde_json::json;
 
@@ -33,6 +35,7 @@ pub struct Args {
 /// Export, run kvpress, compare, print.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = project_root();
+    let gguf = GgufFile::open(&kvbench::assets::smollm2_gguf()?)?;
     let mut tasks = Vec::new();
     for task in Task::ALL {
         let (trace, recorded) = kvbench::bench::parity::default_probe(task).map_err(anyhow::Error::msg)?;
@@ -59,6 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "task": task.name(), "sample": sample.meta.id, "layer": recorded.layer_ids[0],
             "layers": recorded.model_layers, "prompt": n, "heads": shape.heads, "kv_heads": shape.kv_heads,
             "head_dim": d, "rope_base": recorded.rope_base,
+            // the layer's attention output weight, [hidden, heads · head_dim] (CriticalKV's)
+            "out_proj": gguf.dequantize(&format!("blk.{}.attn_output.weight", recorded.layer_ids[0]))?,
             "queries": &store.recent_queries()[..n * width],
             "keys": per_head(|s, g| s.keys(g)), "values": per_head(|s, g| s.values(g)),
             "aligned": aligned,

@@ -52,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             compressed_tokens: n,
             rope_base: recorded.rope_base,
             rope_style: kvbench::kv::rope::Style::Adjacent,
+            out_proj: None,
         };
         let mut kept = serde_json::Map::new();
         for family in ["tova", "tova-pooled"] {

@@ -20,6 +20,7 @@
 use serde_json::json;
 
 use super::snapkv;
+use crate::kv::method::StoreContext;
 use crate::kv::oneshot::Selector;
 use crate::kv::prefill::{FullStore, OBSERVATION_WINDOW};
 
@@ -45,7 +46,7 @@ impl Selector for AdaKv {
         "SnapKV's scores, with the layer's budget shared by its kv heads (each keeps at least a fifth of its share), so heads hold different counts"
     }
 
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    fn keep(&self, prefill: &FullStore, budget: usize, _ctx: &StoreContext) -> Vec<Vec<bool>> {
         let kv_heads = prefill.shape().kv_heads;
         let n = prefill.keys(0).len() / prefill.shape().head_dim;
         let Some(mut scores) = snapkv::scores(prefill, snapkv::POOL_KERNEL).filter(|_| n > budget) else {

@@ -18,6 +18,7 @@
 use serde_json::json;
 
 use super::snapkv;
+use crate::kv::method::StoreContext;
 use crate::kv::oneshot::Selector;
 use crate::kv::prefill::{FullStore, OBSERVATION_WINDOW};
 
@@ -42,7 +43,7 @@ impl Selector for ChunkKv {
         "keeps whole 20-token chunks of the prompt, ranked by their mean SnapKV score over the layer's kv heads"
     }
 
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    fn keep(&self, prefill: &FullStore, budget: usize, _ctx: &StoreContext) -> Vec<Vec<bool>> {
         let kv_heads = prefill.shape().kv_heads;
         let n = prefill.keys(0).len() / prefill.shape().head_dim;
         if n <= budget {

@@ -22,6 +22,7 @@
 
 use serde_json::{Value, json};
 
+use crate::kv::method::StoreContext;
 use crate::kv::oneshot::{Selector, top_per_head};
 use crate::kv::prefill::{FullStore, QUERY_STATS_SKIP};
 use crate::kv::rope::Style;
@@ -48,7 +49,7 @@ impl Selector for ExpectedAttention {
          rotated to the next 512 positions, times the value's norm, per kv head"
     }
 
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    fn keep(&self, prefill: &FullStore, budget: usize, _ctx: &StoreContext) -> Vec<Vec<bool>> {
         let scores = scores(prefill);
         top_per_head(prefill, budget, |g| scores[g].clone())
     }

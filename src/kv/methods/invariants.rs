@@ -1,10 +1,13 @@
 //! Invariants every budgeted method must keep, driven through [`KvCache`] as the model drives it:
 //! chunked prefill, end of prefill, then decode steps, on random post-RoPE-like data.
 
+use std::sync::Arc;
+
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::registry::{COMPOSITIONS, Kind, REGISTRY, families_of};
 use super::{by_name, pyramidkv};
+use crate::kv::out_proj::OutProjection;
 use crate::kv::{Acts, Heads, KvCache};
 
 const SHAPE: Heads = Heads { heads: 9, kv_heads: 3, head_dim: 64 };
@@ -12,11 +15,25 @@ const PROMPT: usize = 600;
 const CHUNK: usize = 128;
 const DECODE: usize = 40;
 
+/// An empty cache of `name` on [`SHAPE`], three layers, each with a random attention output
+/// projection (as the model's runtime gives them: CriticalKV reads it).
+fn cache_of(name: &str) -> KvCache {
+    let mut rng = StdRng::seed_from_u64(5);
+    let hidden = 32;
+    let inner = SHAPE.heads * SHAPE.head_dim;
+    let proj = |rng: &mut StdRng| {
+        let weight: Vec<f32> = (0..hidden * inner).map(|_| rng.random_range(-0.1f32..0.1)).collect();
+        Some(Arc::new(OutProjection::from_linear(&weight, hidden, SHAPE.heads, SHAPE.head_dim).unwrap()))
+    };
+    let out_proj = (0..3).map(|_| proj(&mut rng)).collect();
+    KvCache::new(by_name(name).unwrap(), SHAPE, 3, 10_000.0).with_out_proj(out_proj)
+}
+
 /// Run `name` through prefill and decode; call `check(cache, decode_step)` after every step
 /// (`None` during prefill).
 fn drive(name: &str, mut check: impl FnMut(&KvCache, Option<usize>)) {
     let mut rng = StdRng::seed_from_u64(21);
-    let mut cache = KvCache::new(by_name(name).unwrap(), SHAPE, 3, 10_000.0);
+    let mut cache = cache_of(name);
     cache.begin(PROMPT);
     let (qw, kw) = (SHAPE.heads * SHAPE.head_dim, SHAPE.kv_heads * SHAPE.head_dim);
     let mut step = |cache: &mut KvCache, t: usize| {
@@ -173,7 +190,7 @@ fn pooled_tova_keeps_the_same_tokens_in_every_head() {
 fn a_budget_above_the_sequence_changes_nothing() {
     let outputs = |name: &str| {
         let mut rng = StdRng::seed_from_u64(5);
-        let mut cache = KvCache::new(by_name(name).unwrap(), SHAPE, 3, 10_000.0);
+        let mut cache = cache_of(name);
         cache.begin(PROMPT);
         let (qw, kw) = (SHAPE.heads * SHAPE.head_dim, SHAPE.kv_heads * SHAPE.head_dim);
         let (mut prefill, mut decode) = (Vec::new(), Vec::new());

@@ -12,6 +12,7 @@
 
 use serde_json::json;
 
+use crate::kv::method::StoreContext;
 use crate::kv::oneshot::{Selector, top_per_head};
 use crate::kv::prefill::FullStore;
 
@@ -32,7 +33,7 @@ impl Selector for KeyDiff {
         "keeps the keys least similar to the mean: score is minus the cosine similarity of the post-RoPE key to the mean normalised key, per kv head"
     }
 
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    fn keep(&self, prefill: &FullStore, budget: usize, _ctx: &StoreContext) -> Vec<Vec<bool>> {
         let d = prefill.shape().head_dim;
         top_per_head(prefill, budget, |g| {
             let unit = |k: &[f32]| -> Vec<f32> {

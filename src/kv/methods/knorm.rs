@@ -9,6 +9,7 @@
 
 use serde_json::json;
 
+use crate::kv::method::StoreContext;
 use crate::kv::oneshot::{Selector, top_per_head};
 use crate::kv::prefill::FullStore;
 
@@ -30,7 +31,7 @@ impl Selector for Knorm {
         "keeps the keys of smallest L2 norm (post-RoPE), per kv head"
     }
 
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    fn keep(&self, prefill: &FullStore, budget: usize, _ctx: &StoreContext) -> Vec<Vec<bool>> {
         let d = prefill.shape().head_dim;
         top_per_head(prefill, budget, |g| {
             prefill.keys(g).chunks_exact(d).map(|k| -k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()

@@ -59,7 +59,7 @@ impl Selector for PyramidKv {
         layer_budget(budget, ctx.compressed_tokens, ctx.layer, ctx.layers)
     }
 
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    fn keep(&self, prefill: &FullStore, budget: usize, _ctx: &StoreContext) -> Vec<Vec<bool>> {
         snapkv::select(prefill, budget, snapkv::POOL_KERNEL)
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::llama_cache::{BlockType, LlamaCache};
 use super::{
-    Budget, adakv, chunkkv, compose, expected_attention, flexgen, fp8, fp16, full, h2o, infllm, keydiff, kivi, knorm,
-    lingua, pyramidkv, quest,
+    Budget, adakv, chunkkv, compose, criticalkv, expected_attention, flexgen, fp8, fp16, full, h2o, infllm, keydiff,
+    kivi, knorm, lingua, pyramidkv, quest,
 };
 use super::{snapkv, streamingllm, think, tova, turboquant};
 use crate::kv::fp8::Format;
@@ -126,6 +126,9 @@ pub const REGISTRY: &[MethodSpec] = &[
     }),
     MethodSpec::budgeted("knorm", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: knorm::Knorm })),
     MethodSpec::budgeted("keydiff", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: keydiff::KeyDiff })),
+    MethodSpec::budgeted("criticalkv", Kind::OneShot, |budget| {
+        Arc::new(OneShot { budget, selector: criticalkv::CriticalKv })
+    }),
     MethodSpec::budgeted("think", Kind::KeyChannels, |budget| Arc::new(think::Think { budget })),
     MethodSpec::budgeted("infllm", Kind::Retrieval, |budget| {
         Arc::new(infllm::InfLlm { budget, ranking: infllm::Ranking::OwnPositions })

@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::kv::attention::{self, Queries};
 use crate::kv::evict::top_with_protected;
+use crate::kv::method::StoreContext;
 use crate::kv::oneshot::Selector;
 use crate::kv::prefill::{FullStore, OBSERVATION_WINDOW};
 
@@ -79,7 +80,7 @@ impl Selector for SnapKv {
         "keeps the tokens the last prompt queries (an observation window) attend to most, max-pooled, per kv head, with the window itself"
     }
 
-    fn keep(&self, prefill: &FullStore, budget: usize) -> Vec<Vec<bool>> {
+    fn keep(&self, prefill: &FullStore, budget: usize, _ctx: &StoreContext) -> Vec<Vec<bool>> {
         select(prefill, budget, self.pooling.kernel())
     }
 }
