@@ -266,8 +266,7 @@ impl KvCache {
                 let ctx = self.context(l);
                 let prefill =
                     self.layers[l].as_prefill().expect("methods acting after prefill prefill into a FullStore");
-                let compressed = self.method.after_prefill(&ctx, prefill);
-                match compressed {
+                match self.method.after_prefill(&ctx, prefill) {
                     Some(store) => self.layers[l] = store,
                     None => self.layers[l].as_prefill_mut().expect("checked above").end_prefill(),
                 }
