@@ -17,7 +17,7 @@ fn token_methods_keep_what_kvpress_keeps() {
     let families =
         ["knorm", "keydiff", "streamingllm", "tova-pooled", "snapkv", "pyramidkv", "adakv", "chunkkv", "think"]
             .into_iter()
-            .chain(["expected-attention", "criticalkv"]);
+            .chain(["expected-attention", "criticalkv", "duoattention"]);
     for family in families {
         // CriticalKV is required wherever its first stage holds SnapKV's 32-token window (every
         // task at 2×, the longer probes at 4×); below that kvpress's top-k chooses among the
@@ -29,4 +29,22 @@ fn token_methods_keep_what_kvpress_keeps() {
     let failed: Vec<String> =
         must.iter().filter(|o| !o.holds).map(|o| format!("{} on {} against {}", o.method, o.task, o.press)).collect();
     assert!(failed.is_empty(), "{}\n{}", failed.join("\n"), parity::markdown(&outcomes));
+}
+
+/// DuoAttention's head scores (the area under each head's cumulative attention from the mean
+/// query and key) equal kvpress's on-the-fly scoring of the same probe, to float32 rounding: the
+/// kept positions alone cannot show it, since the probes' one layer has three kv heads.
+#[test]
+fn duoattention_scores_heads_as_kvpress_does() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kvpress_parity.json");
+    let fixture: Fixture = serde_json::from_slice(&std::fs::read(path).expect("the committed fixture"))
+        .expect("the fixture parses (regenerate it with `cargo xtask kvpress-parity`)");
+    let reach = kvbench::bench::parity::duo_reach(&fixture).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reach.len(), 7, "every task's probe has kvpress's scores");
+    for (task, theirs, ours) in reach {
+        assert_eq!(theirs.len(), ours.len(), "{task}");
+        for (a, b) in theirs.iter().zip(&ours) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "{task}: kvpress {theirs:?}, kvbench {ours:?}");
+        }
+    }
 }

@@ -31,6 +31,24 @@ pub fn smollm2_out_projections() -> Result<Vec<Option<Arc<OutProjection>>>, Stri
         .clone()
 }
 
+/// A task's DuoAttention head scores: (task, kvpress's, kvbench's), one per kv head.
+pub type Reach = (String, Vec<f32>, Vec<f32>);
+
+/// Per task of `fixture` that has them, kvpress's DuoAttention head scores and kvbench's
+/// ([`duoattention::reach`](crate::kv::methods::duoattention::reach)) on the same probe.
+pub fn duo_reach(fixture: &Fixture) -> Result<Vec<Reach>, String> {
+    let mut out = Vec::new();
+    for cases in fixture.tasks.iter().filter(|c| !c.duo_reach.is_empty()) {
+        let task = crate::tasks::Task::from_name(&cases.task).map_err(|e| e.to_string())?;
+        let (trace, recorded) = default_probe(task)?;
+        let layer = recorded.layer_ids.iter().position(|&l| l == cases.layer).ok_or("the layer is not probed")?;
+        let prefills = recorded.full_prefills(trace.header.chunk);
+        let ours = crate::kv::methods::duoattention::reach(&prefills[layer]);
+        out.push((cases.task.clone(), cases.duo_reach.clone(), ours));
+    }
+    Ok(out)
+}
+
 /// Every case of `fixture` compared with kvbench's methods replayed on the default tier's probes
 /// (the traces the fixture was made from).
 pub fn check(fixture: &Fixture) -> Result<Vec<Outcome>, String> {

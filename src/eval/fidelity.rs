@@ -112,6 +112,7 @@ impl Recorded {
             // probes are recorded on SmolLM2 (llama's adjacent pairs) only
             rope_style: crate::kv::rope::Style::Adjacent,
             out_proj: self.out_proj.get(l).and_then(Option::as_deref),
+            head_scores: None,
         }
     }
 
@@ -127,11 +128,12 @@ impl Recorded {
         of: crate::eval::parity::Kept,
     ) -> Vec<Vec<Vec<u32>>> {
         use crate::eval::parity::Kept;
+        let scores = method.head_scores(prefills.iter().enumerate().map(|(l, p)| (self.context(l), p)));
         prefills
             .iter()
             .enumerate()
             .map(|(l, prefilled)| {
-                let ctx = self.context(l);
+                let ctx = StoreContext { head_scores: scores.as_ref(), ..self.context(l) };
                 let store = match method.acts() {
                     Acts::AfterPrefill => method.after_prefill(&ctx, prefilled),
                     _ => {
@@ -179,8 +181,9 @@ pub fn evaluate(method: &dyn Method, recordings: &[Recorded], prefills: &[Vec<Fu
         let w = heads * d;
         let n = recorded.tokens();
         let fp16_per_token = 2 * kv_heads * d * 2;
+        let scores = method.head_scores(prefills.iter().enumerate().map(|(l, p)| (recorded.context(l), p)));
         for (l, prefilled) in prefills.iter().enumerate() {
-            let ctx = recorded.context(l);
+            let ctx = StoreContext { head_scores: scores.as_ref(), ..recorded.context(l) };
             let mut full: Box<dyn LayerStore> = Box::new(prefilled.clone());
             let mut store: Box<dyn LayerStore> = match method.acts() {
                 Acts::AfterPrefill => method.after_prefill(&ctx, prefilled).unwrap_or_else(|| full.clone()),

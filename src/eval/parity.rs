@@ -44,6 +44,10 @@ pub struct TaskCases {
     pub prompt: usize,
     /// Each press run.
     pub cases: Vec<Case>,
+    /// kvpress's DuoAttention score of each of the layer's kv heads (its on-the-fly scoring, on
+    /// the probe's queries and keys): what kvbench's `duoattention::reach` must reproduce.
+    #[serde(default)]
+    pub duo_reach: Vec<f32>,
 }
 
 /// One press on one probe.

@@ -53,6 +53,10 @@ pub struct StoreContext<'a> {
     /// The layer's attention output projection, where the model's runtime (or a probe replay's
     /// caller) gave it: CriticalKV weighs values by it.
     pub out_proj: Option<&'a super::out_proj::OutProjection>,
+    /// Every compressed layer's kv-head scores, for a method that decides across layers
+    /// ([`PrefillCompressor::head_scores`]; DuoAttention ranks heads model-wide): set while its
+    /// layers are compressed, `None` otherwise.
+    pub head_scores: Option<&'a HeadScores>,
 }
 
 #[cfg(test)]
@@ -67,6 +71,7 @@ impl StoreContext<'static> {
             rope_base: 10_000.0,
             rope_style: crate::kv::rope::Style::Adjacent,
             out_proj: None,
+            head_scores: None,
         }
     }
 }
@@ -134,6 +139,31 @@ pub trait StoreFactory: Send + Sync {
 pub trait PrefillCompressor: Send + Sync {
     /// The layer's store from its prefill.
     fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed;
+
+    /// A score per kv head of this layer, for a method whose choice in one layer depends on every
+    /// layer's heads (DuoAttention's model-wide head roles): every compressed layer is scored
+    /// first, then [`Self::compress`] reads them all in [`StoreContext::head_scores`]. `None`
+    /// (the default) for a method that decides layer by layer.
+    fn head_scores(&self, _ctx: &StoreContext, _prefill: &FullStore) -> Option<Vec<f32>> {
+        None
+    }
+}
+
+/// The kv-head scores of every layer a method compresses ([`PrefillCompressor::head_scores`]),
+/// by model layer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeadScores(pub Vec<(usize, Vec<f32>)>);
+
+impl HeadScores {
+    /// Layer `layer`'s scores, one per kv head.
+    pub fn of(&self, layer: usize) -> Option<&[f32]> {
+        self.0.iter().find(|(l, _)| *l == layer).map(|(_, s)| s.as_slice())
+    }
+
+    /// Every (layer, kv head, score), in layer then head order.
+    pub fn all(&self) -> impl Iterator<Item = (usize, usize, f32)> + '_ {
+        self.0.iter().flat_map(|(l, s)| s.iter().enumerate().map(move |(g, &x)| (*l, g, x)))
+    }
 }
 
 /// A layer's store after prefill ([`PrefillCompressor::compress`]).
@@ -201,15 +231,31 @@ impl dyn Method + '_ {
     }
 
     /// A layer's store once prefill ends: `None` to keep the prefill's (the full cache, and
-    /// every method not acting after prefill).
+    /// every method not acting after prefill). For a method that decides across layers, give
+    /// `ctx` every layer's [`Self::head_scores`]; without them it decides within this layer alone.
     pub fn after_prefill(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Box<dyn LayerStore>> {
-        match self.phase() {
-            Phase::AfterPrefill(c) => match c.compress(ctx, prefill) {
-                Compressed::Keep => None,
-                Compressed::Into(store) => Some(store),
-            },
-            _ => None,
+        let Phase::AfterPrefill(c) = self.phase() else { return None };
+        let own = match ctx.head_scores {
+            None => c.head_scores(ctx, prefill).map(|s| HeadScores(vec![(ctx.layer, s)])),
+            Some(_) => None,
+        };
+        match c.compress(&StoreContext { head_scores: ctx.head_scores.or(own.as_ref()), ..*ctx }, prefill) {
+            Compressed::Keep => None,
+            Compressed::Into(store) => Some(store),
         }
+    }
+
+    /// For a method that decides across layers ([`PrefillCompressor::head_scores`]), the kv-head
+    /// scores of every layer in `layers` (context, prefill), which each layer's
+    /// [`Self::after_prefill`] then reads; `None` for every other method.
+    pub fn head_scores<'p>(
+        &self,
+        layers: impl IntoIterator<Item = (StoreContext<'p>, &'p FullStore)>,
+    ) -> Option<HeadScores> {
+        let Phase::AfterPrefill(c) = self.phase() else { return None };
+        let scores: Option<Vec<(usize, Vec<f32>)>> =
+            layers.into_iter().map(|(ctx, prefill)| Some((ctx.layer, c.head_scores(&ctx, prefill)?))).collect();
+        scores.filter(|s| !s.is_empty()).map(HeadScores)
     }
 
     /// For prompt compression: how many of `context` tokens to keep, and in what units.

@@ -31,7 +31,7 @@ pub mod turboquant;
 
 pub use attention::Heads;
 pub use method::{
-    Acts, Compressed, Granularity, LayerStore, Method, Phase, PrefillCompressor, PromptBudget, PromptCompressor,
-    PromptScorer, ScorerError, StoreContext, StoreFactory,
+    Acts, Compressed, Granularity, HeadScores, LayerStore, Method, Phase, PrefillCompressor, PromptBudget,
+    PromptCompressor, PromptScorer, ScorerError, StoreContext, StoreFactory,
 };
 pub use store::{CacheHandle, CacheSnapshot, CacheStats, KvCache};

@@ -35,6 +35,12 @@ pub trait Selector: std::fmt::Debug + Send + Sync {
     /// Per kv head, which of the prefill's tokens to keep at `budget` (one flag per token), in the
     /// layer's context `ctx` (CriticalKV reads its output projection).
     fn keep(&self, prefill: &FullStore, budget: usize, ctx: &StoreContext) -> Vec<Vec<bool>>;
+
+    /// A score per kv head, for a selector that decides across layers (DuoAttention); see
+    /// [`PrefillCompressor::head_scores`].
+    fn head_scores(&self, _prefill: &FullStore, _ctx: &StoreContext) -> Option<Vec<f32>> {
+        None
+    }
 }
 
 /// A one-shot method: `selector` at `budget`.
@@ -76,6 +82,10 @@ impl<S: Selector> PrefillCompressor for OneShot<S> {
     fn compress(&self, ctx: &StoreContext, prefill: &FullStore) -> Compressed {
         let budget = self.selector.layer_budget(self.budget.tokens(ctx.compressed_tokens), ctx);
         Compressed::Into(Box::new(kept(prefill, &self.selector.keep(prefill, budget, ctx))))
+    }
+
+    fn head_scores(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Vec<f32>> {
+        self.selector.head_scores(prefill, ctx)
     }
 }
 

@@ -105,10 +105,16 @@ impl QueryStats {
         (self.rope_base, self.rope_style)
     }
 
+    /// Query head `h`'s mean `[d]`, before RoPE.
+    pub fn mean(&self, h: usize, d: usize) -> Vec<f64> {
+        let n = self.count.max(1) as f64;
+        self.sum[h * d..][..d].iter().map(|s| s / n).collect()
+    }
+
     /// Query head `h`'s mean `[d]` and (population) covariance `[d, d]`, before RoPE.
     pub fn moments(&self, h: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
         let n = self.count.max(1) as f64;
-        let mean: Vec<f64> = self.sum[h * d..][..d].iter().map(|s| s / n).collect();
+        let mean = self.mean(h, d);
         let cov = (0..d * d).map(|i| self.outer[h * d * d + i] / n - mean[i / d] * mean[i % d]).collect();
         (mean, cov)
     }

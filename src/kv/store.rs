@@ -153,6 +153,7 @@ impl KvCache {
             rope_base: self.rope_base,
             rope_style: self.rope_style,
             out_proj: self.out_proj.get(layer).and_then(Option::as_deref),
+            head_scores: None,
         }
     }
 
@@ -262,11 +263,10 @@ impl KvCache {
                 }
             }
             let global: Vec<usize> = (0..self.layers.len()).filter(|&l| self.window(l).is_none()).collect();
+            let scores = self.method.head_scores(global.iter().map(|&l| (self.context(l), prefill(&*self.layers[l]))));
             for l in global {
-                let ctx = self.context(l);
-                let prefill =
-                    self.layers[l].as_prefill().expect("methods acting after prefill prefill into a FullStore");
-                match self.method.after_prefill(&ctx, prefill) {
+                let ctx = StoreContext { head_scores: scores.as_ref(), ..self.context(l) };
+                match self.method.after_prefill(&ctx, prefill(&*self.layers[l])) {
                     Some(store) => self.layers[l] = store,
                     None => self.layers[l].as_prefill_mut().expect("checked above").end_prefill(),
                 }
@@ -322,6 +322,11 @@ impl KvCache {
             self.stats.peak_bytes_after_prefill = bytes;
         }
     }
+}
+
+/// A layer's store before a method acting after prefill compresses it.
+fn prefill(store: &dyn LayerStore) -> &FullStore {
+    store.as_prefill().expect("methods acting after prefill prefill into a FullStore")
 }
 
 impl CacheSnapshot {

@@ -25,13 +25,17 @@ import sys
 from importlib.metadata import version
 from types import SimpleNamespace
 
+import pandas
 import torch
 from torch.nn import functional as F
 
+import kvpress.presses.duo_attention_press as duo_module
 import kvpress.presses.expected_attention_press as expected_attention_press
-from kvpress import (AdaKVPress, ChunkKVPress, CriticalKVPress, ExpectedAttentionPress, KeyDiffPress, KnormPress,
-                     ObservedAttentionPress, PyramidKVPress, SnapKVPress, StreamingLLMPress, ThinKPress, TOVAPress)
+from kvpress import (AdaKVPress, ChunkKVPress, CriticalKVPress, DuoAttentionPress, ExpectedAttentionPress, KeyDiffPress,
+                     KnormPress, ObservedAttentionPress, PyramidKVPress, SnapKVPress, StreamingLLMPress, ThinKPress,
+                     TOVAPress)
 
+DUO_REACH = {}  # per task, kvpress's DuoAttention score of each kv head of the probed layer
 ATTENTION = {}  # the current task's full attention weights [1, heads, n, n], and its queries [1, heads, n, d]
 
 
@@ -100,27 +104,78 @@ def to_halves(x):
     return torch.cat([x[..., 0:d:2], x[..., 1:d:2]], dim=-1)
 
 
-def expected_attention_inputs(module, queries, keys, base):
-    """Point kvpress's Expected Attention at the recording: its pre-RoPE queries (the recorded
-    post-RoPE ones rotated back, in float64) and its model's RoPE tables, both in Hugging Face's
-    layout, so that kvpress's own statistics, averaged rotation and scores run unchanged."""
-    n, d = queries.shape[2], queries.shape[3]
+def rope_tables(d, base):
+    """Hugging Face's rotary embedding (halves layout) at kvbench's base, as a model's `rotary_emb`."""
     theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angle = torch.arange(n, dtype=torch.float64)[:, None] * theta[None, :]
-    cos, sin = angle.cos(), angle.sin()
-    q = queries.double()
-    even, odd = q[..., 0::2], q[..., 1::2]
-    pre = torch.empty_like(q)
-    pre[..., 0::2], pre[..., 1::2] = even * cos + odd * sin, -even * sin + odd * cos
-    pre = to_halves(pre.float())
-    expected_attention_press.get_prerope_query_states = lambda module, h: pre[:, :, -h.shape[1]:]
 
     def rotary_emb(x, position_ids):
         a = position_ids[0].double()[:, None] * theta[None, :]
         a = torch.cat([a, a], dim=-1)[None].float()
         return a.cos(), a.sin()
 
-    module.rotary_emb = rotary_emb
+    return rotary_emb
+
+
+def unrotate(x, base):
+    """Post-RoPE rows `[..., n, d]` (kvbench's adjacent pairs, row i at position i) rotated back, in
+    float64, then put in Hugging Face's halves layout."""
+    n, d = x.shape[-2], x.shape[-1]
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angle = torch.arange(n, dtype=torch.float64)[:, None] * theta[None, :]
+    cos, sin = angle.cos(), angle.sin()
+    x = x.double()
+    even, odd = x[..., 0::2], x[..., 1::2]
+    pre = torch.empty_like(x)
+    pre[..., 0::2], pre[..., 1::2] = even * cos + odd * sin, -even * sin + odd * cos
+    return to_halves(pre.float())
+
+
+def duo_attention_press(task, queries, keys, plan):
+    """kvpress's DuoAttention with its own on-the-fly head scoring (`duo_attention_on_the_fly`),
+    run on the recording instead of 50 BookSum chapters: a stand-in model whose one layer's
+    `q_proj` and `k_proj` return the probe's queries and keys before RoPE (the queries from position
+    4 on, as kvbench's statistics count them), whose `rotary_emb` is kvbench's RoPE, and whose
+    tokenizer and dataset are stubs (the 50 "chapters" all the same recording). kvpress then
+    ranks the heads and masks the streaming ones; the count of streaming heads and their sinks
+    and window are kvbench's plan (`duoattention::Plan`), since kvbench budgets tokens, not heads."""
+    n, h, kv, d = task["prompt"], task["heads"], task["kv_heads"], task["head_dim"]
+    pre_q = unrotate(queries, task["rope_base"]).transpose(1, 2)[:, 4:].reshape(1, n - 4, h * d)
+    pre_k = unrotate(keys, task["rope_base"]).transpose(1, 2).reshape(1, n, kv * d)
+    attn = SimpleNamespace(head_dim=d, q_proj=lambda x: pre_q, k_proj=lambda x: pre_k)
+    layer = SimpleNamespace(self_attn=attn, input_layernorm=lambda x: x)
+    hidden = torch.zeros(1, n, 1)
+    name = f"kvbench-probe/{task['task']}/{task['sample']}/{task['layer']}"
+    config = SimpleNamespace(name_or_path=name, num_attention_heads=h, num_key_value_heads=kv, num_hidden_layers=1)
+    stand_in = StandIn(config, SimpleNamespace(layers=[layer], rotary_emb=rope_tables(d, task["rope_base"])), hidden)
+    duo_module.AutoTokenizer = SimpleNamespace(
+        from_pretrained=lambda _: lambda text, return_tensors: SimpleNamespace(to=lambda device: {}))
+    duo_module.load_dataset = lambda *a, **k: SimpleNamespace(
+        to_pandas=lambda: pandas.DataFrame({"chapter": ["the recording"] * 50}))
+    press = DuoAttentionPress(head_compression_ratio=plan["streaming"] / kv, on_the_fly_scoring=True)
+    press.post_init_from_model(stand_in)
+    assert int(press.streaming_mask.sum()) == plan["streaming"], (press.streaming_mask, plan)
+    press.sink_size, press.recent_size = plan["sinks"], plan["recent"]
+    # the scores it ranked by (cached by the stand-in's name: computed once)
+    return press, duo_module.duo_attention_on_the_fly(stand_in)[0].tolist()
+
+
+class StandIn:
+    """A callable stand-in for a model (`model(**inputs, output_hidden_states=True)`)."""
+
+    def __init__(self, config, model, hidden):
+        self.config, self.device, self.model, self.hidden = config, "cpu", model, hidden
+
+    def __call__(self, **_):
+        return SimpleNamespace(hidden_states=(self.hidden, self.hidden))
+
+
+def expected_attention_inputs(module, queries, keys, base):
+    """Point kvpress's Expected Attention at the recording: its pre-RoPE queries (the recorded
+    post-RoPE ones rotated back, in float64) and its model's RoPE tables, both in Hugging Face's
+    layout, so that kvpress's own statistics, averaged rotation and scores run unchanged."""
+    pre = unrotate(queries, base)
+    expected_attention_press.get_prerope_query_states = lambda module, h: pre[:, :, -h.shape[1]:]
+    module.rotary_emb = rope_tables(queries.shape[3], base)
     return to_halves(keys)
 
 
@@ -172,7 +227,7 @@ def run(press, module, keys, values, attentions):
 def kept_by(press, module, keys, values, attentions):
     hidden = torch.zeros(1, keys.shape[2], 1)
     kwargs = {"position_embeddings": None}
-    if isinstance(press, AdaKVPress):
+    if isinstance(press, (AdaKVPress, DuoAttentionPress)):
         press.compress(module, hidden, keys, values, attentions, kwargs)
         _, heads, seq = module.masked_key_indices
         pruned = [set() for _ in range(keys.shape[1])]
@@ -248,6 +303,13 @@ def cases(task, ratios):
         kept, tied = run(ExpectedAttentionPress(exact), module, halves, values, None)
         out.append({"method": f"expected-attention-{r}x", "press": "ExpectedAttentionPress", "expect": "same",
                     "kept": kept, "ties": tied, "layer_wide": False, "unit": 1})
+        # DuoAttention on its one-layer stand-in model (layer index 0 there): which heads stream
+        # is kvpress's choice; the positions a head keeps follow from it, so no position ties
+        duo, DUO_REACH[task["task"]] = duo_attention_press(task, queries, keys, a["duo"])
+        solo = SimpleNamespace(**{**vars(module), "layer_idx": 0})
+        kept = kept_by(duo, solo, keys, values, None)
+        out.append({"method": f"duoattention-{r}x", "press": "DuoAttentionPress(on_the_fly_scoring=True) on the recording",
+                    "expect": "same", "kept": kept, "ties": [[] for _ in kept], "layer_wide": False, "unit": 1})
         # ThinK keeps key channels, not positions: int(d · ratio) pruned, as kvbench's d − round(d / r)
         kept, tied = think_channels(RecordedThinK(key_channel_compression_ratio=stock), module, keys, values)
         out.append({"method": f"think-{r}x", "press": "ThinKPress(window_size=32), channels kept", "expect": "same",
@@ -258,7 +320,7 @@ def cases(task, ratios):
 def main():
     data = json.load(open(sys.argv[1]))
     tasks = [{"task": t["task"], "sample": t["sample"], "layer": t["layer"], "prompt": t["prompt"],
-              "cases": cases(t, data["ratios"])} for t in data["tasks"]]
+              "cases": cases(t, data["ratios"]), "duo_reach": DUO_REACH[t["task"]]} for t in data["tasks"]]
     with open(sys.argv[2], "w") as f:
         json.dump({"kvpress": version("kvpress"), "tasks": tasks}, f, separators=(",", ":"))
         f.write("\n")

@@ -4,7 +4,8 @@
 //!
 //! For each task's default-tier probe it exports the layer's prompt queries, keys and values, and
 //! per ratio the settings that align kvpress with kvbench's documented choices (the budget, its
-//! sinks, its chunk count: settings, not kept positions), and the layer's attention output weight
+//! sinks, its chunk count, DuoAttention's count of streaming heads and their window: settings, not
+//! kept positions), and the layer's attention output weight
 //! from the GGUF (CriticalKV's); `xtask/py/kvpress_parity.py` runs each
 //! press's own `compress` and writes the fixture. `tests/kvpress_parity.rs` then holds kvbench to
 //! it with no Python. Re-run after re-recording the default tier's traces.
@@ -14,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use kvbench::eval::parity::{self, Fixture};
 use kvbench::kv::methods::Budget;
-use kvbench::kv::methods::{chunkkv, streamingllm};
+use kvbench::kv::methods::{chunkkv, duoattention, streamingllm};
 use kvbench::model::gguf::GgufFile;
 use kvbench::tasks::Task;
 use serde_json::json;
@@ -53,8 +54,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|&r| {
                 let budget = Budget::Ratio(r as f64).tokens(n);
                 let chunks = n.div_ceil(chunkkv::CHUNK);
+                // DuoAttention's plan for the probe's one layer: how many of its kv heads stream
+                // (which ones, kvpress's on-the-fly scoring decides), their sinks and window
+                let duo = duoattention::Plan::new(n, budget, shape.kv_heads);
                 let value = json!({ "budget": budget, "sinks": streamingllm::sinks(budget),
-                                    "chunks": chunks, "chunks_kept": (chunks * budget / n).max(1) });
+                                    "chunks": chunks, "chunks_kept": (chunks * budget / n).max(1),
+                                    "duo": { "streaming": duo.streaming, "sinks": duo.sinks, "recent": duo.recent } });
                 (r.to_string(), value)
             })
             .collect();
@@ -86,6 +91,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let fixture: Fixture = serde_json::from_slice(&std::fs::read(&fixture_path)?)?;
     let outcomes = kvbench::bench::parity::check(&fixture).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", parity::markdown(&outcomes));
+    println!(
+        "\nDuoAttention's head scores, kvpress's on-the-fly scoring | kvbench's, per kv head of the probed layer:\n"
+    );
+    for (task, theirs, ours) in kvbench::bench::parity::duo_reach(&fixture).map_err(anyhow::Error::msg)? {
+        println!("- {task}: {theirs:.5?} | {ours:.5?}");
+    }
     let failed: Vec<String> =
         outcomes.iter().filter(|o| !o.holds).map(|o| format!("{} on {} ({})", o.method, o.task, o.press)).collect();
     if !failed.is_empty() {

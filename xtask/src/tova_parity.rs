@@ -13,8 +13,8 @@
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use kvbench::kv::Heads;
 use kvbench::kv::methods;
-use kvbench::kv::{Heads, StoreContext};
 use kvbench::model::gguf::GgufFile;
 use kvbench::model::tokenizer::Tokenizer;
 use kvbench::tasks::Task;
@@ -45,15 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let width = heads * head_dim;
         let recent = prefill.recent_queries();
         let last_query = &recent[recent.len() - width..];
-        let ctx = StoreContext {
-            layer: recorded.layer_ids[0],
-            layers: recorded.model_layers,
-            shape,
-            compressed_tokens: n,
-            rope_base: recorded.rope_base,
-            rope_style: kvbench::kv::rope::Style::Adjacent,
-            out_proj: None,
-        };
+        let ctx = recorded.context(0);
         let mut kept = serde_json::Map::new();
         for family in ["tova", "tova-pooled"] {
             for r in &args.ratios {

@@ -130,6 +130,11 @@ impl PrefillCompressor for Composed {
             }
         }
     }
+
+    fn head_scores(&self, ctx: &StoreContext, prefill: &FullStore) -> Option<Vec<f32>> {
+        let Phase::AfterPrefill(evictor) = self.evictor.phase() else { unreachable!("phase() follows the evictor's") };
+        evictor.head_scores(ctx, prefill)
+    }
 }
 
 impl StoreFactory for Composed {

@@ -92,6 +92,7 @@ fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
             let name = format!("{family}-{ratio}x");
             drive(&name, |cache, step| {
                 let Some(step) = step else { return };
+                let mut model_wide = 0;
                 for l in 0..cache.layers() {
                     // PyramidKV's budgets shrink with depth; every other keeps the same per layer
                     let layer_budget =
@@ -106,6 +107,15 @@ fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
                             let safe = (layer_budget as f64 * super::adakv::SAFEGUARD) as usize;
                             assert!(held.iter().all(|&h| h > safe + step), "{name} layer {l}: {held:?}");
                         }
+                        // DuoAttention's heads keep the prompt or a window, the window sized so
+                        // that the model's heads hold the budget on average (see its rounding)
+                        "duoattention" => {
+                            assert!(
+                                held.iter().all(|&h| h == PROMPT + step + 1 || h <= want),
+                                "{name} layer {l}: {held:?}"
+                            );
+                            model_wide += held.iter().sum::<usize>();
+                        }
                         // ChunkKV keeps whole chunks: up to two chunks short of the budget
                         "chunkkv" => {
                             let chunk = super::chunkkv::CHUNK;
@@ -116,6 +126,12 @@ fn one_shot_methods_compress_to_their_budget_then_grow_by_one_per_step() {
                         }
                         _ => assert!(held.iter().all(|&h| h == want), "{name} layer {l}: {held:?} for {want}"),
                     }
+                }
+                // ... and on average over the model's heads, within a token each of the budget
+                if family == "duoattention" {
+                    let heads = cache.layers() * SHAPE.kv_heads;
+                    let want = heads * (budget + step + 1);
+                    assert!(model_wide <= want && model_wide + heads > want, "{name}: {model_wide} held for {want}");
                 }
             });
         }

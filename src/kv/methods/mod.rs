@@ -13,6 +13,7 @@ pub mod adakv;
 pub mod chunkkv;
 pub mod compose;
 pub mod criticalkv;
+pub mod duoattention;
 pub mod expected_attention;
 pub mod flexgen;
 pub mod fp16;

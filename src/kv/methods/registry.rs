@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::llama_cache::{BlockType, LlamaCache};
 use super::{
-    Budget, adakv, chunkkv, compose, criticalkv, expected_attention, flexgen, fp8, fp16, full, h2o, infllm, keydiff,
-    kivi, knorm, lingua, pyramidkv, quest,
+    Budget, adakv, chunkkv, compose, criticalkv, duoattention, expected_attention, flexgen, fp8, fp16, full, h2o,
+    infllm, keydiff, kivi, knorm, lingua, pyramidkv, quest,
 };
 use super::{snapkv, streamingllm, think, tova, turboquant};
 use crate::kv::fp8::Format;
@@ -128,6 +128,9 @@ pub const REGISTRY: &[MethodSpec] = &[
     MethodSpec::budgeted("keydiff", Kind::OneShot, |budget| Arc::new(OneShot { budget, selector: keydiff::KeyDiff })),
     MethodSpec::budgeted("criticalkv", Kind::OneShot, |budget| {
         Arc::new(OneShot { budget, selector: criticalkv::CriticalKv })
+    }),
+    MethodSpec::budgeted("duoattention", Kind::OneShot, |budget| {
+        Arc::new(OneShot { budget, selector: duoattention::DuoAttention })
     }),
     MethodSpec::budgeted("think", Kind::KeyChannels, |budget| Arc::new(think::Think { budget })),
     MethodSpec::budgeted("infllm", Kind::Retrieval, |budget| {
