@@ -79,11 +79,12 @@ struct ExactPrompt {
 /// reference's on all ten prompts (one of 8,424 tokens), and its logits of the reference's top 5
 /// are within [`EXACT_LOGIT_GAP`] at every step, fed the reference's continuation through the
 /// prefill graph (one chunk) and the decode graph (one token at a time). kvbench computes each
-/// prompt once for both.
+/// prompt once for both, and prefills it once for the greedy run and both graphs' (restored from
+/// a snapshot: the same bits as prefilling again, `tests/methods.rs`).
 #[test]
 fn greedy_tokens_and_logits_match_both_float64_references() {
     use kvbench::kv::methods::Full;
-    use kvbench::model::generate::{GenerateOptions, generate, prefill};
+    use kvbench::model::generate::{GenerateOptions, Prompt, generate_shared, shared_prefill};
     use std::sync::Arc;
     let read = |file: &str| -> ExactReference {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join(file);
@@ -102,9 +103,16 @@ fn greedy_tokens_and_logits_match_both_float64_references() {
     let mut rt = Runtime::load(&LoadOptions { gguf: Some(gguf), ..LoadOptions::default() }).unwrap();
     let (mut failures, mut worst) = (Vec::new(), vec![0.0f32; files.len()]);
     for (i, p) in first.prompts.iter().enumerate() {
-        rt.reset(Arc::new(Full)).unwrap();
+        // the prompt's all but last token, prefilled once (chunks of 512, as `generate` does)
         let options = GenerateOptions { max_new_tokens: p.output_ids.len(), ..GenerateOptions::default() };
-        let ours = generate(&mut rt, &p.prompt_ids, options).unwrap().output_ids;
+        let prompt = Prompt::whole(&p.prompt_ids);
+        let shared = shared_prefill(&mut rt, &prompt, options).unwrap();
+        let prefix = rt.lock_cache().unwrap().snapshot();
+        rt.reset(Arc::new(Full)).unwrap();
+        let greedy = generate_shared(&mut rt, &prompt, options, Some(&shared)).unwrap();
+        assert!(greedy.reused_prefill);
+        drop(shared);
+        let ours = greedy.output_ids;
         for (file, r) in files.iter().zip(&refs) {
             if ours != r.prompts[i].output_ids {
                 failures.push(format!("{}: greedy ids {ours:?}, {file} {:?}", p.name, r.prompts[i].output_ids));
@@ -118,7 +126,8 @@ fn greedy_tokens_and_logits_match_both_float64_references() {
         let positions: Vec<i64> = (0..steps).map(|i| (n - 1 + i) as i64).collect();
         for one_by_one in [false, true] {
             rt.reset(Arc::new(Full)).unwrap();
-            prefill(&mut rt, &p.prompt_ids[..n - 1], 512).unwrap();
+            rt.lock_cache().unwrap().restore(&prefix).unwrap();
+            rt.lock_cache().unwrap().end_prefill();
             let logits: Vec<f32> = if one_by_one {
                 tail.iter().zip(&positions).flat_map(|(&id, &pos)| rt.forward(&[id], &[pos], &[0]).unwrap()).collect()
             } else {

@@ -37,8 +37,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use kvbench::kv::CacheSnapshot;
 use kvbench::kv::methods::Full;
-use kvbench::model::generate::{GenerateOptions, generate, prefill};
+use kvbench::model::generate::{GenerateOptions, generate_shared, shared_prefill};
 use kvbench::model::session::{LoadOptions, Runtime};
 use serde::Deserialize;
 
@@ -91,13 +92,35 @@ fn read_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// kvbench's logits at each step of `continuation` after `prompt`, after a prefill of all but the
-/// prompt's last token; row `i` predicts `continuation[i]`. The tail is fed as one chunk (the
-/// prefill graph) or, with `one_by_one`, as single-token steps (the decode graph).
-fn teacher_forced(rt: &mut Runtime, prompt: &[u32], continuation: &[u32], one_by_one: bool) -> Vec<f32> {
+/// kvbench's greedy ids for `prompt` (`generate`'s, from a prefill of all but its last token in
+/// chunks of 512), and that prefill's snapshot, for [`teacher_forced`] to start from instead of
+/// prefilling again (the same bits: `tests/methods.rs` holds a shared prefill to a recomputed one).
+fn greedy(rt: &mut Runtime, prompt: &[u32], max_new_tokens: usize) -> (Vec<u32>, CacheSnapshot) {
+    let options = GenerateOptions { max_new_tokens, ..GenerateOptions::default() };
+    let prompt = kvbench::model::generate::Prompt::whole(prompt);
+    let shared = shared_prefill(rt, &prompt, options).unwrap();
+    let prefix = rt.lock_cache().unwrap().snapshot();
     rt.reset(Arc::new(Full)).unwrap();
+    let generation = generate_shared(rt, &prompt, options, Some(&shared)).unwrap();
+    assert!(generation.reused_prefill);
+    (generation.output_ids, prefix)
+}
+
+/// kvbench's logits at each step of `continuation` after `prompt`, after a prefill of all but the
+/// prompt's last token (`prefix`, from [`greedy`]); row `i` predicts `continuation[i]`. The tail
+/// is fed as one chunk (the prefill graph) or, with `one_by_one`, as single-token steps (the
+/// decode graph).
+fn teacher_forced(
+    rt: &mut Runtime,
+    prefix: &CacheSnapshot,
+    prompt: &[u32],
+    continuation: &[u32],
+    one_by_one: bool,
+) -> Vec<f32> {
+    rt.reset(Arc::new(Full)).unwrap();
+    rt.lock_cache().unwrap().restore(prefix).unwrap();
+    rt.lock_cache().unwrap().end_prefill();
     let n = prompt.len();
-    prefill(rt, &prompt[..n - 1], 512).unwrap();
     let steps = continuation.len();
     let tail: Vec<u32> = std::iter::once(prompt[n - 1]).chain(continuation[..steps - 1].iter().copied()).collect();
     let positions: Vec<i64> = (0..steps).map(|i| (n - 1 + i) as i64).collect();
@@ -132,16 +155,14 @@ fn greedy_tokens_and_logits_match_the_exact_float64_reference() {
     let (mut failures, mut worst_gap) = (Vec::new(), 0.0f32);
     for (e, p) in exact.prompts.iter().zip(&llama.prompts) {
         assert_eq!(e.name, p.name);
-        rt.reset(Arc::new(Full)).unwrap();
-        let options = GenerateOptions { max_new_tokens: llama.n_predict, ..GenerateOptions::default() };
-        let ours = generate(&mut rt, &p.prompt_ids, options).unwrap().output_ids;
+        let (ours, prefix) = greedy(&mut rt, &p.prompt_ids, llama.n_predict);
         if ours != e.output_ids {
             failures.push(format!("{}: greedy ids {ours:?}, float64 reference {:?}", e.name, e.output_ids));
         }
         // both graphs: chunked (MatMulNBits) and one token at a time (Q4Linear)
         for one_by_one in [false, true] {
             let graph = if one_by_one { "decode" } else { "prefill" };
-            let logits = teacher_forced(&mut rt, &p.prompt_ids, &e.output_ids, one_by_one);
+            let logits = teacher_forced(&mut rt, &prefix, &p.prompt_ids, &e.output_ids, one_by_one);
             for (step, row) in logits.chunks_exact(rt.config().vocab).enumerate() {
                 let at = format!("{}: {graph} graph, step {step}", e.name);
                 worst_gap = worst_gap.max(check_top5(&at, row, &e.steps_top5[step], EXACT_LOGIT_GAP, &mut failures));
@@ -175,9 +196,7 @@ fn tokens_and_greedy_continuations_match_llama_cpp() {
         longest = longest.max(ids.len());
 
         // 2. free-running greedy
-        rt.reset(Arc::new(Full)).unwrap();
-        let options = GenerateOptions { max_new_tokens: reference.n_predict, ..GenerateOptions::default() };
-        let ours = generate(&mut rt, &ids, options).unwrap().output_ids;
+        let (ours, prefix) = greedy(&mut rt, &ids, reference.n_predict);
         match ours.iter().zip(&p.output_ids).position(|(a, b)| a != b) {
             None if ours.len() == p.output_ids.len() => exact += 1,
             None => failures.push(format!("{}: {} tokens, llama.cpp {}", p.name, ours.len(), p.output_ids.len())),
@@ -197,7 +216,7 @@ fn tokens_and_greedy_continuations_match_llama_cpp() {
         }
 
         // 3. teacher-forced on llama.cpp's continuation
-        let logits = teacher_forced(&mut rt, &ids, &p.output_ids, false);
+        let logits = teacher_forced(&mut rt, &prefix, &ids, &p.output_ids, false);
         for (step, row) in logits.chunks_exact(rt.config().vocab).enumerate() {
             let ours = kvbench::model::generate::argmax(row);
             if ours != p.output_ids[step] && p.margin(step) >= NEAR_TIE {
