@@ -6,11 +6,16 @@
 
 use kvbench::eval::parity::{self, Expect, Fixture};
 
+/// The committed fixture.
+fn fixture() -> Fixture {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kvpress_parity.json");
+    serde_json::from_slice(&std::fs::read(path).expect("the committed fixture"))
+        .expect("the fixture parses (regenerate it with `cargo xtask kvpress-parity`)")
+}
+
 #[test]
 fn token_methods_keep_what_kvpress_keeps() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kvpress_parity.json");
-    let fixture: Fixture = serde_json::from_slice(&std::fs::read(path).expect("the committed fixture"))
-        .expect("the fixture parses (regenerate it with `cargo xtask kvpress-parity`)");
+    let fixture = fixture();
     let outcomes = kvbench::bench::parity::check(&fixture).unwrap_or_else(|e| panic!("{e}"));
     let must: Vec<_> = outcomes.iter().filter(|o| o.expect != Expect::Overlap).collect();
     // every method kvpress also has, at every ratio, on every task
@@ -36,9 +41,7 @@ fn token_methods_keep_what_kvpress_keeps() {
 /// kept positions alone cannot show it, since the probes' one layer has three kv heads.
 #[test]
 fn duoattention_scores_heads_as_kvpress_does() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kvpress_parity.json");
-    let fixture: Fixture = serde_json::from_slice(&std::fs::read(path).expect("the committed fixture"))
-        .expect("the fixture parses (regenerate it with `cargo xtask kvpress-parity`)");
+    let fixture = fixture();
     let reach = kvbench::bench::parity::duo_reach(&fixture).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reach.len(), 7, "every task's probe has kvpress's scores");
     for (task, theirs, ours) in reach {
