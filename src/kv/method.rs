@@ -155,11 +155,6 @@ pub trait PrefillCompressor: Send + Sync {
 pub struct HeadScores(pub Vec<(usize, Vec<f32>)>);
 
 impl HeadScores {
-    /// Layer `layer`'s scores, one per kv head.
-    pub fn of(&self, layer: usize) -> Option<&[f32]> {
-        self.0.iter().find(|(l, _)| *l == layer).map(|(_, s)| s.as_slice())
-    }
-
     /// Every (layer, kv head, score), in layer then head order.
     pub fn all(&self) -> impl Iterator<Item = (usize, usize, f32)> + '_ {
         self.0.iter().flat_map(|(l, s)| s.iter().enumerate().map(move |(g, &x)| (*l, g, x)))
