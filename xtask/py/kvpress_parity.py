@@ -104,9 +104,14 @@ def to_halves(x):
     return torch.cat([x[..., 0:d:2], x[..., 1:d:2]], dim=-1)
 
 
+def rope_theta(d, base):
+    """RoPE's frequency per channel pair, float64."""
+    return base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+
+
 def rope_tables(d, base):
     """Hugging Face's rotary embedding (halves layout) at kvbench's base, as a model's `rotary_emb`."""
-    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    theta = rope_theta(d, base)
 
     def rotary_emb(x, position_ids):
         a = position_ids[0].double()[:, None] * theta[None, :]
@@ -120,8 +125,7 @@ def unrotate(x, base):
     """Post-RoPE rows `[..., n, d]` (kvbench's adjacent pairs, row i at position i) rotated back, in
     float64, then put in Hugging Face's halves layout."""
     n, d = x.shape[-2], x.shape[-1]
-    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angle = torch.arange(n, dtype=torch.float64)[:, None] * theta[None, :]
+    angle = torch.arange(n, dtype=torch.float64)[:, None] * rope_theta(d, base)[None, :]
     cos, sin = angle.cos(), angle.sin()
     x = x.double()
     even, odd = x[..., 0::2], x[..., 1::2]
